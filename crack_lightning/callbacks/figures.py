@@ -1,0 +1,110 @@
+"""Callbacks that turn a run into pictures and reports, in TensorBoard and the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from matplotlib.figure import Figure
+from sklearn.metrics import classification_report
+
+from crack_lightning.plots import confusion_matrix_figure, denormalize, image_grid_figure, save_figure
+
+
+def log_figure(trainer: L.Trainer, tag: str, fig: Figure) -> None:
+    """Send ``fig`` to every TensorBoard logger of ``trainer``."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(tag, fig, global_step=trainer.global_step, close=False)
+
+
+class AugmentationPreview(L.Callback):
+    """At the start of training, show what the model sees: augmented training images.
+
+    Writes ``augmentation_preview.png`` to ``output_dir`` and the same grid to TensorBoard
+    under ``train/augmentation_preview``. The images are drawn with a fixed generator,
+    so the preview does not disturb the training data order.
+    """
+
+    def __init__(self, output_dir: str, num_images: int = 16, seed: int = 0):
+        self.output_dir = Path(output_dir)
+        self.num_images = num_images
+        self.seed = seed
+
+    @rank_zero_only
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        dataset = dm.train_dataset
+        generator = torch.Generator().manual_seed(self.seed)
+        indices = torch.randperm(len(dataset), generator=generator)[: self.num_images].tolist()
+        rng_state = torch.get_rng_state()  # random transforms use the global RNG; leave it as found
+        samples = [dataset[i] for i in indices]
+        torch.set_rng_state(rng_state)
+        images = denormalize(torch.stack([img for img, _ in samples]), dm.mean, dm.std)
+        titles = [dm.class_names[label] for _, label in samples]
+        fig = image_grid_figure(images, titles, suptitle="Augmented training images")
+        save_figure(fig, self.output_dir / "augmentation_preview.png")
+        log_figure(trainer, "train/augmentation_preview", fig)
+
+
+class TestReport(L.Callback):
+    """After testing, write the human-readable results of the test split.
+
+    Files in ``output_dir``: ``classification_report.txt`` (per-class precision, recall,
+    F1, support), ``confusion_matrix.png`` and ``test_predictions.png`` (a grid of test
+    images with predicted and true labels, mistakes first, in red). The figures also go
+    to TensorBoard. Predictions use the model's ``probs`` output at ``threshold``.
+    """
+
+    def __init__(self, output_dir: str, num_images: int = 16, threshold: float = 0.5):
+        self.output_dir = Path(output_dir)
+        self.num_images = num_images
+        self.threshold = threshold
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._probs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+        self._images: list[torch.Tensor] = []  # a small pool to pick the grid from
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._probs.append(outputs["probs"].cpu())
+        self._targets.append(outputs["targets"].cpu())
+        if sum(len(x) for x in self._images) < 4 * self.num_images:
+            self._images.append(batch[0][: 4 * self.num_images].float().cpu())
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        names = dm.class_names
+        probs, targets = torch.cat(self._probs), torch.cat(self._targets)
+        preds = (probs >= self.threshold).long()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        report = classification_report(
+            targets.numpy(), preds.numpy(), labels=[0, 1], target_names=names, digits=4, zero_division=0
+        )
+        (self.output_dir / "classification_report.txt").write_text(
+            f"Test split, {len(targets)} images, crack class = {names[1]}, threshold {self.threshold}\n\n{report}"
+        )
+        fig = confusion_matrix_figure(targets.numpy(), preds.numpy(), names)
+        save_figure(fig, self.output_dir / "confusion_matrix.png")
+        log_figure(trainer, "test/confusion_matrix", fig)
+        fig = self._prediction_grid(torch.cat(self._images), probs, preds, targets, names, dm.mean, dm.std)
+        save_figure(fig, self.output_dir / "test_predictions.png")
+        log_figure(trainer, "test/predictions", fig)
+
+    def _prediction_grid(self, images, probs, preds, targets, names, mean, std) -> Figure:
+        pool = len(images)
+        wrong = (preds[:pool] != targets[:pool]).nonzero().flatten().tolist()
+        right = (preds[:pool] == targets[:pool]).nonzero().flatten().tolist()
+        chosen = (wrong + right)[: self.num_images]
+        titles = [
+            f"pred {names[preds[i]]} ({probs[i]:.2f})\ntrue {names[targets[i]]}" for i in chosen
+        ]
+        colors = ["red" if preds[i] != targets[i] else "green" for i in chosen]
+        return image_grid_figure(
+            denormalize(images[chosen], mean, std), titles, colors,
+            suptitle="Test predictions: crack probability, mistakes first (red)",
+        )

@@ -1,0 +1,140 @@
+"""The LightningDataModule: an ImageFolder root, a saved stratified split, loaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.data.dataset import ImageListDataset, resolve_class_names, scan_samples
+from crack_lightning.data.splits import check_fractions, read_splits, stratified_split, write_splits
+
+log = logging.getLogger(__name__)
+
+
+class CrackDataModule(L.LightningDataModule):
+    """Crack / no-crack images from an ImageFolder root.
+
+    Args:
+        root: folder with one sub-folder per class (default names Positive/ and Negative/).
+        data_config: timm data config of the backbone (input size, interpolation, mean, std),
+            from ``CrackClassifier.data_config``.
+        augmentation: ``transform = augmentation(data_config)`` for training images, a Hydra
+            partial of :func:`~crack_lightning.data.augmentation.train_transform`;
+            ``None`` trains on the evaluation transform.
+        positive_class: the crack folder's name; inferred from common names when ``None``.
+        split_fractions: train/val/test fractions, stratified by class.
+        split_seed: seed of the split (0 is a seed like any other).
+        split_file: where ``splits.csv`` is written; an existing file is reused as is, which
+            keeps the split of a resumed run.
+        image_size: overrides the backbone's input size (int or [height, width]).
+        num_workers / pin_memory / persistent_workers: ``"auto"`` picks for this machine.
+        synthetic: if set, ``prepare_data`` generates the synthetic dataset at ``root`` with
+            these arguments (``per_class``, ``seed``) unless it is already there.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        data_config: dict,
+        augmentation: Callable[[dict], Callable] | None = None,
+        positive_class: str | None = None,
+        split_fractions=(0.8, 0.1, 0.1),
+        split_seed: int = 0,
+        split_file: str | None = None,
+        image_size: int | list[int] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int | str = "auto",
+        pin_memory: bool | str = "auto",
+        persistent_workers: bool | str = "auto",
+        synthetic: dict | None = None,
+    ):
+        super().__init__()
+        self.root = Path(root).expanduser().resolve()
+        self.data_config = dict(data_config)
+        if image_size is not None:
+            h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+            self.data_config["input_size"] = (3, int(h), int(w))
+        self.augmentation = augmentation
+        self.positive_class = positive_class
+        self.split_fractions = check_fractions(split_fractions)
+        self.split_seed = split_seed
+        self.split_file = Path(split_file) if split_file else None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = _auto_workers() if num_workers == "auto" else int(num_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
+        self.persistent_workers = (
+            self.num_workers > 0 if persistent_workers == "auto" else bool(persistent_workers)
+        )
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.class_names: list[str] = []
+        self.splits: dict | None = None
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.data_config["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.data_config["std"])
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            from crack_lightning.data.synthetic import generate
+
+            generate(self.root, **self.synthetic)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:  # fit then test: keep the datasets already built
+            return
+        self.class_names = resolve_class_names(self.root, self.positive_class)
+        if self.split_file is not None and self.split_file.is_file():
+            log.info("Reusing the saved split %s", self.split_file)
+            self.splits = read_splits(self.split_file, self.root, self.class_names)
+        else:
+            samples = scan_samples(self.root, self.class_names)
+            self.splits = stratified_split(samples, self.split_fractions, self.split_seed)
+            if self.split_file is not None:
+                write_splits(self.split_file, self.splits, self.root, self.class_names)
+        train_tf = self.augmentation(self.data_config) if self.augmentation else eval_transform(self.data_config)
+        eval_tf = eval_transform(self.data_config)
+        self.train_dataset = ImageListDataset(self.splits["train"], train_tf)
+        self.val_dataset = ImageListDataset(self.splits["val"], eval_tf)
+        self.test_dataset = ImageListDataset(self.splits["test"], eval_tf)
+        counts = {k: len(v) for k, v in self.splits.items()}
+        log.info("Classes %s (crack = %s); split sizes %s", self.class_names, self.class_names[1], counts)
+
+    def _loader(self, dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            # a last batch of one image breaks BatchNorm in training
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, train=False)
+
+
+def _auto_workers() -> int:
+    # Leave one core to the training process; more than 8 decoders rarely pays off.
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cpus - 1))

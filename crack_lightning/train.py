@@ -1,0 +1,78 @@
+"""The training task: compose -> fit -> test with the best checkpoint -> report.
+
+``train.py`` at the top of the repository is the Hydra entry point; this module holds
+the logic so that tests and other entry points can call :func:`train` with a config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from crack_lightning import CrackLightningError
+from crack_lightning.data.splits import check_fractions
+from crack_lightning.trainer import runtime_kwargs
+
+log = logging.getLogger(__name__)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject contradictory settings before any data or weights are touched."""
+    check_fractions(cfg.data.split_fractions)
+    unfreeze = cfg.get("finetune", {}).get("unfreeze_at_epoch") if cfg.get("finetune") else None
+    max_epochs = cfg.trainer.get("max_epochs")
+    if unfreeze is not None and max_epochs is not None and max_epochs >= 0 and unfreeze >= max_epochs:
+        raise CrackLightningError(
+            f"finetune.unfreeze_at_epoch={unfreeze} is not below trainer.max_epochs={max_epochs}: "
+            f"the backbone would never train. Lower the one or raise the other, or use finetune=frozen."
+        )
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry of a config group dict that has a ``_target_`` (nulls are skipped)."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train, test with the best checkpoint, write the run folder; return the monitored metric's best value."""
+    check_config(cfg)
+    if cfg.get("seed") is not None:  # 0 is a seed
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    model = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, data_config=model.data_config)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    if cfg.get("finetune"):
+        callbacks.append(instantiate(cfg.finetune))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **runtime_kwargs(cfg.trainer))
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    checkpoint = trainer.checkpoint_callback
+    best_ckpt = checkpoint.best_model_path if checkpoint else ""
+
+    if cfg.get("test", True):
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)
+        metrics = {k: float(v) for k, v in sorted(results[0].items())}
+        metrics["best_ckpt"] = best_ckpt
+        if trainer.is_global_zero:
+            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            log.info("Test metrics: %s", json.dumps(metrics))
+            for logger in trainer.loggers:  # TensorBoard's HPARAMS tab: the config next to its results
+                if isinstance(logger, TensorBoardLogger):
+                    logger.log_hyperparams(model.run_config, metrics={k: v for k, v in metrics.items() if k != "best_ckpt"})
+                    logger.save()
+
+    if checkpoint is None or checkpoint.best_model_score is None:
+        return None
+    return float(checkpoint.best_model_score)

@@ -1,0 +1,37 @@
+"""Trainer settings that depend on the machine: precision, cuDNN, matmul precision."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["runtime_kwargs", "resolve_precision"]
+
+
+def _uses_cuda(accelerator: str) -> bool:
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def resolve_precision(precision: str | int, accelerator: str = "auto") -> str | int:
+    """``"auto"``: bf16 mixed on CUDA GPUs that support it (no GradScaler needed),
+    fp16 mixed with a GradScaler on older GPUs, full fp32 on the CPU (where mixed
+    precision is slower). Anything else is passed through to Lightning."""
+    if precision != "auto":
+        return precision
+    if _uses_cuda(accelerator):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def runtime_kwargs(trainer_cfg) -> dict:
+    """Keyword arguments for ``lightning.Trainer`` resolved for this machine."""
+    accelerator = trainer_cfg.get("accelerator", "auto")
+    cuda = _uses_cuda(accelerator)
+    if cuda:
+        # TF32 matmuls on Ampere and newer; no effect elsewhere
+        torch.set_float32_matmul_precision("high")
+    benchmark = trainer_cfg.get("benchmark", "auto")
+    return {
+        "precision": resolve_precision(trainer_cfg.get("precision", "auto"), accelerator),
+        # fixed input sizes: let cuDNN pick the fastest kernels; None leaves torch's default
+        "benchmark": (True if cuda else None) if benchmark == "auto" else benchmark,
+    }

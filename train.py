@@ -1,0 +1,29 @@
+"""Train a concrete-crack classifier.
+
+    python train.py backbone=mobilenetv2
+    python train.py experiment=demo
+    python train.py -m backbone=mobilenetv2,efficientnet,custom_cnn model.lr=1e-3,1e-4
+"""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from crack_lightning import CrackLightningError
+from crack_lightning.train import train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return train(cfg)
+    except CrackLightningError as err:
+        # a problem the user can fix: one clear line (console and train.log), no stack trace
+        logging.getLogger("crack_lightning").error("%s", err)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
