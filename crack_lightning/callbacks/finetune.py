@@ -110,8 +110,10 @@ class FreezeUnfreeze(BaseFinetuning):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)  # runs finetune_function
-        # The loop has just called model.train(); put frozen parts back in eval mode.
-        # (Lightning restores each module's mode after validation, so this holds all epoch.)
+        # Lightning does not call model.train() at each epoch start; it restores every
+        # module's own mode after validation. So set the modes here, once per epoch:
+        # unfrozen parts train, frozen parts stay in eval mode all epoch.
+        pl_module.backbone.train()
         for module in self._frozen:
             module.eval()
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)

@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny synthetic dataset and Hydra configs composed like train.py does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from crack_lightning.data.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+# Tests never reach the network: a pretrained=true backbone must fail fast, not hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """12 synthetic 227x227 images per class (a 19/2/3 split)."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    generate(root, per_class=12, seed=0)
+    return root
+
+
+def compose_cfg(tmp_path: Path, data_root: Path, overrides: list[str] = ()) -> DictConfig:
+    """The config `python train.py debug=fast <overrides>` would get, writing into tmp_path.
+
+    ``debug=fast`` is left out when the overrides choose another ``debug``.
+    """
+    debug = [] if any(o.startswith(("debug=", "~debug")) for o in overrides) else ["debug=fast"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[
+                *debug,
+                "backbone.pretrained=false",
+                f"data.root={data_root}",
+                f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.log_dir={tmp_path / 'logs'}",
+                f"paths.output_dir={tmp_path / 'run'}",
+                *overrides,
+            ],
+        )
+
+
+def run_train_py(args: list[str], cwd: Path = REPO, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run the real `python train.py ...` in a subprocess."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,114 @@
+"""The training task end to end: in-process for each backbone, and the real train.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from crack_lightning.train import train
+from tests.conftest import compose_cfg, run_train_py
+
+METRIC_KEYS = {"test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss", "best_ckpt"}
+RUN_FILES = [
+    "metrics.json", "classification_report.txt", "confusion_matrix.png", "test_predictions.png",
+    "augmentation_preview.png", "splits.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+]
+
+
+def check_run_folder(run: Path) -> dict:
+    for name in RUN_FILES:
+        assert (run / name).is_file(), f"{name} missing from the run folder"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == METRIC_KEYS
+    assert all(0.0 <= metrics[k] <= 1.0 for k in METRIC_KEYS - {"best_ckpt", "test/loss"})
+    assert Path(metrics["best_ckpt"]).is_file()
+    report = (run / "classification_report.txt").read_text()
+    assert "Positive" in report and "Negative" in report and "support" in report
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def custom_cnn_run(tmp_path_factory, tiny_data):
+    tmp = tmp_path_factory.mktemp("custom_cnn_run")
+    best = train(compose_cfg(tmp, tiny_data, ["backbone=custom_cnn"]))
+    return tmp / "run", best
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "efficientnet", "timm"])
+def test_fit_and_test_each_backbone(backbone, tmp_path, tiny_data):
+    extra = ["backbone.name=resnet18"] if backbone == "timm" else []
+    best = train(compose_cfg(tmp_path, tiny_data, [f"backbone={backbone}", *extra]))
+    check_run_folder(tmp_path / "run")
+    assert best is not None and best > 0  # the best val/loss, returned for sweepers
+
+
+def test_custom_cnn_run_folder_and_return_value(custom_cnn_run):
+    run, best = custom_cnn_run
+    check_run_folder(run)
+    rows = (run / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    losses = [float(r.split(",")[header.index("val/loss")]) for r in rows[1:] if r.split(",")[header.index("val/loss")]]
+    assert best == pytest.approx(min(losses))
+
+
+def test_tensorboard_has_scalars_figures_and_hparams(custom_cnn_run):
+    run, _ = custom_cnn_run
+    tags = {"scalars": set(), "images": set(), "tensors": set()}
+    for event_file in (run / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+        acc.Reload()
+        for kind in tags:
+            tags[kind] |= set(acc.Tags()[kind])
+        try:
+            tags["tensors"] |= set(acc.PluginTagToContent("hparams"))
+        except KeyError:  # this event file holds no hparams summary
+            pass
+    assert {"val/loss", "val/recall", "val/auroc", "train/loss_step", "train/trainable_params", "test/acc"} <= tags["scalars"]
+    assert {"train/augmentation_preview", "test/confusion_matrix", "test/predictions"} <= tags["images"]
+    assert "_hparams_/session_start_info" in tags["tensors"]  # hyperparameters logged with metrics
+
+
+def test_same_seed_gives_the_same_metrics(custom_cnn_run, tmp_path, tiny_data):
+    run, _ = custom_cnn_run
+    train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn"]))
+    first = json.loads((run / "metrics.json").read_text())
+    second = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    first.pop("best_ckpt"), second.pop("best_ckpt")
+    assert first == second
+
+
+def test_multirun_sweep_through_train_py(tmp_path, tiny_data):
+    sweep = tmp_path / "sweep"
+    result = run_train_py([
+        "-m", "debug=fast", "backbone=custom_cnn,mobilenetv2", "backbone.pretrained=false",
+        f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={sweep}",
+    ])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"], "one folder per job"
+    names = []
+    for job in jobs:
+        check_run_folder(job)
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        names.append(config["backbone"]["name"])
+        assert f"backbone={ {'custom_cnn': 'custom_cnn', 'mobilenetv2_100': 'mobilenetv2'}[names[-1]] }" in overrides
+    assert names == ["custom_cnn", "mobilenetv2_100"]
+    # the same seed gives both jobs the same split, so their test numbers are comparable
+    assert (jobs[0] / "splits.csv").read_text() == (jobs[1] / "splits.csv").read_text()
+    assert (sweep / "multirun.yaml").is_file()
+
+
+def test_train_py_user_error_is_one_clear_line(tmp_path, tiny_data):
+    result = run_train_py([
+        "debug=fast", "backbone=timm", "backbone.name=mobilenet_v2", f"data.root={tiny_data}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ])
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Unknown backbone 'mobilenet_v2'" in output and "mobilenetv2_100" in output
+    assert "Traceback" not in output
