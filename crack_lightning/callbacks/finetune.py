@@ -84,7 +84,7 @@ class FreezeUnfreeze(BaseFinetuning):
             head = optimizer.param_groups[0]
             base_lr = head.get("initial_lr", head["lr"]) * self.backbone_lr_ratio
             progress = head["lr"] / head["initial_lr"] if head.get("initial_lr") else 1.0
-            optimizer.add_param_group({"params": new, "lr": base_lr * progress, "initial_lr": base_lr})
+            optimizer.add_param_group({"params": new, "lr": base_lr * progress, "initial_lr": base_lr, "name": "backbone"})
             log.info("Epoch %d: unfroze %d backbone parameter tensors at lr %.3g", epoch, len(new), base_lr)
             if self.reset_early_stopping:
                 self._reset_early_stopping(pl_module.trainer)

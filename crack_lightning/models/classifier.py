@@ -119,8 +119,12 @@ class CrackClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         # Only what is trainable now: a frozen backbone joins later as its own group.
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params, lr=self.hparams.lr)
+        # Named groups give stable LearningRateMonitor tags (lr-AdamW/head, .../backbone).
+        groups = [{"params": [p for p in self.head.parameters() if p.requires_grad], "name": "head"}]
+        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        if backbone:
+            groups.append({"params": backbone, "name": "backbone"})
+        optimizer = self.optimizer_factory(groups, lr=self.hparams.lr)
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}
