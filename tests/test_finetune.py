@@ -122,6 +122,7 @@ def test_unfreeze_adds_backbone_group_driven_by_the_scheduler(tiny_data, tmp_pat
     bn_keys = [k for k in e1["start_state"] if "running_mean" in k]
     assert changed(e1["start_state"], e1["end_state"], bn_keys)
     assert e2["trainable"] == sum(p.numel() for p in model.parameters())
+    assert trainer.fit_loop.min_epochs == 2, "early stopping must not end the run while frozen"
 
 
 def test_unfreeze_last_stages_only(tiny_data, tmp_path):

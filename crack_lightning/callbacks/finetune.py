@@ -37,8 +37,8 @@ class FreezeUnfreeze(BaseFinetuning):
         unfreeze_stages: unfreeze only the last N stages; ``None`` unfreezes all of it.
         train_bn: whether BatchNorm layers of unfrozen stages train (False keeps them
             frozen in eval mode, as the Keras fine-tuning guide advises for small data).
-        reset_early_stopping: give EarlyStopping fresh patience at the unfreeze epoch, so
-            a plateau of the frozen phase cannot end the run before fine-tuning starts.
+        reset_early_stopping: make sure EarlyStopping cannot end the run before the first
+            fine-tuning epoch (``min_epochs``) and give it fresh patience at the unfreeze.
     """
 
     def __init__(
@@ -58,6 +58,13 @@ class FreezeUnfreeze(BaseFinetuning):
         self.train_bn = train_bn
         self.reset_early_stopping = reset_early_stopping
         self._frozen: list[nn.Module] = []  # modules to hold in eval mode
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # freezes
+        if self.reset_early_stopping and self.unfreeze_at_epoch is not None:
+            # early stopping cannot end the run before at least one fine-tuning epoch
+            loop = trainer.fit_loop
+            loop.min_epochs = max(loop.min_epochs or 0, self.unfreeze_at_epoch + 1)
 
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
         self.freeze(pl_module.backbone, train_bn=False)
