@@ -102,7 +102,8 @@ class CrackDataModule(L.LightningDataModule):
         else:
             samples = scan_samples(self.root, self.class_names)
             self.splits = stratified_split(samples, self.split_fractions, self.split_seed)
-            if self.split_file is not None:
+            # every rank computes the same split; one writes it
+            if self.split_file is not None and (self.trainer is None or self.trainer.is_global_zero):
                 write_splits(self.split_file, self.splits, self.root, self.class_names)
         train_tf = self.augmentation(self.data_config) if self.augmentation else eval_transform(self.data_config)
         eval_tf = eval_transform(self.data_config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 from sklearn.model_selection import train_test_split
@@ -53,7 +54,7 @@ def stratified_split(samples: list[Sample], fractions, seed: int) -> dict[str, l
 def write_splits(path: Path, splits: dict[str, list[Sample]], root: Path, class_names: list[str]) -> None:
     """Write ``path,label,split`` rows (paths relative to ``root``), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: no rename races
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"])
