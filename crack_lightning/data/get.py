@@ -1,0 +1,168 @@
+"""`make data`: download, verify, extract and lay out "Concrete Crack Images for Classification".
+
+    python -m crack_lightning.data.get                               # -> data/concrete_crack
+    python -m crack_lightning.data.get root=/data/concrete_crack     # then train.py data.root=...
+    python -m crack_lightning.data.get source.url=<mirror URL>       # same size and SHA-256
+
+Steps: fetch the archive into ``download_dir`` (resumable, size and SHA-256 checked) ->
+extract it next to ``root`` (all-or-nothing) -> find the folder holding the class folders
+(``source.classes``, possibly nested) -> move it to ``root`` -> compare the image counts
+with ``source.expect`` (a warning, not an error) -> write the dataset card -> summary.
+
+A ``root`` that already holds the class folders with images is left alone (rerunning is a
+no-op); nothing here ever deletes a dataset or a file the user had. Config:
+``conf/get_data.yaml`` and ``conf/source/``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from crack_lightning import CrackLightningError
+from crack_lightning.data.archive import extract
+from crack_lightning.data.download import fetch
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def get_data(cfg: DictConfig) -> Path:
+    """Make sure ``cfg.root`` holds the dataset; return ``root``."""
+    root = Path(cfg.root).expanduser().absolute()
+    if root.is_symlink():  # data on another disk: fill the folder the link points to
+        root = Path(os.path.realpath(root))
+    classes = [str(c) for c in cfg.source.classes]
+    expect = dict(cfg.source.expect) if cfg.source.get("expect") else None
+
+    counts = class_counts(root, classes)
+    if counts and all(counts.values()):
+        if cfg.force:
+            raise CrackLightningError(
+                f"force=true: {root} already holds the dataset ({_fmt(counts)}) and this command "
+                f"never deletes data; to rebuild it, move or delete {root} yourself and rerun, "
+                f"or lay out a fresh copy elsewhere with root=<folder>")
+        log.info("%s already holds %s: nothing to do (to rebuild it, move it away and rerun)",
+                 root, _fmt(counts))
+        _check_counts(counts, expect)
+        return root
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        what = ", ".join(sorted(p.name for p in root.iterdir())[:5]) if root.is_dir() else "a file"
+        raise CrackLightningError(
+            f"root={root} exists but does not hold {' and '.join(f'{c}/' for c in classes)} with "
+            f"images (it holds: {what}); nothing was changed: move it away (or empty it) and "
+            f"rerun, or choose another folder with root=<folder>")
+
+    src = cfg.source
+    archive = fetch(src.url, Path(cfg.download_dir).expanduser() / src.filename,
+                    src.size, src.sha256, progress=cfg.progress, timeout=cfg.timeout_s,
+                    retries=cfg.retries)
+
+    staging = root.parent / f".{root.name}.unpacked"  # next to root: same disk, atomic move
+    if staging.exists():
+        log.info("Removing %s, left by an interrupted run", staging)
+        shutil.rmtree(staging)
+    extract(archive, staging)
+    try:
+        found = find_dataset(staging, classes)
+        if found is None:
+            raise CrackLightningError(
+                f"{archive} holds no folder with {' and '.join(f'{c}/' for c in classes)} "
+                f"(top level: {', '.join(sorted(p.name for p in staging.iterdir())[:8]) or 'nothing'}): "
+                f"is source.url the right archive? (source.classes names the class folders)")
+        os.replace(found, root)  # root is absent or an empty folder
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+    counts = class_counts(root, classes)
+    _check_counts(counts, expect)
+    if not cfg.keep_archive:
+        archive.unlink()
+        log.info("Deleted %s (keep_archive=false)", archive)
+
+    card = None
+    if cfg.card:
+        from crack_lightning.data.card import write_card  # noqa: PLC0415 - only when asked
+        card = write_card(root)
+
+    log.info("Dataset ready at %s: %s", root, _fmt(counts))
+    if card:
+        log.info("Dataset card: %s", card)
+    log.info("Train on it: python train.py data.root=%s", root)
+    if src.get("citation"):
+        log.info("License %s; please cite: %s", src.get("license", "see the source"), src.citation)
+    return root
+
+
+def class_counts(root: Path, classes: list[str]) -> dict[str, int]:
+    """Images directly inside each ``root/<class>`` (0 for a missing folder); {} if no root."""
+    if not root.is_dir():
+        return {}
+    counts = {}
+    for cls in classes:
+        folder = root / cls
+        counts[cls] = sum(1 for p in folder.iterdir()
+                          if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) if folder.is_dir() else 0
+    return counts
+
+
+def find_dataset(top: Path, classes: list[str], depth: int = 2) -> Path | None:
+    """The shallowest folder under ``top`` (``top`` included) holding all class folders."""
+    level = [top]
+    for _ in range(depth + 1):
+        for folder in level:
+            if all((folder / c).is_dir() for c in classes):
+                return folder
+        level = sorted(p for f in level for p in f.iterdir() if p.is_dir() and not p.is_symlink())
+    return None
+
+
+def _check_counts(counts: dict[str, int], expect: dict | None) -> None:
+    if not expect:
+        return
+    off = {c: (counts.get(c, 0), n) for c, n in expect.items() if counts.get(c, 0) != n}
+    if off:
+        log.warning("Image counts differ from source.expect: %s; training works on what is there, "
+                    "but results will not compare with the published ones",
+                    ", ".join(f"{c}: {have:,} (expected {n:,})" for c, (have, n) in off.items()))
+
+
+def _fmt(counts: dict[str, int]) -> str:
+    return ", ".join(f"{c}/ {n:,} images" for c, n in counts.items())
+
+
+def _user_error(err: BaseException | None) -> CrackLightningError | None:
+    """The CrackLightningError behind ``err``, if any (same as train.py's)."""
+    while err is not None:
+        if isinstance(err, CrackLightningError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="get_data")
+def main(cfg: DictConfig) -> None:
+    try:
+        get_data(cfg)
+    except KeyboardInterrupt:
+        logging.getLogger("crack_lightning").error(
+            "Interrupted; a partial download is kept as <archive>.part: rerun to resume")
+        sys.exit(130)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        # a problem the user can fix: one clear line, no stack trace
+        logging.getLogger("crack_lightning").error("%s", user_error)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
