@@ -1,0 +1,447 @@
+"""Validate an ImageFolder dataset: counts, sizes, broken files, duplicates, split leaks.
+
+``python -m crack_lightning.data.validate ROOT [--splits splits.csv] [--json report.json]``
+
+Every sub-folder of ROOT is a class (files directly in ROOT, such as
+``synthetic.json`` or the dataset card, are listed but not checked).  The report
+(terminal table + JSON, paths relative to ROOT) holds:
+
+* images per class, image sizes, modes and formats;
+* problem files by kind: ``empty`` (zero bytes), ``not_image`` (an image extension
+  but not an image, e.g. a text file named ``.jpg``), ``truncated`` (PIL stops early,
+  or a JPEG has no end-of-image marker), ``unreadable`` (any other decode error);
+* non-image files: files in class folders without an image extension (what
+  ImageFolder would silently skip);
+* exact duplicates (same SHA-256), within one class or across classes;
+* near-duplicates: perceptual hashes within ``--near-distance`` bits *and* a pixel
+  check (band-passed grayscale correlation over shifts up to 2 px, see
+  :func:`crack_lightning.data.fingerprints.verify_pairs`), since hashes of plain
+  concrete collide by chance; within one class or across classes;
+* with ``--splits``: exact and near duplicates whose members sit in different
+  splits (a leak between train and test), files listed but missing, image files
+  not listed, files listed twice, and labels that disagree with the class folder.
+
+Exit status: 0 clean, 1 problems found, 2 a user error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from crack_lightning import CrackLightningError
+from crack_lightning.data.fingerprints import (
+    IMG_EXTENSIONS,
+    KINDS,
+    MAX_SHIFT,
+    MIN_CORRELATION,
+    available_cores,
+    fingerprint_files,
+    near_pairs,
+    verify_pairs,
+)
+
+REPORT_VERSION = 1
+# Hamming distance of 64-bit perceptual hashes below which a pair is checked at pixel
+# level. A JPEG re-encode (quality 40-90) plus a 1-2 px shift stays within ~8 bits;
+# random pairs of synthetic concrete are at least ~10 bits apart, a few hundred of
+# 40,000 images' pairs fall within 10, and the pixel check rejects them.
+NEAR_DISTANCE = 10
+PROBLEM_KINDS = tuple(k for k in KINDS if k != "ok")
+
+# Summary headings in display order: (key, title). A report is clean when all are 0.
+HEADINGS = (
+    ("empty", "zero-byte files"),
+    ("not_image", "not images (image extension, other content)"),
+    ("truncated", "truncated images"),
+    ("unreadable", "unreadable images"),
+    ("non_image_files", "non-image files (by extension)"),
+    ("empty_classes", "class folders without images"),
+    ("exact_within_class", "exact duplicates within a class (groups)"),
+    ("exact_across_classes", "exact duplicates across classes (groups)"),
+    ("near_within_class", "near-duplicates within a class (pairs)"),
+    ("near_across_classes", "near-duplicates across classes (pairs)"),
+    ("split_exact_leaks", "splits: exact duplicates in different splits (groups)"),
+    ("split_near_leaks", "splits: near-duplicates in different splits (pairs)"),
+    ("split_missing", "splits: listed but missing"),
+    ("split_unlisted", "splits: image files not listed"),
+    ("split_listed_twice", "splits: listed more than once"),
+    ("split_label_mismatch", "splits: label differs from class folder"),
+)
+
+
+# --- scanning ---------------------------------------------------------------------------
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]], list[str]]:
+    """Walk ``root`` like ImageFolder: ``(classes, image_files, other_files, root_files)``.
+
+    File entries are ``(class, path relative to root, posix)``, sorted.
+    """
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "no such folder"
+        raise CrackLightningError(
+            f"{root}: {what}. Pass the ImageFolder root that holds one sub-folder per class "
+            f"(e.g. Positive/ and Negative/)."
+        )
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    classes = [e.name for e in entries if e.is_dir()]
+    root_files = [e.name for e in entries if not e.is_dir()]
+    if not classes:
+        raise CrackLightningError(
+            f"{root}: no class sub-folders. Pass the ImageFolder root that holds one sub-folder "
+            f"per class (e.g. Positive/ and Negative/), not a class folder itself."
+        )
+    images, others = [], []
+    for cls in classes:
+        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
+            dirnames.sort()
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            for name in sorted(filenames):
+                (images if _is_image_name(name) else others).append((cls, f"{rel_dir}/{name}"))
+    return classes, images, others, root_files
+
+
+# --- splits.csv -------------------------------------------------------------------------
+
+
+def read_split_rows(csv_path: Path, root: Path) -> list[dict]:
+    """Rows of a ``splits.csv`` (``path,label,split``; other columns ignored), paths
+    normalised to posix paths relative to ``root``; each row has its line number."""
+    if not csv_path.is_file():
+        raise CrackLightningError(f"--splits {csv_path}: no such file. Pass the splits.csv a training run wrote.")
+    rows = []
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if "path" not in fields or "split" not in fields:
+            raise CrackLightningError(
+                f"--splits {csv_path}: needs the columns path and split (found {fields}). "
+                f"Pass a splits.csv written by a training run (path,label,split)."
+            )
+        root_abs = root.resolve()
+        for line, row in enumerate(reader, start=2):
+            raw = (row.get("path") or "").strip()
+            p = Path(raw)
+            if p.is_absolute():
+                try:
+                    p = p.resolve().relative_to(root_abs)
+                except ValueError:
+                    pass
+            rel = PurePosixPath(os.path.normpath(p.as_posix())).as_posix() if raw else ""
+            rows.append({"path": rel, "split": (row.get("split") or "").strip(),
+                         "label": (row.get("label") or "").strip() or None, "line": line})
+    return rows
+
+
+def _split_report(rows: list[dict], csv_path: Path, image_paths: list[str], groups: list[list[str]],
+                  near: list[dict]) -> dict:
+    present = set(image_paths)
+    split_of: dict[str, str] = {}
+    listed_twice: dict[str, list[str]] = defaultdict(list)
+    missing, mismatch = [], []
+    for r in rows:
+        p = r["path"]
+        if p in split_of or p in listed_twice:
+            listed_twice[p].append(r["split"])
+            continue
+        split_of[p] = r["split"]
+        if p not in present:
+            missing.append({"path": p, "line": r["line"], "split": r["split"]})
+        folder = PurePosixPath(p).parts[0] if p else ""
+        if r["label"] is not None and r["label"] != folder:
+            mismatch.append({"path": p, "line": r["line"], "label": r["label"], "folder": folder})
+    twice = [{"path": p, "splits": [split_of[p], *more]} for p, more in sorted(listed_twice.items())]
+    unlisted = [p for p in image_paths if p not in split_of]
+    exact_leaks = []
+    for paths in groups:
+        splits = [split_of.get(p) for p in paths]
+        if len({s for s in splits if s is not None}) > 1:
+            exact_leaks.append({"paths": paths, "splits": splits})
+    near_leaks = []
+    for pair in near:
+        sa, sb = split_of.get(pair["a"]), split_of.get(pair["b"])
+        if sa is not None and sb is not None and sa != sb:
+            near_leaks.append({**pair, "split_a": sa, "split_b": sb})
+    return {
+        "csv": str(csv_path),
+        "rows": len(rows),
+        "counts": dict(sorted(Counter(split_of.values()).items())),
+        "exact_duplicates_across_splits": exact_leaks,
+        "near_duplicates_across_splits": near_leaks,
+        "missing": missing,
+        "unlisted": unlisted,
+        "listed_twice": twice,
+        "label_mismatch": mismatch,
+    }
+
+
+# --- the validator ----------------------------------------------------------------------
+
+
+def _class_of(rel: str) -> str:
+    return rel.split("/", 1)[0]
+
+
+def validate(root, splits_csv=None, workers: int | None = None, near_distance: int = NEAR_DISTANCE,
+             progress: bool = False, min_correlation: float = MIN_CORRELATION) -> dict:
+    """Scan the ImageFolder at ``root`` and return the report (JSON-ready dict).
+
+    ``report["summary"]["clean"]`` is True when no heading of :data:`HEADINGS` has
+    a finding. Raises :class:`CrackLightningError` for a missing root or splits file.
+    """
+    t0 = time.perf_counter()
+    root = Path(root)
+    classes, images, others, root_files = scan(root)
+    rows = read_split_rows(Path(splits_csv), root) if splits_csv is not None else None
+    workers = available_cores() if workers is None else max(1, int(workers))
+    t_scan = time.perf_counter()
+
+    rel_paths = [rel for _, rel in images]
+    fps = fingerprint_files([root / rel for rel in rel_paths], workers=workers, progress=progress)
+    t_fp = time.perf_counter()
+
+    per_class = {c: {"images": 0, "bytes": 0, "problem_files": 0, "non_image_files": 0} for c in classes}
+    problems: dict[str, list[dict]] = {k: [] for k in PROBLEM_KINDS}
+    sizes, modes, formats = Counter(), Counter(), Counter()
+    ok_idx = []
+    for k, ((cls, rel), fp) in enumerate(zip(images, fps)):
+        per_class[cls]["bytes"] += fp.nbytes
+        if fp.kind == "ok":
+            ok_idx.append(k)
+            per_class[cls]["images"] += 1
+            sizes[f"{fp.size[0]}x{fp.size[1]}"] += 1
+            modes[fp.mode] += 1
+            formats[fp.format] += 1
+        else:
+            per_class[cls]["problem_files"] += 1
+            problems[fp.kind].append({"path": rel, "error": fp.error, "nbytes": fp.nbytes})
+    non_image = []
+    for cls, rel in others:
+        nbytes = (root / rel).stat().st_size if (root / rel).exists() else 0
+        per_class[cls]["non_image_files"] += 1
+        per_class[cls]["bytes"] += nbytes
+        non_image.append({"path": rel, "nbytes": nbytes})
+
+    # Exact duplicates: readable images with the same bytes.
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for k in ok_idx:
+        by_sha[fps[k].sha256].append(k)
+    exact = {"within_class": [], "across_classes": []}
+    groups = []
+    for sha, members in sorted(by_sha.items(), key=lambda kv: rel_paths[kv[1][0]]):
+        if len(members) < 2:
+            continue
+        paths = [rel_paths[k] for k in members]
+        cls = sorted({_class_of(p) for p in paths})
+        exact["across_classes" if len(cls) > 1 else "within_class"].append(
+            {"sha256": sha, "paths": paths, "classes": cls})
+        groups.append(paths)
+
+    # Near-duplicates: one representative per distinct content, hash candidates, then pixels.
+    reps = [members[0] for members in by_sha.values()]
+    reps.sort()
+    hashes = np.array([fps[k].phash for k in reps], dtype=np.uint64)
+    cand = near_pairs(hashes, near_distance)
+    checks = verify_pairs([fps[reps[i]].path for i in range(len(reps))] if len(cand) else [],
+                          cand, workers=workers, progress=progress)
+    near = {"within_class": [], "across_classes": []}
+    near_flat = []
+    for (i, j), (corr, dx, dy) in zip(cand, checks):
+        if corr < min_correlation:
+            continue
+        a_rep, b_rep = reps[i], reps[j]
+        dist = int(np.bitwise_count(hashes[i] ^ hashes[j]))
+        for a in by_sha[fps[a_rep].sha256]:
+            for b in by_sha[fps[b_rep].sha256]:
+                pa, pb = sorted((rel_paths[a], rel_paths[b]))
+                pair = {"a": pa, "b": pb, "phash_distance": dist, "correlation": round(float(corr), 4),
+                        "shift": [int(dx), int(dy)]}
+                near["within_class" if _class_of(pa) == _class_of(pb) else "across_classes"].append(pair)
+                near_flat.append(pair)
+    for v in near.values():
+        v.sort(key=lambda p: (p["a"], p["b"]))
+    t_near = time.perf_counter()
+
+    splits = _split_report(rows, Path(splits_csv), rel_paths, groups, near_flat) if rows is not None else None
+
+    counts = {
+        **{k: len(problems[k]) for k in PROBLEM_KINDS},
+        "non_image_files": len(non_image),
+        "empty_classes": sum(1 for c in classes if per_class[c]["images"] == 0),
+        "exact_within_class": len(exact["within_class"]),
+        "exact_across_classes": len(exact["across_classes"]),
+        "near_within_class": len(near["within_class"]),
+        "near_across_classes": len(near["across_classes"]),
+    }
+    if splits is not None:
+        counts.update({
+            "split_exact_leaks": len(splits["exact_duplicates_across_splits"]),
+            "split_near_leaks": len(splits["near_duplicates_across_splits"]),
+            "split_missing": len(splits["missing"]),
+            "split_unlisted": len(splits["unlisted"]),
+            "split_listed_twice": len(splits["listed_twice"]),
+            "split_label_mismatch": len(splits["label_mismatch"]),
+        })
+    t_end = time.perf_counter()
+    return {
+        "version": REPORT_VERSION,
+        "root": str(root.resolve()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"near_distance": int(near_distance), "min_correlation": float(min_correlation),
+                     "max_shift": MAX_SHIFT, "workers": workers, "image_extensions": list(IMG_EXTENSIONS)},
+        "summary": {"clean": not any(counts.values()), "counts": counts},
+        "classes": classes,
+        "per_class": per_class,
+        "totals": {"images": len(ok_idx), "files": len(images) + len(others),
+                   "bytes": sum(c["bytes"] for c in per_class.values())},
+        "sizes": dict(sizes.most_common()),
+        "modes": dict(modes.most_common()),
+        "formats": dict(formats.most_common()),
+        "problems": problems,
+        "non_image_files": non_image,
+        "empty_classes": [c for c in classes if per_class[c]["images"] == 0],
+        "exact_duplicates": exact,
+        "near_duplicates": near,
+        "near_candidates_checked": int(len(cand)),
+        "splits": splits,
+        "root_files": root_files,
+        "seconds": {"scan": round(t_scan - t0, 3), "fingerprint": round(t_fp - t_scan, 3),
+                    "near_duplicates": round(t_near - t_fp, 3), "total": round(t_end - t0, 3)},
+    }
+
+
+# --- terminal output --------------------------------------------------------------------
+
+
+def _examples(report: dict, key: str) -> list[str]:
+    """Short one-line descriptions of the findings under a summary heading."""
+    def pair(p):
+        return f"{p['a']} ~ {p['b']} (phash {p['phash_distance']}, corr {p['correlation']:.2f})"
+
+    if key in PROBLEM_KINDS:
+        return [f"{p['path']}: {p['error']}" for p in report["problems"][key]]
+    if key == "non_image_files":
+        return [p["path"] for p in report["non_image_files"]]
+    if key == "empty_classes":
+        return list(report["empty_classes"])
+    if key.startswith("exact_"):
+        return [" = ".join(g["paths"]) for g in report["exact_duplicates"][key[len("exact_"):]]]
+    if key.startswith("near_"):
+        return [pair(p) for p in report["near_duplicates"][key[len("near_"):]]]
+    s = report["splits"]
+    if key == "split_exact_leaks":
+        return [" = ".join(f"{p} [{sp}]" for p, sp in zip(g["paths"], g["splits"]))
+                for g in s["exact_duplicates_across_splits"]]
+    if key == "split_near_leaks":
+        return [f"{p['a']} [{p['split_a']}] ~ {p['b']} [{p['split_b']}]" for p in s["near_duplicates_across_splits"]]
+    if key == "split_missing":
+        return [f"{p['path']} (line {p['line']})" for p in s["missing"]]
+    if key == "split_unlisted":
+        return list(s["unlisted"])
+    if key == "split_listed_twice":
+        return [f"{p['path']} in {p['splits']}" for p in s["listed_twice"]]
+    if key == "split_label_mismatch":
+        return [f"{p['path']} (line {p['line']}): label {p['label']}, folder {p['folder']}" for p in s["label_mismatch"]]
+    return []
+
+
+def print_report(report: dict, console=None, max_examples: int = 3) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"Dataset {report['root']}", title_justify="left")
+    for col in ("class", "images", "MB", "problem files", "non-image files"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for cls in report["classes"]:
+        c = report["per_class"][cls]
+        table.add_row(cls, f"{c['images']:,}", f"{c['bytes'] / 1e6:.1f}", str(c["problem_files"]),
+                      str(c["non_image_files"]))
+    t = report["totals"]
+    table.add_row("all", f"{t['images']:,}", f"{t['bytes'] / 1e6:.1f}",
+                  str(sum(c["problem_files"] for c in report["per_class"].values())),
+                  str(len(report["non_image_files"])), style="bold")
+    console.print(table)
+
+    def top(counter: dict, n=4):
+        items = list(counter.items())
+        more = f", ... ({len(items) - n} more)" if len(items) > n else ""
+        return ", ".join(f"{k} x{v:,}" for k, v in items[:n]) + more
+
+    console.print(f"sizes: {top(report['sizes']) or '-'}")
+    console.print(f"modes: {top(report['modes']) or '-'};  formats: {top(report['formats']) or '-'}")
+    if report["splits"] is not None:
+        console.print(f"splits.csv: {report['splits']['rows']:,} rows {report['splits']['counts']}")
+
+    counts = report["summary"]["counts"]
+    checks = Table(title="Checks", title_justify="left", show_lines=False)
+    checks.add_column("check")
+    checks.add_column("found", justify="right")
+    checks.add_column(f"first {max_examples}", overflow="fold")
+    for key, title in HEADINGS:
+        if key not in counts:
+            continue
+        n = counts[key]
+        ex = _examples(report, key)[:max_examples] if n else []
+        checks.add_row(title, f"[red]{n}[/red]" if n else "[green]0[/green]", "\n".join(ex))
+    console.print(checks)
+    s = report["seconds"]
+    verdict = "[green]clean[/green]" if report["summary"]["clean"] else "[red]problems found[/red]"
+    console.print(f"{verdict}: {t['images']:,} images checked in {s['total']:.1f} s "
+                  f"({report['near_candidates_checked']} near-duplicate candidates checked at pixel level)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m crack_lightning.data.validate",
+        description="Check an ImageFolder dataset: counts, sizes, broken files, duplicates, split leaks.")
+    p.add_argument("root", help="dataset folder with one sub-folder per class")
+    p.add_argument("--splits", help="a splits.csv (path,label,split) to check for leaks between splits")
+    p.add_argument("--json", help="write the full report here (paths relative to ROOT)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all available cores)")
+    p.add_argument("--near-distance", type=int, default=NEAR_DISTANCE,
+                   help=f"max perceptual-hash distance (of 64 bits) checked for near-duplicates (default {NEAR_DISTANCE})")
+    p.add_argument("--examples", type=int, default=3, help="examples shown per finding on the terminal")
+    try:
+        a = p.parse_args(argv)
+    except SystemExit as exc:  # --help: 0, bad arguments: 2
+        return int(exc.code or 0)
+    from rich.console import Console
+
+    console = Console()
+    try:
+        if not 0 <= a.near_distance <= 64:
+            raise CrackLightningError(f"--near-distance {a.near_distance}: give a number of bits from 0 to 64.")
+        if a.workers is not None and a.workers < 1:
+            raise CrackLightningError(f"--workers {a.workers}: give at least 1.")
+        report = validate(a.root, a.splits, workers=a.workers, near_distance=a.near_distance,
+                          progress=console.is_terminal)
+        if a.json:
+            out = Path(a.json)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+    except CrackLightningError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print_report(report, console, max_examples=a.examples)
+    if a.json:
+        console.print(f"report: {a.json}")
+    return 0 if report["summary"]["clean"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
