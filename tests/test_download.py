@@ -204,8 +204,10 @@ def test_get_data_end_to_end_then_idempotent(tmp_path, server, rar_bytes, small_
     assert progress[-1].startswith("Downloading Concrete Crack Images for Classification.rar: 100 %")
     assert "verified" in caplog.text and "Dataset ready at" in caplog.text
     assert "Image counts differ from source.expect: Positive: 3 (expected 20,000)" in caplog.text
-    if write_card_stub is None:  # the real card: a file next to the class folders
-        assert {k for k in got if "/" not in k}, "write_card wrote nothing in root"
+    CARD_MD = "dataset_card.md"  # noqa: N806 - crack_lightning.data.card.CARD_MD
+    if write_card_stub is None:  # the real card, with the source's licence and citation
+        card = (root / CARD_MD).read_text()
+        assert "CC BY 4.0" in card and "10.17632/5y9wdsg2zt.2" in card and "ISARC 2018" in card
     else:
         assert write_card_stub == [root]
 
@@ -220,6 +222,11 @@ def test_get_data_end_to_end_then_idempotent(tmp_path, server, rar_bytes, small_
     with pytest.raises(CrackLightningError, match=r"force=true.*never deletes data.*move or delete"):
         get_data(_cfg(_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "force=true")))
     assert _files(root) == got
+
+    if write_card_stub is None:  # a dataset without its card (laid out by hand): the rerun adds it
+        (root / CARD_MD).unlink()
+        get_data(cfg)
+        assert (root / CARD_MD).is_file() and len(server.requests) == 1
 
 
 def test_resume_after_interrupted_transfer(tmp_path, server, rar_bytes):

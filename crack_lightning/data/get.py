@@ -51,6 +51,8 @@ def get_data(cfg: DictConfig) -> Path:
         log.info("%s already holds %s: nothing to do (to rebuild it, move it away and rerun)",
                  root, _fmt(counts))
         _check_counts(counts, expect)
+        if cfg.card and not _card_exists(root):  # laid out by hand, or the card failed last time
+            _write_card(root, cfg.source)
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         what = ", ".join(sorted(p.name for p in root.iterdir())[:5]) if root.is_dir() else "a file"
@@ -87,10 +89,7 @@ def get_data(cfg: DictConfig) -> Path:
         archive.unlink()
         log.info("Deleted %s (keep_archive=false)", archive)
 
-    card = None
-    if cfg.card:
-        from crack_lightning.data.card import write_card  # noqa: PLC0415 - only when asked
-        card = write_card(root)
+    card = _write_card(root, src) if cfg.card else None
 
     log.info("Dataset ready at %s: %s", root, _fmt(counts))
     if card:
@@ -108,8 +107,9 @@ def class_counts(root: Path, classes: list[str]) -> dict[str, int]:
     counts = {}
     for cls in classes:
         folder = root / cls
-        counts[cls] = sum(1 for p in folder.iterdir()
-                          if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) if folder.is_dir() else 0
+        counts[cls] = sum(1 for p in folder.iterdir()  # not macOS "._x.jpg" resource forks
+                          if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                          and p.is_file()) if folder.is_dir() else 0
     return counts
 
 
@@ -120,8 +120,39 @@ def find_dataset(top: Path, classes: list[str], depth: int = 2) -> Path | None:
         for folder in level:
             if all((folder / c).is_dir() for c in classes):
                 return folder
-        level = sorted(p for f in level for p in f.iterdir() if p.is_dir() and not p.is_symlink())
+        level = sorted(p for f in level for p in f.iterdir() if p.is_dir() and not p.is_symlink()
+                       and p.name != "__MACOSX" and not p.name.startswith("."))
     return None
+
+
+# card.py's licence section until it is filled in from source config
+_CARD_PLACEHOLDER = "_Fill in: where the data comes from, its licence, and how to cite it._"
+
+
+def _write_card(root: Path, src: DictConfig) -> Path:
+    """The dataset card (crack_lightning.data.card) with the source's licence and citation."""
+    from crack_lightning.data.card import write_card  # noqa: PLC0415 - decodes every image
+
+    log.info("Writing the dataset card: every image is decoded and checked (about a minute "
+             "for 40,000 images on 2 cores)")
+    card = Path(write_card(root))
+    if src.get("citation") and card.suffix == ".md" and card.is_file():
+        text = card.read_text()
+        if _CARD_PLACEHOLDER in text:
+            page = src.get("page") or src.url
+            doi = f", doi:{src.doi}" if src.get("doi") else ""
+            card.write_text(text.replace(_CARD_PLACEHOLDER, (
+                f"Source: {page}{doi}. Licence: {src.get('license', 'see the source')}.\n\n"
+                f"Cite: {src.citation}")))
+    return card
+
+
+def _card_exists(root: Path) -> bool:
+    try:
+        from crack_lightning.data.card import CARD_MD  # noqa: PLC0415
+    except ImportError:
+        CARD_MD = "dataset_card.md"  # noqa: N806
+    return (root / CARD_MD).is_file()
 
 
 def _check_counts(counts: dict[str, int], expect: dict | None) -> None:
