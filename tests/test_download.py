@@ -56,6 +56,15 @@ def _entries(prefix: str = "", per_class: dict | None = None) -> dict[str, bytes
     return entries
 
 
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch):
+    """urllib honours *_proxy variables: keep every request (and the subprocess's) on 127.0.0.1."""
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
 @pytest.fixture(scope="module")
 def rar_bytes(tmp_path_factory) -> bytes:
     return write_rar4(tmp_path_factory.mktemp("rar") / "d.rar", _entries()).read_bytes()
