@@ -140,8 +140,8 @@ def test_near_pairs_equals_brute_force():
     assert fpm.near_pairs(np.zeros(0, np.uint64), 5).shape == (0, 2)
 
 
-def _half_gray_mean(gray: np.ndarray) -> np.ndarray:  # module level: picklable for workers
-    return np.array([gray.shape[0], gray.shape[1], gray.mean()])
+def _shape_and_mean(rgb: np.ndarray) -> np.ndarray:  # module level: picklable for workers
+    return np.array([*rgb.shape, rgb.mean()])
 
 
 def test_fingerprint_kinds(tmp_path, clean_root):
@@ -170,13 +170,14 @@ def test_fingerprint_kinds(tmp_path, clean_root):
     assert got["trailing.jpg"].phash == ok.phash and got["trailing.jpg"].sha256 != ok.sha256
     assert all(f.phash is None and f.error for n, f in got.items() if f.kind != "ok")
     assert fpm.fingerprint_file(tmp_path / "missing.jpg").kind == "unreadable"
-    # Many files: same answers in input order on 1 or 2 processes, extra computed on the gray image.
+    # Many files: same answers in input order on 1 or 2 processes, extra computed on the RGB image.
     paths = sorted(clean_root.glob("*/*.jpg"))[:40] + [tmp_path / n for n in files]
-    one = fpm.fingerprint_files(paths, workers=1, extra=_half_gray_mean)
-    two = fpm.fingerprint_files(paths, workers=2, extra=_half_gray_mean)
+    one = fpm.fingerprint_files(paths, workers=1, extra=_shape_and_mean)
+    two = fpm.fingerprint_files(paths, workers=2, extra=_shape_and_mean)
     assert [f.path for f in two] == [Path(p) for p in paths]
     assert [(f.sha256, f.kind, f.phash) for f in one] == [(f.sha256, f.kind, f.phash) for f in two]
-    assert np.allclose(two[0].extra, [227, 227, np.asarray(Image.open(paths[0]).convert("L")).mean()])
+    assert np.allclose(two[0].extra, [227, 227, 3, np.asarray(Image.open(paths[0]).convert("RGB")).mean()])
+    assert all((f.extra is None) == (f.kind != "ok") for f in two)
 
 
 def test_verify_pairs_separates_near_duplicates_from_lookalikes(tmp_path, clean_root):

@@ -124,7 +124,7 @@ class Fingerprint:
     mode: str | None = None  # mode as stored, e.g. 'RGB', 'L'
     size: tuple[int, int] | None = None  # (width, height)
     phash: int | None = None
-    extra: np.ndarray | None = None  # extra(gray) when asked for
+    extra: np.ndarray | None = None  # extra(rgb) when asked for
 
     @property
     def ok(self) -> bool:
@@ -148,8 +148,9 @@ def fingerprint_file(path, extra: Callable[[np.ndarray], np.ndarray] | None = No
     """Fingerprint one file: read once, SHA-256, full decode, perceptual hash.
 
     Never raises for a bad file: the problem is in ``.kind`` and ``.error``.
-    ``extra`` (a picklable module-level function) gets the grayscale image as a
-    uint8 ``(H, W)`` array; its result is stored in ``.extra``.
+    ``extra`` (a picklable function) gets the image as a uint8 RGB ``(H, W, 3)``
+    array (the grouped split reads colour along the borders); its result is
+    stored in ``.extra``.
     """
     path = Path(path)
     try:
@@ -177,7 +178,7 @@ def fingerprint_file(path, extra: Callable[[np.ndarray], np.ndarray] | None = No
         gray = image if image.mode == "L" else image.convert("L")
         fp.phash = _phash_gray(gray)
         if extra is not None:
-            fp.extra = extra(np.asarray(gray))
+            fp.extra = extra(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
     except Exception as err:  # noqa: BLE001 -- any decoder error is a finding, not a crash
         fp.kind, fp.error = _error_kind(err), f"{type(err).__name__}: {err}"
         fp.phash = fp.extra = None
