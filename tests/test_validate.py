@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from crack_lightning.data import fingerprints as fpm
-from crack_lightning.data.card import CARD_JSON, CARD_MD, EXAMPLES_PNG, write_card
+from crack_lightning.data.card import CARD_JSON, CARD_MD, EXAMPLES_PNG, LICENCE_PLACEHOLDER, write_card
 from crack_lightning.data.synthetic import generate
 from crack_lightning.data.validate import HEADINGS, main, validate
 
@@ -314,6 +314,18 @@ def test_cli_exit_codes_and_json(tmp_path, clean_root, dirty_root, capsys):
     assert "path and split" in capsys.readouterr().err
     assert main([str(clean_root), "--no-such-option"]) == 2
 
+    # A class folder without a single readable image is a finding of its own.
+    sparse = tmp_path / "sparse"
+    (sparse / "Positive").mkdir(parents=True)
+    (sparse / "Negative" / "nested").mkdir(parents=True)
+    shutil.copy(clean_root / "Positive" / "00001.jpg", sparse / "Positive" / "a.jpg")
+    (sparse / "Negative" / "nested" / "b.jpg").write_bytes(b"")
+    assert main([str(sparse), "--json", str(tmp_path / "sparse.json")]) == 1
+    sparse_report = json.loads((tmp_path / "sparse.json").read_text())
+    assert sparse_report["empty_classes"] == ["Negative"]
+    assert _paths(sparse_report["problems"]["empty"]) == {"Negative/nested/b.jpg"}
+    assert {k for k, v in sparse_report["summary"]["counts"].items() if v} == {"empty", "empty_classes"}
+
 
 def test_card_written_next_to_the_data(tmp_path, clean_root, dirty_report):
     root = _copy(clean_root, tmp_path / "data")
@@ -322,6 +334,7 @@ def test_card_written_next_to_the_data(tmp_path, clean_root, dirty_report):
     assert json.loads((root / CARD_JSON).read_text())["summary"]["clean"] is True
     text = md.read_text()
     assert "| Positive | 30 |" in text and "227x227: 60" in text and "No problems found" in text
+    assert LICENCE_PLACEHOLDER in text  # make data replaces this line with the source's licence
     with Image.open(root / EXAMPLES_PNG) as png:
         png.load()
         assert png.format == "PNG" and png.width > 8 * 100 and png.height > 2 * 100
@@ -333,7 +346,8 @@ def test_card_written_next_to_the_data(tmp_path, clean_root, dirty_report):
     # With a report of a dirty dataset the card lists what was found; broken files are never examples.
     dirty_root = Path(dirty_report["root"])
     card_dir = _copy(dirty_root, tmp_path / "dirty")
-    text = write_card(card_dir, {**dirty_report, "root": str(card_dir)}).read_text()
+    text = write_card(card_dir, {**dirty_report, "root": str(card_dir)}, licence="CC BY 4.0, cite X.").read_text()
     assert "zero-byte files | 1 | `Positive/zero.jpg" in text and "near-duplicates across classes" in text
+    assert "CC BY 4.0, cite X." in text and LICENCE_PLACEHOLDER not in text
     with Image.open(card_dir / EXAMPLES_PNG) as png:
         png.load()

@@ -66,7 +66,10 @@ def example_grid(root: Path, report: dict, per_class: int = 8, seed: int = 0, ti
     return grid
 
 
-def _markdown(report: dict, root: Path) -> str:
+LICENCE_PLACEHOLDER = "_Fill in: where the data comes from, its licence, and how to cite it._"
+
+
+def _markdown(report: dict, root: Path, licence: str | None = None) -> str:
     from crack_lightning.data.validate import HEADINGS, _examples
 
     t = report["totals"]
@@ -120,15 +123,19 @@ def _markdown(report: dict, root: Path) -> str:
         "",
         "## Licence and citation",
         "",
-        "_Fill in: where the data comes from, its licence, and how to cite it._",
+        licence or LICENCE_PLACEHOLDER,
         "",
     ]
     return "\n".join(lines)
 
 
-def write_card(root: Path, report: dict | None = None, per_class: int = 8, seed: int = 0) -> Path:
+def write_card(root: Path, report: dict | None = None, per_class: int = 8, seed: int = 0,
+               licence: str | None = None) -> Path:
     """Write ``dataset_card.md``, ``dataset_card.json`` and ``dataset_examples.png`` in
-    ``root``; validate ``root`` first when no ``report`` is given. Returns the .md path."""
+    ``root``; validate ``root`` first when no ``report`` is given. Returns the .md path.
+
+    ``licence``: Markdown for the "Licence and citation" section (default: the
+    :data:`LICENCE_PLACEHOLDER` line, to be filled in)."""
     root = Path(root)
     if report is None:
         from crack_lightning.data.validate import validate
@@ -137,5 +144,5 @@ def write_card(root: Path, report: dict | None = None, per_class: int = 8, seed:
     (root / CARD_JSON).write_text(json.dumps(report, indent=2) + "\n")
     example_grid(root, report, per_class=per_class, seed=seed).save(root / EXAMPLES_PNG, optimize=True)
     md = root / CARD_MD
-    md.write_text(_markdown(report, root))
+    md.write_text(_markdown(report, root, licence))
     return md
