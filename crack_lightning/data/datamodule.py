@@ -13,7 +13,15 @@ from torch.utils.data import DataLoader
 
 from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.data.dataset import ImageListDataset, resolve_class_names, scan_samples
-from crack_lightning.data.splits import check_fractions, read_splits, stratified_split, write_splits
+from crack_lightning import CrackLightningError
+from crack_lightning.data.splits import (
+    check_fractions,
+    grouped_split,
+    read_split_info,
+    read_splits,
+    stratified_split,
+    write_splits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,11 @@ class CrackDataModule(L.LightningDataModule):
             partial of :func:`~crack_lightning.data.augmentation.train_transform`;
             ``None`` trains on the evaluation transform.
         positive_class: the crack folder's name; inferred from common names when ``None``.
+        split: ``"random"`` (stratified by image) or ``"grouped"``: patches that look
+            cut from the same photo (matching borders, near-duplicates; see
+            :mod:`~crack_lightning.data.grouping`) go to one split together.
+        grouping: options of the grouped split (``ratio``, ``phash_distance``, ``bin``,
+            ``workers``); groups are cached in ``cache_dir`` keyed by the file list.
         split_fractions: train/val/test fractions, stratified by class.
         split_seed: seed of the split (0 is a seed like any other).
         split_file: where ``splits.csv`` is written; an existing file is reused as is, which
@@ -45,6 +58,9 @@ class CrackDataModule(L.LightningDataModule):
         data_config: dict,
         augmentation: Callable[[dict], Callable] | None = None,
         positive_class: str | None = None,
+        split: str = "random",
+        grouping: dict | None = None,
+        cache_dir: str | None = None,
         split_fractions=(0.8, 0.1, 0.1),
         split_seed: int = 0,
         split_file: str | None = None,
@@ -64,6 +80,11 @@ class CrackDataModule(L.LightningDataModule):
             self.data_config["input_size"] = (3, int(h), int(w))
         self.augmentation = augmentation
         self.positive_class = positive_class
+        if split not in ("random", "grouped"):
+            raise CrackLightningError(f"data.split={split}: choose random or grouped.")
+        self.split = split
+        self.grouping = dict(grouping or {})
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.split_fractions = check_fractions(split_fractions)
         self.split_seed = split_seed
         self.split_file = Path(split_file) if split_file else None
@@ -91,20 +112,22 @@ class CrackDataModule(L.LightningDataModule):
             from crack_lightning.data.synthetic import generate
 
             generate(self.root, **self.synthetic)
+        # Lightning calls this on one process per node: the (costly) grouped split is
+        # made once, and every rank's setup() reads the file.
+        if self.split_file is not None and not self.split_file.is_file():
+            self.class_names = resolve_class_names(self.root, self.positive_class)
+            self._new_split(save=True)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # fit then test: keep the datasets already built
             return
         self.class_names = resolve_class_names(self.root, self.positive_class)
         if self.split_file is not None and self.split_file.is_file():
+            self._check_saved_strategy()
             log.info("Reusing the saved split %s", self.split_file)
             self.splits = read_splits(self.split_file, self.root, self.class_names)
-        else:
-            samples = scan_samples(self.root, self.class_names)
-            self.splits = stratified_split(samples, self.split_fractions, self.split_seed)
-            # every rank computes the same split; one writes it
-            if self.split_file is not None and (self.trainer is None or self.trainer.is_global_zero):
-                write_splits(self.split_file, self.splits, self.root, self.class_names)
+        else:  # prepare_data was not called (plain use outside a Trainer)
+            self._new_split(save=self.trainer is None or self.trainer.is_global_zero)
         train_tf = self.augmentation(self.data_config) if self.augmentation else eval_transform(self.data_config)
         eval_tf = eval_transform(self.data_config)
         self.train_dataset = ImageListDataset(self.splits["train"], train_tf)
@@ -112,6 +135,54 @@ class CrackDataModule(L.LightningDataModule):
         self.test_dataset = ImageListDataset(self.splits["test"], eval_tf)
         counts = {k: len(v) for k, v in self.splits.items()}
         log.info("Classes %s (crack = %s); split sizes %s", self.class_names, self.class_names[1], counts)
+
+    def _new_split(self, save: bool) -> None:
+        samples = scan_samples(self.root, self.class_names)
+        info = {"strategy": self.split, "seed": self.split_seed, "fractions": list(self.split_fractions)}
+        groups = None
+        if self.split == "grouped":
+            labels = self._groups(samples)
+            groups = {s.path: int(g) for s, g in zip(samples, labels)}
+            self.splits = grouped_split(samples, labels, self.split_fractions, self.split_seed)
+            info.update(groups=int(labels.max()) + 1, grouping=self.grouping)
+        else:
+            self.splits = stratified_split(samples, self.split_fractions, self.split_seed)
+        if save and self.split_file is not None:
+            write_splits(self.split_file, self.splits, self.root, self.class_names, info, groups)
+            log.info("Made a %s split -> %s", self.split, self.split_file)
+
+    def _groups(self, samples):
+        """Group index per sample, from the cache when the files have not changed."""
+        import numpy as np
+
+        from crack_lightning.data.grouping import cache_key, group_files
+
+        paths = [s.path for s in samples]
+        options = {k: v for k, v in self.grouping.items() if k != "workers"}
+        cache = None
+        if self.cache_dir is not None:
+            cache = self.cache_dir / f"groups-{cache_key(paths, **options)}.npy"
+            if cache.is_file():
+                log.info("Reusing image groups from %s", cache)
+                return np.load(cache)
+        log.info("Grouping %d images by matching borders and near-duplicates ...", len(paths))
+        labels = group_files(paths, **self.grouping)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.npy")
+            np.save(tmp, labels)
+            tmp.replace(cache)
+        return labels
+
+    def _check_saved_strategy(self) -> None:
+        info = read_split_info(self.split_file)
+        made_by = info.get("strategy") if info else None
+        if made_by is not None and made_by != self.split:
+            raise CrackLightningError(
+                f"{self.split_file} was made by data.split={made_by}, but this run asks for "
+                f"data.split={self.split}. Set data.split={made_by} to reuse it, or delete it "
+                f"(and {self.split_file.with_suffix('.json').name}) to make a new split."
+            )
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         return DataLoader(

@@ -8,10 +8,12 @@ every pass, so its "test" set overlaps training.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from pathlib import Path
 
+import numpy as np
 from sklearn.model_selection import train_test_split
 
 from crack_lightning import CrackLightningError
@@ -51,17 +53,76 @@ def stratified_split(samples: list[Sample], fractions, seed: int) -> dict[str, l
     return {"train": train, "val": val, "test": test}
 
 
-def write_splits(path: Path, splits: dict[str, list[Sample]], root: Path, class_names: list[str]) -> None:
-    """Write ``path,label,split`` rows (paths relative to ``root``), atomically."""
+def grouped_split(samples: list[Sample], groups, fractions, seed: int) -> dict[str, list[Sample]]:
+    """Split whole groups (e.g. patches of one photo) into train/val/test, stratified by class.
+
+    Greedy: groups go largest first (ties in a seeded random order), each to the
+    split where it most reduces the squared shortfall of (split, class) counts
+    from their targets, relative to the split's size.  No group spans two splits;
+    with ~100 or more groups every split's class balance stays within about a
+    point of the whole set's (``tests/test_grouping.py``).
+    """
+    fractions = np.array(check_fractions(fractions))
+    labels = np.array([s.label for s in samples])
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    counts = np.zeros((inverse.max() + 1, 2))
+    np.add.at(counts, (inverse, labels), 1)
+    target = fractions[:, None] * counts.sum(0)[None, :]  # (split, class) images wanted
+    have = np.zeros_like(target)
+    shuffled = np.random.default_rng(seed).permutation(len(counts))
+    order = shuffled[np.argsort(-counts[shuffled].sum(1), kind="stable")]
+    assign = np.empty(len(counts), np.int64)
+    size = np.maximum(target.sum(1), 1)
+    for g in order:
+        gain = (((have + counts[g] - target) ** 2 - (have - target) ** 2).sum(1)) / size
+        k = int(np.argmin(gain))
+        assign[g] = k
+        have[k] += counts[g]
+    if (have.sum(1) == 0).any():
+        raise CrackLightningError(
+            f"Cannot make a grouped {fractions.tolist()} split: {len(counts)} groups of "
+            f"{len(samples)} images leave a split empty. Add images or use data.split=random."
+        )
+    return {name: [s for s, g in zip(samples, inverse) if assign[g] == k] for k, name in enumerate(SPLITS)}
+
+
+def write_splits(path: Path, splits: dict[str, list[Sample]], root: Path, class_names: list[str],
+                 info: dict | None = None, groups: dict[Path, int] | None = None) -> None:
+    """Write ``path,label,split[,group]`` rows (paths relative to ``root``), atomically.
+
+    ``info`` (how the split was made: strategy, seed, fractions, ...) goes to the
+    ``splits.json`` beside it, with the size and crack share of every split."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: no rename races
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"])
+        writer.writerow(["path", "label", "split"] + (["group"] if groups is not None else []))
         for split in SPLITS:
             for s in splits[split]:
-                writer.writerow([s.path.relative_to(root).as_posix(), class_names[s.label], split])
+                row = [s.path.relative_to(root).as_posix(), class_names[s.label], split]
+                writer.writerow(row + ([groups[s.path]] if groups is not None else []))
+    if info is not None:
+        summary = {
+            name: {"images": len(part), "crack_share": round(sum(s.label for s in part) / max(1, len(part)), 4)}
+            for name, part in splits.items()
+        }
+        side = split_info_path(path)
+        side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
+        side_tmp.write_text(json.dumps({**info, "splits": summary}, indent=2) + "\n")
+        side_tmp.replace(side)  # before the CSV: a CSV is never newer than its description
     tmp.replace(path)
+
+
+def split_info_path(path: Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def read_split_info(path: Path) -> dict | None:
+    """How a saved split was made (``splits.json``), or ``None`` if not recorded."""
+    try:
+        return json.loads(split_info_path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_splits(path: Path, root: Path, class_names: list[str]) -> dict[str, list[Sample]]:

@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw
 CLASSES = ("Positive", "Negative")
 VERSION = 2  # bump whenever rendering changes, so cached datasets are regenerated
 META = "synthetic.json"
+SCENES_CSV = "synthetic_scenes.csv"  # ground truth of layout="scenes": path -> scene
 
 
 @functools.lru_cache(maxsize=64)
@@ -82,8 +83,11 @@ def _grid(s):
     return tuple(np.mgrid[0:s, 0:s].astype(np.float32))
 
 
-def _background(rng, s):
-    """Luminance field (~1.0 on average) of a bare concrete surface."""
+def _background(rng, s, scale=1):
+    """Luminance field (~1.0 on average) of a bare concrete surface.
+
+    ``scale``: the field spans ``scale`` x ``scale`` patches (a scene); texture
+    keeps its size in pixels, lighting spans the whole field."""
     yy, xx = (g / s for g in _grid(s))
     ang = rng.uniform(0, 2 * math.pi)
     # Uneven lighting: gradient, very-low-frequency blotches, lens vignetting.
@@ -91,9 +95,9 @@ def _background(rng, s):
     light += rng.uniform(0, 0.35) * (_smooth_noise(rng, s, int(rng.integers(2, 4))) - 0.5)
     light -= rng.uniform(0, 0.3) * 2 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
     tex = rng.uniform(0.3, 1.7)  # texture strength of this surface
-    field = 1 + tex * 0.12 * (_smooth_noise(rng, s, int(rng.integers(5, 14))) - 0.5)
+    field = 1 + tex * 0.12 * (_smooth_noise(rng, s, int(rng.integers(5, 14)) * scale) - 0.5)
     # Aggregate: thresholded mid-frequency noise gives irregular lighter/darker patches.
-    agg = _smooth_noise(rng, s, int(rng.integers(20, 45)))
+    agg = _smooth_noise(rng, s, int(rng.integers(20, 45)) * scale)
     field += tex * rng.uniform(-0.06, 0.06) * np.clip((agg - rng.uniform(0.6, 0.85)) * 8, 0, 1)
     # Fine grain (uniform noise: half the cost of Gaussian, same look after JPEG).
     # Kept moderate: strong grain and many dark pores drown thin cracks at 96 px
@@ -101,7 +105,7 @@ def _background(rng, s):
     field += rng.uniform(0.02, 0.14) * (rng.random((s, s), dtype=np.float32) - 0.5)
     pores = Image.new("L", (s, s), 0)
     d = ImageDraw.Draw(pores)
-    for _ in range(int(rng.integers(0, 30 * tex))):
+    for _ in range(int(rng.integers(0, 30 * tex)) * scale * scale):
         x, y, r = rng.uniform(0, s), rng.uniform(0, s), rng.uniform(0.6, 2.2)
         d.ellipse((x - r, y - r, x + r, y + r), fill=int(rng.integers(40, 150)))
     return light * field * (1 - 0.6 / 255 * np.asarray(pores, np.float32))
@@ -207,7 +211,8 @@ def _distract(rng, s, lum, kinds):
         elif kind == "shadow":  # soft- or hard-edged shadow over part of the image
             ang = rng.uniform(0, 2 * math.pi)
             dist = (xx - s / 2) * math.cos(ang) + (yy - s / 2) * math.sin(ang) - rng.uniform(-0.3, 0.3) * s
-            lum = lum * (1 - rng.uniform(0.25, 0.55) / (1 + np.exp(-dist / rng.uniform(3, 25))))
+            # (clipped: exp overflows on scene-sized fields; 1 / (1 + e^60) is 0 in float32 anyway)
+            lum = lum * (1 - rng.uniform(0.25, 0.55) / (1 + np.exp(np.clip(-dist / rng.uniform(3, 25), -60, 60))))
         elif kind == "scratch":  # short straight scratches, lighter or darker than the surface
             m = Image.new("L", (s, s), 128)  # signed mask: 128 = no change
             d = ImageDraw.Draw(m)
@@ -236,6 +241,11 @@ def render_sample(rng: np.random.Generator, crack: bool, size: int = 227) -> tup
                 kinds.append("shadow" if kinds[0] == "stain" else "stain")
             kinds.append(str(rng.choice(["joint", "edge", "scratch", "-"], p=[0.3, 0.25, 0.15, 0.3])))  # "-": none
         lum = _distract(rng, s, lum, kinds)
+    return Image.fromarray(develop(rng, lum), "RGB"), int(rng.integers(60, 96))
+
+
+def develop(rng: np.random.Generator, lum: np.ndarray) -> np.ndarray:
+    """The camera's part: optical blur, auto-exposure, colour cast, tone map -> uint8 RGB."""
     b = rng.uniform(0, 1)  # optical blur of varying strength
     if b > 0.3:
         lum = (1 - b) * lum + b * _blur121(lum, 1 + int(b > 0.8))
@@ -250,8 +260,7 @@ def render_sample(rng: np.random.Generator, crack: bool, size: int = 227) -> tup
     v = np.arange(4096, dtype=np.float32)[:, None] / 2048 * colour
     v = np.where(v < 0.85, v, 0.85 + 0.15 * np.tanh((v - 0.85) / 0.15))
     lut = np.clip(v * 255 + 0.5, 0, 255).astype(np.uint8)
-    rgb = np.take(lut, np.clip(lum * 2048, 0, 4095).astype(np.intp), axis=0)
-    return Image.fromarray(rgb, "RGB"), int(rng.integers(60, 96))
+    return np.take(lut, np.clip(lum * 2048, 0, 4095).astype(np.intp), axis=0)
 
 
 def _render_to(job):
@@ -272,13 +281,20 @@ def _is_complete(root: Path, params: dict) -> bool:
 
 
 def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwrite: bool = False,
-             workers: int = 1) -> dict:
+             workers: int = 1, layout: str = "independent", tiles: int = 4) -> dict:
     """Write ``per_class`` JPEGs to ``root/{Positive,Negative}``; return a summary dict.
 
-    Skips all work if ``root`` holds a complete dataset with the same parameters
-    (``synthetic.json``) unless ``overwrite``.  Output is identical for any ``workers``."""
+    ``layout="independent"`` renders every image on its own; ``"scenes"`` cuts them
+    from shared ``tiles`` x ``tiles`` wall scenes like the real dataset (see
+    :mod:`crack_lightning.data.scenes`).  Skips all work if ``root`` holds a complete
+    dataset with the same parameters (``synthetic.json``) unless ``overwrite``.
+    Output is identical for any ``workers``."""
     root = Path(root)
+    if layout not in ("independent", "scenes"):
+        raise ValueError(f"layout={layout!r}: choose 'independent' or 'scenes'")
     params = {"version": VERSION, "per_class": int(per_class), "seed": int(seed), "size": int(size)}
+    if layout == "scenes":  # independent datasets keep their old synthetic.json (no regeneration)
+        params.update(layout=layout, tiles=int(tiles))
     summary = {"root": str(root), "counts": {c: int(per_class) for c in CLASSES}, **params}
     if not overwrite and _is_complete(root, params):
         return {**summary, "generated": False, "seconds": 0.0}
@@ -289,8 +305,13 @@ def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwr
         (root / c).mkdir(exist_ok=True)
         for old in (root / c).glob("*.jpg"):  # stale files from a run with other parameters
             old.unlink()
+    (root / SCENES_CSV).unlink(missing_ok=True)
     jobs = [(str(root), k, i, int(seed), int(size)) for k in range(len(CLASSES)) for i in range(per_class)]
-    if workers > 1:
+    if layout == "scenes":
+        from crack_lightning.data.scenes import generate_scenes
+
+        generate_scenes(root, int(per_class), int(seed), int(size), int(tiles), workers)
+    elif workers > 1:
         with mp.get_context("spawn").Pool(workers) as pool:
             pool.map(_render_to, jobs, chunksize=32)
     else:
@@ -308,8 +329,11 @@ def main(argv=None) -> dict:
     p.add_argument("--size", type=int, default=227)
     p.add_argument("--workers", type=int, default=1, help="processes; output is identical for any value")
     p.add_argument("--overwrite", action="store_true", help="regenerate even if a complete dataset exists")
+    p.add_argument("--layout", choices=["independent", "scenes"], default="independent",
+                   help="scenes: cut patches from shared wall scenes, like the real dataset")
+    p.add_argument("--tiles", type=int, default=4, help="scenes are tiles x tiles patches")
     a = p.parse_args(argv)
-    r = generate(a.out, a.per_class, a.seed, a.size, a.overwrite, a.workers)
+    r = generate(a.out, a.per_class, a.seed, a.size, a.overwrite, a.workers, a.layout, a.tiles)
     what = "generated" if r["generated"] else "already complete, skipped"
     print(f"synthetic: {what} {r['per_class']}/class x {len(CLASSES)} classes, {r['size']}px, "
           f"seed {r['seed']} -> {r['root']} ({r['seconds']:.1f}s)")

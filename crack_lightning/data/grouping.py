@@ -1,0 +1,152 @@
+"""Group patches that come from the same photo, so a split can keep them together.
+
+The real dataset's patches were cut side by side from 458 photos and carry no
+photo id.  Two cues recover the neighbourhoods from the pixels alone:
+
+* **Matching borders.**  A patch's right edge continues into its right
+  neighbour's left edge (and bottom into top).  Each edge is summarised as a
+  colour profile (mean RGB over ``bin``-pixel runs of the outermost pixel line:
+  luminance for structure, chroma for the photo's colour cast).  An edge pair is
+  linked when each is the other's nearest match *and* clearly nearer than the
+  runner-up on both sides (Lowe's ratio test): plain, featureless borders match
+  many others about equally well and are left unlinked rather than chained to
+  strangers.
+* **Near-duplicates.**  Patches within a small perceptual-hash distance
+  (re-saved or shifted copies, overlapping crops) are linked.
+
+Linked patches form groups (connected components).  Measured on the synthetic
+scenes layout (``tests/test_grouping.py``, README): nearly every pair of
+neighbours lands in one group, and the few false links merge two photos, which
+costs balance, never honesty.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from crack_lightning.data.fingerprints import MIN_CORRELATION, fingerprint_files, near_pairs, verify_pairs
+
+log = logging.getLogger(__name__)
+
+EDGES = ("top", "bottom", "left", "right")
+
+
+def border_profiles(rgb: np.ndarray, bin: int = 16) -> np.ndarray:
+    """(4, F) edge descriptors of an RGB patch, rows in :data:`EDGES` order.
+
+    Each edge: per run of ``bin`` pixels, the mean luminance and the two chroma
+    deviations of the outermost pixel line.
+    """
+    rgb = np.asarray(rgb, np.float32)
+    lines = (rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1])
+    out = []
+    for line in lines:
+        n = len(line) // bin * bin
+        p = line[:n].reshape(-1, bin, 3).mean(1)
+        y = p.mean(1, keepdims=True)
+        out.append(np.concatenate([y[:, 0], (p - y)[:, :2].ravel()]))
+    return np.stack(out).astype(np.float32)
+
+
+def match_edges(a: np.ndarray, b: np.ndarray, ratio: float, block: int = 2048) -> np.ndarray:
+    """Pairs (i, j) where edge ``a[i]`` and edge ``b[j]`` are mutual, unambiguous best matches.
+
+    ``a`` and ``b`` are (N, F) descriptors of opposite edges (right vs left, ...).
+    Distances are computed in row blocks, so memory stays O(block * N).
+    """
+    n = len(a)
+    if n < 3:
+        return np.empty((0, 2), np.int64)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    bb = (b64 * b64).sum(1)
+    row_best = np.empty(n, np.int64)
+    row_d = np.empty((n, 2))
+    col_d = np.full((2, n), np.inf)  # best and second-best distance per column
+    col_best = np.zeros(n, np.int64)
+    for start in range(0, n, block):
+        rows = slice(start, min(n, start + block))
+        d = (a64[rows] * a64[rows]).sum(1)[:, None] + bb[None, :] - 2 * a64[rows] @ b64.T
+        idx = np.arange(rows.start, rows.stop)
+        d[idx - start, idx] = np.inf  # a patch is not its own neighbour
+        two = np.argpartition(d, 1, axis=1)[:, :2]
+        dd = np.take_along_axis(d, two, 1)
+        order = np.argsort(dd, 1)
+        row_best[rows] = np.take_along_axis(two, order, 1)[:, 0]
+        row_d[rows] = np.take_along_axis(dd, order, 1)
+        # merge this block's two smallest per column into the running best two
+        ctwo = np.argpartition(d, 1, axis=0)[:2] if d.shape[0] > 1 else np.zeros((1, n), np.int64)
+        cd = np.take_along_axis(d, ctwo, 0)
+        stacked = np.concatenate([col_d, cd])
+        owners = np.concatenate([col_best[None], col_best[None], ctwo + start])
+        srt = np.argsort(stacked, 0)[:2]
+        col_best = np.take_along_axis(owners, srt[:1], 0)[0]
+        col_d = np.take_along_axis(stacked, srt, 0)
+    i = np.arange(n)
+    j = row_best
+    mutual = col_best[j] == i
+    eps = 1e-9  # identical edges (flat, saturated): distance 0 on both sides is no evidence
+    sharp = (row_d[:, 0] < ratio * (row_d[:, 1] + eps)) & (col_d[0, j] < ratio * (col_d[1, j] + eps))
+    ok = mutual & sharp & (row_d[:, 1] > eps)
+    return np.stack([i[ok], j[ok]], 1)
+
+
+def group_ids(borders: np.ndarray, ratio: float = 0.5, pairs: np.ndarray | None = None) -> np.ndarray:
+    """Group index per patch from (N, 4, F) border descriptors plus known linked ``pairs``."""
+    n = len(borders)
+    links = [
+        match_edges(borders[:, 3], borders[:, 2], ratio),  # right edge -> left edge
+        match_edges(borders[:, 1], borders[:, 0], ratio),  # bottom edge -> top edge
+    ]
+    if pairs is not None:
+        links.append(np.asarray(pairs, np.int64).reshape(-1, 2))
+    pairs = np.concatenate(links)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def group_files(paths: list[Path], workers: int | None = None, ratio: float = 0.5,
+                phash_distance: int = 4, bin: int = 16) -> np.ndarray:
+    """Decode ``paths`` once (in parallel) and return a group index per file.
+
+    Unreadable files become groups of their own (the validator reports them)."""
+    prints = fingerprint_files(paths, workers=workers, extra=_border_extra(bin))
+    # Patches of another size than most cannot continue into each other: own groups.
+    shapes = [fp.extra.shape for fp in prints if fp.extra is not None]
+    common = max(set(shapes), key=shapes.count) if shapes else None
+    ok = np.array([fp.extra is not None and fp.extra.shape == common for fp in prints], bool)
+    idx = np.flatnonzero(ok)
+    near = np.empty((0, 2), np.int64)
+    if phash_distance >= 0 and len(idx) > 1:
+        candidates = near_pairs(np.array([prints[k].phash for k in idx], np.uint64), phash_distance)
+        score = verify_pairs([paths[k] for k in idx], candidates, workers=workers)[:, 0]
+        near = candidates[score >= MIN_CORRELATION]
+    labels = np.arange(len(paths)) + len(paths)  # unreadable or odd-sized: singletons
+    if len(idx):
+        labels[idx] = group_ids(np.stack([prints[k].extra for k in idx]), ratio, near)
+    _, labels = np.unique(labels, return_inverse=True)
+    sizes = np.bincount(labels)
+    log.info("Grouped %d images into %d groups (largest %d, singletons %d, near-duplicate links %d)",
+             len(paths), len(sizes), sizes.max(initial=0), int((sizes == 1).sum()), len(near))
+    return labels
+
+
+class _border_extra:  # noqa: N801 - a picklable function object for worker processes
+    def __init__(self, bin: int):
+        self.bin = bin
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return border_profiles(rgb, self.bin)
+
+
+def cache_key(paths: list[Path], **params) -> str:
+    """Key of a file list's content as the file system sees it: names, sizes, mtimes."""
+    h = hashlib.sha1(repr(sorted(params.items())).encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
