@@ -24,13 +24,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from crack_lightning import CrackLightningError
+from crack_lightning import CrackLightningError, exit_on_user_error
 from crack_lightning.data.archive import extract
 from crack_lightning.data.download import fetch
+from crack_lightning.data.fingerprints import IMG_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = set(IMG_EXTENSIONS)
 
 
 def get_data(cfg: DictConfig) -> Path:
@@ -169,16 +170,8 @@ def _fmt(counts: dict[str, int]) -> str:
     return ", ".join(f"{c}/ {n:,} images" for c, n in counts.items())
 
 
-def _user_error(err: BaseException | None) -> CrackLightningError | None:
-    """The CrackLightningError behind ``err``, if any (same as train.py's)."""
-    while err is not None:
-        if isinstance(err, CrackLightningError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="get_data")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     try:
         get_data(cfg)
@@ -186,13 +179,6 @@ def main(cfg: DictConfig) -> None:
         logging.getLogger("crack_lightning").error(
             "Interrupted; a partial download is kept as <archive>.part: rerun to resume")
         sys.exit(130)
-    except Exception as err:
-        user_error = _user_error(err)
-        if user_error is None:
-            raise
-        # a problem the user can fix: one clear line, no stack trace
-        logging.getLogger("crack_lightning").error("%s", user_error)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
