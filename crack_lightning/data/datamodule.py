@@ -115,8 +115,8 @@ class CrackDataModule(L.LightningDataModule):
         # Lightning calls this on one process per node: the (costly) grouped split is
         # made once, and every rank's setup() reads the file.
         if self.split_file is not None and not self.split_file.is_file():
-            self.class_names = resolve_class_names(self.root, self.positive_class)
-            self._new_split(save=True)
+            # (no state kept: Lightning calls prepare_data on one process only)
+            self._new_split(resolve_class_names(self.root, self.positive_class), save=True)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # fit then test: keep the datasets already built
@@ -127,7 +127,7 @@ class CrackDataModule(L.LightningDataModule):
             log.info("Reusing the saved split %s", self.split_file)
             self.splits = read_splits(self.split_file, self.root, self.class_names)
         else:  # prepare_data was not called (plain use outside a Trainer)
-            self._new_split(save=self.trainer is None or self.trainer.is_global_zero)
+            self.splits = self._new_split(self.class_names, save=self.trainer is None or self.trainer.is_global_zero)
         train_tf = self.augmentation(self.data_config) if self.augmentation else eval_transform(self.data_config)
         eval_tf = eval_transform(self.data_config)
         self.train_dataset = ImageListDataset(self.splits["train"], train_tf)
@@ -136,20 +136,21 @@ class CrackDataModule(L.LightningDataModule):
         counts = {k: len(v) for k, v in self.splits.items()}
         log.info("Classes %s (crack = %s); split sizes %s", self.class_names, self.class_names[1], counts)
 
-    def _new_split(self, save: bool) -> None:
-        samples = scan_samples(self.root, self.class_names)
+    def _new_split(self, class_names: list[str], save: bool) -> dict:
+        samples = scan_samples(self.root, class_names)
         info = {"strategy": self.split, "seed": self.split_seed, "fractions": list(self.split_fractions)}
         groups = None
         if self.split == "grouped":
             labels = self._groups(samples)
             groups = {s.path: int(g) for s, g in zip(samples, labels)}
-            self.splits = grouped_split(samples, labels, self.split_fractions, self.split_seed)
+            splits = grouped_split(samples, labels, self.split_fractions, self.split_seed)
             info.update(groups=int(labels.max()) + 1, grouping=self.grouping)
         else:
-            self.splits = stratified_split(samples, self.split_fractions, self.split_seed)
+            splits = stratified_split(samples, self.split_fractions, self.split_seed)
         if save and self.split_file is not None:
-            write_splits(self.split_file, self.splits, self.root, self.class_names, info, groups)
+            write_splits(self.split_file, splits, self.root, class_names, info, groups)
             log.info("Made a %s split -> %s", self.split, self.split_file)
+        return splits
 
     def _groups(self, samples):
         """Group index per sample, from the cache when the files have not changed."""
