@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def machine_info() -> dict:
@@ -61,7 +59,7 @@ def machine_info() -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--per-class", type=int, default=20_000, help="synthetic images per class (default 20,000)")
-    p.add_argument("--root", type=Path, default=REPO / "data" / "bench_validate")
+    p.add_argument("--root", type=Path, default=Path("data/bench_validate"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gen-workers", type=int, default=2, help="processes generating the images")
     p.add_argument("--workers", type=int, default=None, help="validator processes (default: all available cores)")

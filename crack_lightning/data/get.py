@@ -126,33 +126,23 @@ def find_dataset(top: Path, classes: list[str], depth: int = 2) -> Path | None:
     return None
 
 
-# card.py's licence section until it is filled in from source config
-_CARD_PLACEHOLDER = "_Fill in: where the data comes from, its licence, and how to cite it._"
-
-
 def _write_card(root: Path, src: DictConfig) -> Path:
     """The dataset card (crack_lightning.data.card) with the source's licence and citation."""
     from crack_lightning.data.card import write_card  # noqa: PLC0415 - decodes every image
 
     log.info("Writing the dataset card: every image is decoded and checked (about a minute "
              "for 40,000 images on 2 cores)")
-    card = Path(write_card(root))
-    if src.get("citation") and card.suffix == ".md" and card.is_file():
-        text = card.read_text()
-        if _CARD_PLACEHOLDER in text:
-            page = src.get("page") or src.url
-            doi = f", doi:{src.doi}" if src.get("doi") else ""
-            card.write_text(text.replace(_CARD_PLACEHOLDER, (
-                f"Source: {page}{doi}. Licence: {src.get('license', 'see the source')}.\n\n"
-                f"Cite: {src.citation}")))
-    return card
+    licence = None
+    if src.get("citation"):
+        doi = f", doi:{src.doi}" if src.get("doi") else ""
+        licence = (f"Source: {src.get('page') or src.url}{doi}. "
+                   f"Licence: {src.get('license', 'see the source')}.\n\nCite: {src.citation}")
+    return Path(write_card(root, licence=licence))
 
 
 def _card_exists(root: Path) -> bool:
-    try:
-        from crack_lightning.data.card import CARD_MD  # noqa: PLC0415
-    except ImportError:
-        CARD_MD = "dataset_card.md"  # noqa: N806
+    from crack_lightning.data.card import CARD_MD  # noqa: PLC0415
+
     return (root / CARD_MD).is_file()
 
 
