@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.splits import check_fractions
-from crack_lightning.trainer import runtime_kwargs
+from crack_lightning.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,10 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("finetune"):
         callbacks.append(instantiate(cfg.finetune))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **runtime_kwargs(cfg.trainer))
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers)
+    if cfg.trainer.get("compile"):
+        # in place: state_dict keys (and so checkpoints) stay those of the eager model
+        model.backbone.compile(dynamic=False)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from crack_lightning import CrackLightningError
 from crack_lightning.callbacks import FreezeUnfreeze
 from crack_lightning.train import check_config, instantiate_group
-from crack_lightning.trainer import resolve_precision, runtime_kwargs
+from crack_lightning.trainer import build_trainer, resolve_precision
 from tests.conftest import CONF, compose_cfg
 
 BACKBONES = {"mobilenetv2": "mobilenetv2_100", "efficientnet": "efficientnet_b0", "custom_cnn": "custom_cnn"}
@@ -65,9 +65,12 @@ def test_finetune_choices(choice, unfreeze, ratio, tmp_path, tiny_data):
 @pytest.mark.parametrize("choice", ["seeds", "none"])
 def test_augmentation_choices(choice, tmp_path, tiny_data):
     cfg = compose_cfg(tmp_path, tiny_data, [f"augmentation={choice}"])
-    transform = instantiate(cfg.augmentation)({"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    augmentation = instantiate(cfg.augmentation)
+    transform = augmentation.pil({"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3})
     names = [type(t).__name__ for t in transform.transforms]
     assert ("RandomRotation" in names and "RandomHorizontalFlip" in names) == (choice == "seeds")
+    batch = augmentation.batch({"mean": (0.5,) * 3, "std": (0.5,) * 3})
+    assert (batch.rotation, batch.hflip) == ((0.2, 0.5) if choice == "seeds" else (0.0, 0.0))
 
 
 def test_callbacks_loggers_and_trainer_instantiate(tmp_path, tiny_data):
@@ -77,7 +80,7 @@ def test_callbacks_loggers_and_trainer_instantiate(tmp_path, tiny_data):
     assert {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "AugmentationPreview", "TestReport"} <= names
     assert "RichProgressBar" not in names  # debug=fast removes it
     assert {type(x).__name__ for x in instantiate_group(cfg.logger)} == {"TensorBoardLogger", "CSVLogger"}
-    trainer = instantiate(cfg.trainer, **runtime_kwargs(cfg.trainer))
+    trainer = build_trainer(cfg.trainer)
     assert trainer.max_epochs == 3
 
 

@@ -37,14 +37,13 @@ class AugmentationPreview(L.Callback):
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        dataset = dm.train_dataset
         generator = torch.Generator().manual_seed(self.seed)
-        indices = torch.randperm(len(dataset), generator=generator)[: self.num_images].tolist()
+        indices = torch.randperm(len(dm.train_dataset), generator=generator)[: self.num_images].tolist()
         rng_state = torch.get_rng_state()  # random transforms use the global RNG; leave it as found
-        samples = [dataset[i] for i in indices]
+        images, labels = dm.preview_batch(indices)
         torch.set_rng_state(rng_state)
-        images = denormalize(torch.stack([img for img, _ in samples]), dm.mean, dm.std)
-        titles = [dm.class_names[label] for _, label in samples]
+        images = denormalize(images, dm.mean, dm.std)
+        titles = [dm.class_names[label] for label in labels]
         fig = image_grid_figure(images, titles, suptitle="Augmented training images")
         save_figure(fig, self.output_dir / "augmentation_preview.png")
         log_figure(trainer, "train/augmentation_preview", fig)

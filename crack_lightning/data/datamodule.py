@@ -5,13 +5,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_transform
 from crack_lightning.data.dataset import ImageListDataset, resolve_class_names, scan_samples
 from crack_lightning import CrackLightningError
 from crack_lightning.data.splits import (
@@ -33,9 +31,11 @@ class CrackDataModule(L.LightningDataModule):
         root: folder with one sub-folder per class (default names Positive/ and Negative/).
         data_config: timm data config of the backbone (input size, interpolation, mean, std),
             from ``CrackClassifier.data_config``.
-        augmentation: ``transform = augmentation(data_config)`` for training images, a Hydra
-            partial of :func:`~crack_lightning.data.augmentation.train_transform`;
-            ``None`` trains on the evaluation transform.
+        augmentation: a :class:`~crack_lightning.data.augmentation.FlipRotate` (training
+            randomness, per image or per batch); ``None`` trains on the evaluation transform.
+        cache: decode every image once into a memory-mapped uint8 array in ``cache_dir``
+            (:mod:`~crack_lightning.data.decoded`) and augment whole batches on the
+            device; ``"auto"``: on when ``cache_dir`` is set. ``False``: read JPEGs each epoch.
         positive_class: the crack folder's name; inferred from common names when ``None``.
         split: ``"random"`` (stratified by image) or ``"grouped"``: patches that look
             cut from the same photo (matching borders, near-duplicates; see
@@ -56,7 +56,7 @@ class CrackDataModule(L.LightningDataModule):
         self,
         root: str,
         data_config: dict,
-        augmentation: Callable[[dict], Callable] | None = None,
+        augmentation: FlipRotate | None = None,
         positive_class: str | None = None,
         split: str = "random",
         grouping: dict | None = None,
@@ -71,6 +71,7 @@ class CrackDataModule(L.LightningDataModule):
         pin_memory: bool | str = "auto",
         persistent_workers: bool | str = "auto",
         synthetic: dict | None = None,
+        cache: bool | str = "auto",
     ):
         super().__init__()
         self.root = Path(root).expanduser().resolve()
@@ -90,7 +91,11 @@ class CrackDataModule(L.LightningDataModule):
         self.split_file = Path(split_file) if split_file else None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = _auto_workers() if num_workers == "auto" else int(num_workers)
+        self.cache = bool(cache_dir) if cache == "auto" else bool(cache)
+        if self.cache and not cache_dir:
+            raise CrackLightningError("data.cache=true needs data.cache_dir (where the decoded images go).")
+        # decoded images need no decoding workers: they would only compete for cores
+        self.num_workers = (0 if self.cache else _auto_workers()) if num_workers == "auto" else int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.persistent_workers = (
             self.num_workers > 0 if persistent_workers == "auto" else bool(persistent_workers)
@@ -128,13 +133,53 @@ class CrackDataModule(L.LightningDataModule):
             self.splits = read_splits(self.split_file, self.root, self.class_names)
         else:  # prepare_data was not called (plain use outside a Trainer)
             self.splits = self._new_split(self.class_names, save=self.trainer is None or self.trainer.is_global_zero)
-        train_tf = self.augmentation(self.data_config) if self.augmentation else eval_transform(self.data_config)
-        eval_tf = eval_transform(self.data_config)
-        self.train_dataset = ImageListDataset(self.splits["train"], train_tf)
-        self.val_dataset = ImageListDataset(self.splits["val"], eval_tf)
-        self.test_dataset = ImageListDataset(self.splits["test"], eval_tf)
+        augmentation = self.augmentation or FlipRotate(0.0, 0.0, 0.0)
+        if self.cache:
+            self._setup_decoded()
+            self.batch_transforms = {
+                "train": augmentation.batch(self.data_config),
+                "eval": BatchNormalize(self.data_config["mean"], self.data_config["std"]),
+            }
+        else:
+            eval_tf = eval_transform(self.data_config)
+            self.train_dataset = ImageListDataset(self.splits["train"], augmentation.pil(self.data_config))
+            self.val_dataset = ImageListDataset(self.splits["val"], eval_tf)
+            self.test_dataset = ImageListDataset(self.splits["test"], eval_tf)
         counts = {k: len(v) for k, v in self.splits.items()}
         log.info("Classes %s (crack = %s); split sizes %s", self.class_names, self.class_names[1], counts)
+
+    def _setup_decoded(self) -> None:
+        from crack_lightning.data.decoded import DecodedImages, load_or_build
+
+        ordered = [s for name in ("train", "val", "test") for s in self.splits[name]]
+        size = tuple(self.data_config["input_size"][-2:])
+        interpolation = self.data_config.get("interpolation", "bilinear")
+        array = load_or_build([s.path for s in ordered], self.cache_dir, size, interpolation,
+                              workers=max(1, _auto_workers()))
+        start = 0
+        for name in ("train", "val", "test"):
+            part = self.splits[name]
+            rows = range(start, start + len(part))
+            setattr(self, f"{name}_dataset", DecodedImages(array, rows, [s.label for s in part]))
+            start += len(part)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Decoded-cache batches arrive as uint8 (N, H, W, 3): augment/normalise them here,
+        on the device, as one channels-last float batch."""
+        images, labels = batch
+        if images.dtype == torch.uint8 and images.dim() == 4 and images.shape[-1] == 3:
+            training = self.trainer is not None and self.trainer.training
+            transform = self.batch_transforms["train" if training else "eval"].to(images.device)
+            images = transform(images.permute(0, 3, 1, 2))
+        return images, labels
+
+    def preview_batch(self, indices: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Training images ``indices`` as the model sees them (augmented, normalised)."""
+        samples = [self.train_dataset[i] for i in indices]
+        images = torch.stack([img for img, _ in samples])
+        if images.dtype == torch.uint8:
+            images = self.batch_transforms["train"](images.permute(0, 3, 1, 2))
+        return images, [label for _, label in samples]
 
     def _new_split(self, class_names: list[str], save: bool) -> dict:
         samples = scan_samples(self.root, class_names)
@@ -156,13 +201,14 @@ class CrackDataModule(L.LightningDataModule):
         """Group index per sample, from the cache when the files have not changed."""
         import numpy as np
 
-        from crack_lightning.data.grouping import cache_key, group_files
+        from crack_lightning.data.decoded import files_key
+        from crack_lightning.data.grouping import group_files
 
         paths = [s.path for s in samples]
         options = {k: v for k, v in self.grouping.items() if k != "workers"}
         cache = None
         if self.cache_dir is not None:
-            cache = self.cache_dir / f"groups-{cache_key(paths, **options)}.npy"
+            cache = self.cache_dir / f"groups-{files_key(paths, **options)}.npy"
             if cache.is_file():
                 log.info("Reusing image groups from %s", cache)
                 return np.load(cache)

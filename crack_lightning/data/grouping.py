@@ -21,7 +21,6 @@ costs balance, never honesty.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -132,12 +131,3 @@ class _border_extra:  # noqa: N801 - a picklable function object for worker proc
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return border_profiles(rgb, self.bin)
-
-
-def cache_key(paths: list[Path], **params) -> str:
-    """Key of a file list's content as the file system sees it: names, sizes, mtimes."""
-    h = hashlib.sha1(repr(sorted(params.items())).encode())
-    for p in paths:
-        st = p.stat()
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]

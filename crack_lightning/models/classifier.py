@@ -90,8 +90,17 @@ class CrackClassifier(L.LightningModule):
             self.class_names = list(datamodule.class_names)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(images.contiguous(memory_format=self.memory_format))
+        images = images.contiguous(memory_format=self.memory_format)
+        if self.backbone_frozen():
+            # Frozen: no autograd bookkeeping at all, a frozen epoch costs a forward pass.
+            with torch.no_grad():
+                features = self.backbone(images)
+        else:
+            features = self.backbone(images)
         return self.head(features)
+
+    def backbone_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.backbone.parameters())
 
     def _step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, targets = batch

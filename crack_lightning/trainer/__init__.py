@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["runtime_kwargs", "resolve_precision"]
+__all__ = ["build_trainer", "runtime_kwargs", "resolve_precision"]
 
 
 def _uses_cuda(accelerator: str) -> bool:
@@ -35,3 +35,16 @@ def runtime_kwargs(trainer_cfg) -> dict:
         # fixed input sizes: let cuDNN pick the fastest kernels; None leaves torch's default
         "benchmark": (True if cuda else None) if benchmark == "auto" else benchmark,
     }
+
+
+def build_trainer(trainer_cfg, **kwargs):
+    """The ``lightning.Trainer`` of a ``trainer`` config, resolved for this machine.
+
+    Keys that are ours, not the Trainer's (``compile``: the task compiles the
+    backbone), are left out; ``kwargs`` override the config."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(trainer_cfg, resolve=True)
+    config.pop("compile", None)
+    return instantiate(config, **{**runtime_kwargs(trainer_cfg), **kwargs})

@@ -1,0 +1,231 @@
+"""`make bench`: training throughput of the framework against a plain PyTorch loop.
+
+    python benchmarks/bench.py                                   # CPU defaults, ~5 min here
+    python benchmarks/bench.py --image-size 224 --per-class 20000 --steps 200   # a GPU box
+
+For each backbone, in one run, side by side, on the synthetic data through the
+decoded cache (the default data path):
+
+* **plain**: a hand-written PyTorch loop -- same model object, same data loader and
+  batch augmentation, same batch size, optimizer and settings (channels_last, AMP
+  on CUDA), the backbone frozen (requires_grad off, eval mode, no_grad forward) or not;
+* **trainer**: ``lightning.Trainer.fit`` on the model, data module and fine-tuning
+  callback built from the Hydra config exactly as ``train.py`` builds them
+  (``finetune=frozen`` / ``finetune=full``), logging on, no validation;
+* **data**: the data path alone -- loader plus on-device augmentation;
+* **infer**: evaluation forward passes (no_grad) over the validation loader.
+
+Throughput counts images after ``--warmup`` steps.  The table is printed and
+appended to BENCHMARKS.md with the machine, versions and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from crack_lightning.data.synthetic import generate
+from crack_lightning.trainer import build_trainer
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+PHASES = {"frozen": "frozen", "unfrozen": "full"}  # phase -> finetune config
+
+
+class Throughput(L.Callback):
+    """Images per second of training steps after ``warmup`` steps."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.images, self.start = warmup, 0, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            _sync()
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.start is not None:
+            self.images += len(batch[1])
+
+    def on_train_end(self, trainer, pl_module):
+        _sync()
+        self.rate = self.images / (time.perf_counter() - self.start)
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build(args, backbone: str, phase: str, root: Path, out: Path):
+    """Model, data module, fine-tuning callback and trainer kwargs as train.py makes them."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=False, overrides=[
+            f"backbone={backbone}", "backbone.pretrained=false", f"finetune={PHASES[phase]}",
+            f"data.root={root}", f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
+            f"data.eval_batch_size={args.batch_size}", "data.split=random",
+            f"paths.data_dir={out / 'data'}", f"paths.cache_dir={out / 'cache'}",
+            f"paths.output_dir={out / 'run'}", f"paths.log_dir={out / 'logs'}",
+            f"trainer.compile={args.compile}", "~callbacks", "~logger",
+        ])
+    OmegaConf.resolve(cfg)
+    model = instantiate(cfg.model)
+    dm = instantiate(cfg.data, data_config=model.data_config)
+    return cfg, model, dm, instantiate(cfg.finetune)
+
+
+def plain_loop(args, model, dm, frozen: bool) -> float:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    model.train()
+    if frozen:
+        model.backbone.requires_grad_(False)
+        model.backbone.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    augment = dm.batch_transforms["train"].to(device)
+    amp = device.type == "cuda"
+    images_seen, start = 0, None
+    for step, (images, labels) in enumerate(dm.train_dataloader()):
+        if step == args.warmup:
+            _sync()
+            start = time.perf_counter()
+        if step >= args.warmup + args.steps:
+            break
+        images = augment(images.to(device, non_blocking=True).permute(0, 3, 1, 2))
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if start is not None:
+            images_seen += len(labels)
+    _sync()
+    return images_seen / (time.perf_counter() - start)
+
+
+def trainer_fit(args, cfg, model, dm, finetune) -> float:
+    timer = Throughput(args.warmup)
+    trainer = build_trainer(
+        cfg.trainer, callbacks=[finetune, timer], logger=False,
+        max_epochs=-1, min_epochs=None, max_steps=args.warmup + args.steps, limit_val_batches=0,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=10)
+    if cfg.trainer.get("compile"):
+        model.backbone.compile(dynamic=False)
+    trainer.fit(model, datamodule=dm)
+    return timer.rate
+
+
+def data_path(args, dm) -> float:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    augment = dm.batch_transforms["train"].to(device)
+    count, start = 0, None
+    for step, (images, labels) in enumerate(dm.train_dataloader()):
+        if step == args.warmup:
+            _sync()
+            start = time.perf_counter()
+        if start is not None:
+            augment(images.to(device, non_blocking=True).permute(0, 3, 1, 2))
+            count += len(labels)
+    _sync()
+    return count / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def inference(args, model, dm) -> float:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    normalise = dm.batch_transforms["eval"].to(device)
+    count, start = 0, None
+    loader = dm.train_dataloader()  # the biggest split, without its augmentation
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for step, (images, _) in enumerate(loader):
+            if step == args.warmup:
+                _sync()
+                start = time.perf_counter()
+            if step >= args.warmup + args.steps:
+                break
+            model(normalise(images.to(device, non_blocking=True).permute(0, 3, 1, 2)))
+            if start is not None:
+                count += len(images)
+    _sync()
+    return count / (time.perf_counter() - start)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, lightning {L.__version__}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Framework vs plain-loop training throughput.")
+    p.add_argument("--backbones", nargs="+", default=["mobilenetv2", "efficientnet", "custom_cnn"])
+    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--per-class", type=int, default=500, help="synthetic images per class")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", action="store_true", help="trainer.compile=true (and the same for plain)")
+    p.add_argument("--out", default="BENCHMARKS.md")
+    p.add_argument("--work", default="data/bench", help="synthetic data and caches")
+    args = p.parse_args()
+    work = Path(args.work).resolve()
+    root = work / f"synthetic-{args.per_class}"
+    generate(root, per_class=args.per_class, seed=0, workers=max(1, len(os.sched_getaffinity(0))))
+    rows = []
+    for backbone in args.backbones:
+        for phase in PHASES:
+            L.seed_everything(0, verbose=False)
+            cfg, model, dm, finetune = build(args, backbone, phase, root, work)
+            dm.prepare_data()
+            dm.setup("fit")
+            if args.compile:
+                model.backbone.compile(dynamic=False)
+            plain = plain_loop(args, model, dm, frozen=phase == "frozen")
+            cfg, model, dm, finetune = build(args, backbone, phase, root, work)  # a fresh model
+            fw = trainer_fit(args, cfg, model, dm, finetune)
+            data = data_path(args, dm) if phase == "frozen" else None
+            infer = inference(args, model, dm) if phase == "frozen" else None
+            rows.append((backbone, phase, plain, fw, data, infer))
+            print(f"{backbone:12} {phase:9} plain {plain:7.1f}  trainer {fw:7.1f} ({fw / plain:.2f}x)"
+                  + (f"  data {data:8.1f}  infer {infer:7.1f}" if data else ""), flush=True)
+    table = ["| backbone | phase | plain loop img/s | Trainer img/s | Trainer / plain | data path img/s | inference img/s |",
+             "|---|---|---|---|---|---|---|"]
+    for backbone, phase, plain, fw, data, infer in rows:
+        table.append(f"| {backbone} | {phase} | {plain:.1f} | {fw:.1f} | {fw / plain:.2f} | "
+                     f"{f'{data:.0f}' if data else '—'} | {f'{infer:.1f}' if infer else '—'} |")
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    settings = (f"{args.image_size} px, batch {args.batch_size}, {2 * args.per_class} synthetic images "
+                f"(decoded cache), {args.steps} timed steps after {args.warmup}, channels_last, "
+                f"{'bf16 autocast' if torch.cuda.is_available() else 'fp32'}{', compiled' if args.compile else ''}")
+    section = "\n".join([
+        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — {machine()}", "",
+        f"`{command}` — {settings}", "", *table, ""])
+    print("\n" + section)
+    out = Path(args.out)
+    head = "" if out.exists() else "# Benchmarks\n\nAppended by `make bench` (`benchmarks/bench.py`); newest last.\n\n"
+    with out.open("a") as f:
+        f.write(head + section + "\n")
+
+
+if __name__ == "__main__":
+    main()

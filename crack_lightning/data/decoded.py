@@ -1,0 +1,130 @@
+"""Decode the dataset once into a memory-mapped uint8 array; serve images from it.
+
+40,000 patches at 224x224 are 6 GB as uint8: they fit in RAM (and in a GPU),
+so no epoch needs to decode a JPEG again.  The cache holds every image of the
+dataset already resized to the model's input size (the same resize as the JPEG
+path, so pixels are identical), as ``(N, H, W, 3)`` uint8 in a ``.npy`` file
+that is memory-mapped: the OS page cache shares it between processes and runs.
+
+It is keyed by the file list, sizes and mtimes plus the size and interpolation,
+so a changed dataset builds a new one.  It is written to a temporary file and
+renamed when complete: a killed build never leaves a cache that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from crack_lightning import CrackLightningError
+
+log = logging.getLogger(__name__)
+
+VERSION = 1  # bump when the stored pixels would change for the same inputs
+
+
+def files_key(paths: list[Path], **params) -> str:
+    """Key of a file list as the file system sees it (names, sizes, mtimes) plus ``params``."""
+    h = hashlib.sha1(repr(sorted(params.items())).encode())
+    for p in paths:
+        st = Path(p).stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _decode_rows(job) -> list[tuple[str, str]]:
+    """Worker: decode ``paths`` into rows ``start...`` of the array at ``file``; return failures."""
+    file, start, paths, size, interpolation = job
+    from crack_lightning.data.augmentation import to_resized_image
+
+    resize = to_resized_image({"input_size": (3, *size), "interpolation": interpolation})
+    array = np.load(file, mmap_mode="r+")
+    failed = []
+    for k, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                array[start + k] = resize(img.convert("RGB")).permute(1, 2, 0).numpy()
+        except Exception as err:  # noqa: BLE001 -- reported together, by file
+            failed.append((str(path), f"{type(err).__name__}: {err}"))
+    array.flush()
+    return failed
+
+
+def build(paths: list[Path], file: Path, size: tuple[int, int], interpolation: str, workers: int = 1) -> None:
+    """Decode ``paths`` into ``file`` (atomically: a temporary file renamed at the end)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    need = len(paths) * size[0] * size[1] * 3
+    free = shutil.disk_usage(file.parent).free
+    if need > free:
+        raise CrackLightningError(
+            f"The decoded cache needs {need / 2**30:.1f} GiB in {file.parent} but {free / 2**30:.1f} GiB "
+            f"are free. Free space, point paths.cache_dir elsewhere, or set data.cache=false.")
+    tmp = file.with_name(f".{file.stem}.{os.getpid()}.partial.npy")
+    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3)).flush()
+    step = max(1, min(512, len(paths) // max(1, 4 * workers)))
+    jobs = [(str(tmp), s, [str(p) for p in paths[s:s + step]], tuple(size), interpolation)
+            for s in range(0, len(paths), step)]
+    try:
+        if workers > 1:
+            # fork: workers inherit imports (spawn would re-import Lightning in each)
+            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            with ctx.Pool(workers) as pool:
+                failed = [f for part in pool.imap(_decode_rows, jobs) for f in part]
+        else:
+            failed = [f for job in jobs for f in _decode_rows(job)]
+        if failed:
+            shown = "; ".join(f"{p} ({e})" for p, e in failed[:5])
+            raise CrackLightningError(
+                f"{len(failed)} image(s) could not be decoded: {shown}. Remove or replace them "
+                f"(`make validate ROOT=<data.root>` lists every problem), then rerun.")
+        os.replace(tmp, file)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_or_build(paths: list[Path], cache_dir: Path, size: tuple[int, int], interpolation: str,
+                  workers: int = 1) -> np.ndarray:
+    """The decoded images of ``paths`` in that order, building the cache if needed."""
+    key = files_key(paths, size=tuple(size), interpolation=interpolation, version=VERSION)
+    file = Path(cache_dir) / f"decoded-{size[0]}x{size[1]}-{key}.npy"
+    if not file.is_file():
+        log.info("Decoding %d images once into %s (%.1f GiB) ...", len(paths), file,
+                 len(paths) * size[0] * size[1] * 3 / 2**30)
+        build(paths, file, size, interpolation, workers)
+        file.with_suffix(".json").write_text(json.dumps({"files": [str(p) for p in paths]}) + "\n")
+    else:
+        log.info("Reusing the decoded images in %s", file)
+    array = np.load(file, mmap_mode="r")
+    if array.shape != (len(paths), *size, 3):  # another writer's file under our key: never trust it
+        raise CrackLightningError(f"{file} has shape {array.shape}, expected {(len(paths), *size, 3)}; delete it.")
+    return array
+
+
+class DecodedImages(Dataset):
+    """Images from the decoded cache: ``(uint8 (H, W, 3) tensor, label)``.
+
+    Collated batches are ``(N, H, W, 3)``; ``permute(0, 3, 1, 2)`` makes them NCHW
+    in the channels-last layout without a copy.  Augmentation and normalisation
+    run per batch after the transfer to the device
+    (:meth:`CrackDataModule.on_after_batch_transfer`).
+    """
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, labels: list[int]):
+        self.array, self.rows, self.labels = array, np.asarray(rows), list(labels)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.array(self.array[self.rows[index]])), self.labels[index]

@@ -1,0 +1,127 @@
+"""The decoded cache: same images, labels and order as the JPEG path; rebuilt on change;
+written atomically; batch augmentation distributed like the per-image PIL one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from crack_lightning import CrackLightningError
+from crack_lightning.data import CrackDataModule, decoded
+from crack_lightning.data.augmentation import FlipRotate, to_resized_image
+from crack_lightning.data.synthetic import render_sample
+
+DATA_CONFIG = {"input_size": (3, 48, 48), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+               "std": (0.229, 0.224, 0.225)}
+
+
+def _datamodule(root, tmp_path, cache: bool, name="run"):
+    dm = CrackDataModule(str(root), DATA_CONFIG, split="random", split_file=str(tmp_path / name / "splits.csv"),
+                         cache_dir=str(tmp_path / "cache"), cache=cache, num_workers=0, batch_size=4)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_cache_gives_the_jpeg_paths_images_labels_and_order(tiny_data, tmp_path):
+    jpeg = _datamodule(tiny_data, tmp_path, cache=False)
+    cached = _datamodule(tiny_data, tmp_path, cache=True)
+    assert len(list((tmp_path / "cache").glob("decoded-48x48-*.npy"))) == 1
+    assert cached.splits == jpeg.splits and cached.num_workers == 0
+    for name in ("train", "val", "test"):
+        a, b = getattr(jpeg, f"{name}_dataset"), getattr(cached, f"{name}_dataset")
+        assert len(a) == len(b)
+        for i in range(len(b)):
+            image, label = b[i]
+            assert image.dtype == torch.uint8 and image.shape == (48, 48, 3)
+            assert label == a.samples[i].label
+            if name != "train":  # evaluation: the same normalised pixels, to float rounding
+                ref, _ = a[i]
+                got = cached.batch_transforms["eval"](image.permute(2, 0, 1)[None])[0]
+                assert torch.allclose(got, ref, atol=1e-5)
+    # through the real loader and the device hook: a channels-last float batch
+    batch = next(iter(cached.val_dataloader()))
+    images, labels = cached.on_after_batch_transfer(batch, 0)
+    assert images.dtype == torch.float32 and images.shape[1:] == (3, 48, 48) and len(images) == len(labels)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_data, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    _datamodule(root, tmp_path, cache=True, name="a")
+    first = set((tmp_path / "cache").glob("decoded-*.npy"))
+    real_build = decoded.build
+    monkeypatch.setattr(decoded, "build", lambda *a, **k: pytest.fail("cache rebuilt for unchanged files"))
+    _datamodule(root, tmp_path, cache=True, name="b")  # same files: reused
+    monkeypatch.setattr(decoded, "build", real_build)
+    victim = next((root / "Positive").glob("*.jpg"))
+    Image.new("RGB", (227, 227), (200, 10, 10)).save(victim)  # content (and mtime) changed
+    os.utime(victim, ns=(1, 1))  # even with an old mtime: the size changed too
+    dm = _datamodule(root, tmp_path, cache=True, name="c")
+    second = set((tmp_path / "cache").glob("decoded-*.npy")) - first
+    assert len(second) == 1
+    rows = [i for i, s in enumerate(dm.splits["train"]) if s.path == victim.resolve()]
+    if rows:  # the new pixels are served
+        assert dm.train_dataset[rows[0]][0][..., 0].float().mean() > 150
+
+
+def test_broken_image_fails_clearly_and_leaves_no_cache(tiny_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    broken = next((root / "Negative").glob("*.jpg"))
+    broken.write_bytes(broken.read_bytes()[:200])
+    with pytest.raises(CrackLightningError, match=broken.name):
+        _datamodule(root, tmp_path, cache=True)
+    assert not list((tmp_path / "cache").glob("*decoded*"))  # no final file, no partial one
+
+
+def test_killed_build_leaves_nothing_that_looks_valid(tiny_data, tmp_path, monkeypatch):
+    def killed(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(decoded, "_decode_rows", killed)
+    paths = sorted(tiny_data.glob("*/*.jpg"))
+    with pytest.raises(KeyboardInterrupt):
+        decoded.load_or_build(paths, tmp_path / "cache", (32, 32), "bilinear")
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def _statistics(images: torch.Tensor) -> dict[str, float]:
+    """Per-augmentation summary numbers, averaged over the draws."""
+    flat = images.flatten(1)
+    return {
+        "mean": flat.mean().item(),
+        "std": flat.std(1).mean().item(),
+        "left_right": (images[..., :24].mean((1, 2, 3)) - images[..., 24:].mean((1, 2, 3))).abs().mean().item(),
+    }
+
+
+def test_batch_augmentation_matches_the_pil_path_in_distribution():
+    """400 draws of both paths on one image: the summary statistics agree within
+    0.03 (in normalised units, where the image's own std is ~0.5), the share of
+    rotated-in corners within 0.02, and the average image within 0.06 per pixel."""
+    torch.manual_seed(0)
+    image, _ = render_sample(np.random.default_rng(3), crack=True, size=227)
+    aug = FlipRotate(hflip=0.5, vflip=0.5, rotation=0.2)
+    pil_tf = aug.pil(DATA_CONFIG)
+    pil = torch.stack([pil_tf(image) for _ in range(400)])
+    resized = to_resized_image(DATA_CONFIG)(image)  # what the cache stores
+    batch = aug.batch(DATA_CONFIG)(resized[None].expand(400, -1, -1, -1).contiguous())
+    a, b = _statistics(pil), _statistics(batch)
+    for key in ("mean", "std", "left_right"):
+        assert abs(a[key] - b[key]) < 0.03, (key, a, b)
+    # corners the rotation fills in, measured on a white image: same share on both paths
+    white = Image.new("RGB", (227, 227), (255, 255, 255))
+    white_batch = torch.full((400, 3, 48, 48), 255, dtype=torch.uint8)
+    fill_pil = (torch.stack([pil_tf(white) for _ in range(400)])[:, 0] < 1).float().mean()
+    fill_batch = (aug.batch(DATA_CONFIG)(white_batch)[:, 0] < 1).float().mean()
+    assert fill_pil > 0.05 and abs(fill_pil - fill_batch) < 0.02, (fill_pil, fill_batch)
+    assert (pil.mean(0) - batch.mean(0)).abs().mean() < 0.06
+    # and it is random per sample: not the same flip/angle for the whole batch
+    assert (batch[0] - batch[1:]).abs().flatten(1).mean(1).min() > 0
