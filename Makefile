@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test data validate clean
+.PHONY: install demo test data validate bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ data: $(STAMP)
 ROOT ?= data/concrete_crack
 validate: $(STAMP)
 	$(PY) -m crack_lightning.data.validate $(ROOT) $(ARGS)
+
+# Framework vs plain PyTorch loop, data path and inference throughput per backbone;
+# appends a table to BENCHMARKS.md.  Run it on a quiet machine.  make bench ARGS="--image-size 224"
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests

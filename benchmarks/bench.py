@@ -6,7 +6,8 @@
 For each backbone, in one run, side by side, on the synthetic data through the
 decoded cache (the default data path):
 
-* **plain**: a hand-written PyTorch loop -- same model object, same data loader and
+* **plain**: a hand-written PyTorch loop (run before and after the Trainer, the
+  faster of the two is kept) -- same model, same data loader and
   batch augmentation, same batch size, optimizer and settings (channels_last, AMP
   on CUDA), the backbone frozen (requires_grad off, eval mode, no_grad forward) or not;
 * **trainer**: ``lightning.Trainer.fit`` on the model, data module and fine-tuning
@@ -15,7 +16,8 @@ decoded cache (the default data path):
 * **data**: the data path alone -- loader plus on-device augmentation;
 * **infer**: evaluation forward passes (no_grad) over the validation loader.
 
-Throughput counts images after ``--warmup`` steps.  The table is printed and
+Throughput is the batch size over the median step time after ``--warmup`` steps
+(a step from one batch's arrival to the next, data included).  The table is printed and
 appended to BENCHMARKS.md with the machine, versions and command.
 """
 
@@ -26,6 +28,7 @@ import datetime as dt
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,23 +47,21 @@ PHASES = {"frozen": "frozen", "unfrozen": "full"}  # phase -> finetune config
 
 
 class Throughput(L.Callback):
-    """Images per second of training steps after ``warmup`` steps."""
+    """Marks the start of every training step (data fetch and transfer included)."""
 
-    def __init__(self, warmup: int):
-        self.warmup, self.images, self.start = warmup, 0, None
+    def __init__(self):
+        self.marks: list[float] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            _sync()
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.start is not None:
-            self.images += len(batch[1])
-
-    def on_train_end(self, trainer, pl_module):
         _sync()
-        self.rate = self.images / (time.perf_counter() - self.start)
+        self.marks.append(time.perf_counter())
+
+
+def rate(marks: list[float], warmup: int, batch_size: int) -> float:
+    """Images/s from the median step time after ``warmup`` steps: robust to the odd
+    slow step (garbage collection, page faults) that a total-time mean is not."""
+    steps = [b - a for a, b in zip(marks[warmup:], marks[warmup + 1:])]
+    return batch_size / statistics.median(steps)
 
 
 def _sync():
@@ -85,6 +86,12 @@ def build(args, backbone: str, phase: str, root: Path, out: Path):
     return cfg, model, dm, instantiate(cfg.finetune)
 
 
+def _batches(loader):
+    """Batches of ``loader`` epoch after epoch (the caller stops)."""
+    while True:
+        yield from loader
+
+
 def plain_loop(args, model, dm, frozen: bool) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -96,12 +103,11 @@ def plain_loop(args, model, dm, frozen: bool) -> float:
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     augment = dm.batch_transforms["train"].to(device)
     amp = device.type == "cuda"
-    images_seen, start = 0, None
-    for step, (images, labels) in enumerate(dm.train_dataloader()):
-        if step == args.warmup:
-            _sync()
-            start = time.perf_counter()
-        if step >= args.warmup + args.steps:
+    marks = []
+    for step, (images, labels) in enumerate(_batches(dm.train_dataloader())):
+        _sync()
+        marks.append(time.perf_counter())
+        if step > args.warmup + args.steps:
             break
         images = augment(images.to(device, non_blocking=True).permute(0, 3, 1, 2))
         labels = labels.to(device, non_blocking=True)
@@ -110,23 +116,20 @@ def plain_loop(args, model, dm, frozen: bool) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if start is not None:
-            images_seen += len(labels)
-    _sync()
-    return images_seen / (time.perf_counter() - start)
+    return rate(marks, args.warmup, args.batch_size)
 
 
 def trainer_fit(args, cfg, model, dm, finetune) -> float:
-    timer = Throughput(args.warmup)
+    timer = Throughput()
     trainer = build_trainer(
         cfg.trainer, callbacks=[finetune, timer], logger=False,
-        max_epochs=-1, min_epochs=None, max_steps=args.warmup + args.steps, limit_val_batches=0,
+        max_epochs=-1, min_epochs=None, max_steps=args.warmup + args.steps + 2, limit_val_batches=0,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=10)
     if cfg.trainer.get("compile"):
         model.backbone.compile(dynamic=False)
     trainer.fit(model, datamodule=dm)
-    return timer.rate
+    return rate(timer.marks, args.warmup, args.batch_size)
 
 
 def data_path(args, dm) -> float:
@@ -152,7 +155,7 @@ def inference(args, model, dm) -> float:
     count, start = 0, None
     loader = dm.train_dataloader()  # the biggest split, without its augmentation
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        for step, (images, _) in enumerate(loader):
+        for step, (images, _) in enumerate(_batches(loader)):
             if step == args.warmup:
                 _sync()
                 start = time.perf_counter()
@@ -180,9 +183,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description="Framework vs plain-loop training throughput.")
     p.add_argument("--backbones", nargs="+", default=["mobilenetv2", "efficientnet", "custom_cnn"])
     p.add_argument("--image-size", type=int, default=160)
-    p.add_argument("--per-class", type=int, default=500, help="synthetic images per class")
+    p.add_argument("--per-class", type=int, default=300, help="synthetic images per class")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=15, help="timed steps per measurement")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="trainer.compile=true (and the same for plain)")
     p.add_argument("--out", default="BENCHMARKS.md")
@@ -201,8 +204,11 @@ def main() -> None:
             if args.compile:
                 model.backbone.compile(dynamic=False)
             plain = plain_loop(args, model, dm, frozen=phase == "frozen")
-            cfg, model, dm, finetune = build(args, backbone, phase, root, work)  # a fresh model
-            fw = trainer_fit(args, cfg, model, dm, finetune)
+            cfg, fresh, fresh_dm, finetune = build(args, backbone, phase, root, work)
+            fw = trainer_fit(args, cfg, fresh, fresh_dm, finetune)
+            # plain again, after: the best of before/after, so warm-up order favours neither
+            plain = max(plain, plain_loop(args, model, dm, frozen=phase == "frozen"))
+            model, dm = fresh, fresh_dm
             data = data_path(args, dm) if phase == "frozen" else None
             infer = inference(args, model, dm) if phase == "frozen" else None
             rows.append((backbone, phase, plain, fw, data, infer))

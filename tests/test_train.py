@@ -85,7 +85,8 @@ def test_multirun_sweep_through_train_py(tmp_path, tiny_data):
     sweep = tmp_path / "sweep"
     result = run_train_py([
         "-m", "debug=fast", "backbone=custom_cnn,mobilenetv2", "backbone.pretrained=false",
-        f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"hydra.sweep.dir={sweep}",
+        f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.sweep.dir={sweep}",
     ])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())

@@ -150,12 +150,14 @@ class CrackDataModule(L.LightningDataModule):
 
     def _setup_decoded(self) -> None:
         from crack_lightning.data.decoded import DecodedImages, load_or_build
+        from crack_lightning.data.fingerprints import available_cores
 
         ordered = [s for name in ("train", "val", "test") for s in self.splits[name]]
         size = tuple(self.data_config["input_size"][-2:])
         interpolation = self.data_config.get("interpolation", "bilinear")
+        # nothing else runs yet: the build may use every core
         array = load_or_build([s.path for s in ordered], self.cache_dir, size, interpolation,
-                              workers=max(1, _auto_workers()))
+                              workers=available_cores())
         start = 0
         for name in ("train", "val", "test"):
             part = self.splits[name]
@@ -254,6 +256,7 @@ class CrackDataModule(L.LightningDataModule):
 
 
 def _auto_workers() -> int:
+    from crack_lightning.data.fingerprints import available_cores
+
     # Leave one core to the training process; more than 8 decoders rarely pays off.
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(8, cpus - 1))
+    return max(0, min(8, available_cores() - 1))
