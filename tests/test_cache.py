@@ -125,3 +125,16 @@ def test_batch_augmentation_matches_the_pil_path_in_distribution():
     assert (pil.mean(0) - batch.mean(0)).abs().mean() < 0.06
     # and it is random per sample: not the same flip/angle for the whole batch
     assert (batch[0] - batch[1:]).abs().flatten(1).mean(1).min() > 0
+
+
+def test_prepare_data_builds_the_cache_so_ranks_only_read_it(tiny_data, tmp_path, monkeypatch):
+    """Lightning runs prepare_data on one process; every rank's setup must find the cache."""
+    dm = CrackDataModule(str(tiny_data), DATA_CONFIG, split="random", split_file=str(tmp_path / "splits.csv"),
+                         cache_dir=str(tmp_path / "cache"), num_workers=0)
+    dm.prepare_data()
+    assert len(list((tmp_path / "cache").glob("decoded-*.npy"))) == 1
+    rank = CrackDataModule(str(tiny_data), DATA_CONFIG, split="random", split_file=str(tmp_path / "splits.csv"),
+                           cache_dir=str(tmp_path / "cache"), num_workers=0)
+    monkeypatch.setattr(decoded, "build", lambda *a, **k: pytest.fail("a rank rebuilt the cache"))
+    rank.setup("fit")
+    assert len(rank.train_dataset) == len(rank.splits["train"])

@@ -119,9 +119,14 @@ class CrackDataModule(L.LightningDataModule):
             generate(self.root, **self.synthetic)
         # Lightning calls this on one process per node: the (costly) grouped split is
         # made once, and every rank's setup() reads the file.
-        if self.split_file is not None and not self.split_file.is_file():
-            # (no state kept: Lightning calls prepare_data on one process only)
-            self._new_split(resolve_class_names(self.root, self.positive_class), save=True)
+        if self.split_file is None:
+            return
+        class_names = resolve_class_names(self.root, self.positive_class)
+        # (no state kept: Lightning calls prepare_data on one process only)
+        if not self.split_file.is_file():
+            self._new_split(class_names, save=True)
+        if self.cache:  # decode once here too, so DDP ranks do not all build the same cache
+            self._decoded(read_splits(self.split_file, self.root, class_names))
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # fit then test: keep the datasets already built
@@ -148,16 +153,22 @@ class CrackDataModule(L.LightningDataModule):
         counts = {k: len(v) for k, v in self.splits.items()}
         log.info("Classes %s (crack = %s); split sizes %s", self.class_names, self.class_names[1], counts)
 
-    def _setup_decoded(self) -> None:
-        from crack_lightning.data.decoded import DecodedImages, load_or_build
+    def _decoded(self, splits: dict):
+        """The decoded images of ``splits`` (train, val, test in order), built if needed."""
+        from crack_lightning.data.decoded import load_or_build
         from crack_lightning.data.fingerprints import available_cores
 
-        ordered = [s for name in ("train", "val", "test") for s in self.splits[name]]
+        ordered = [s for name in ("train", "val", "test") for s in splits[name]]
         size = tuple(self.data_config["input_size"][-2:])
         interpolation = self.data_config.get("interpolation", "bilinear")
         # nothing else runs yet: the build may use every core
-        array = load_or_build([s.path for s in ordered], self.cache_dir, size, interpolation,
-                              workers=available_cores())
+        return load_or_build([s.path for s in ordered], self.cache_dir, size, interpolation,
+                             workers=available_cores())
+
+    def _setup_decoded(self) -> None:
+        from crack_lightning.data.decoded import DecodedImages
+
+        array = self._decoded(self.splits)
         start = 0
         for name in ("train", "val", "test"):
             part = self.splits[name]
