@@ -8,8 +8,9 @@ decoded cache (the default data path):
 
 * **plain**: a hand-written PyTorch loop (run before and after the Trainer, the
   faster of the two is kept) -- same model, same data loader and
-  batch augmentation, same batch size, optimizer and settings (channels_last, AMP
-  on CUDA), the backbone frozen (requires_grad off, eval mode, no_grad forward) or not;
+  batch augmentation, same batch size, optimizer (AdamW) and settings (channels_last,
+  AMP on CUDA), the backbone frozen (requires_grad off, eval mode, no_grad forward) or
+  not; what it leaves out is the framework's own work: the LR schedule, metrics, logging;
 * **trainer**: ``lightning.Trainer.fit`` on the model, data module and fine-tuning
   callback built from the Hydra config exactly as ``train.py`` builds them
   (``finetune=frozen`` / ``finetune=full``), logging on, no validation;
@@ -40,7 +41,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from crack_lightning.data.synthetic import generate
-from crack_lightning.trainer import build_trainer
+from crack_lightning.trainer import build_trainer, compile_if_asked
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PHASES = {"frozen": "frozen", "unfrozen": "full"}  # phase -> finetune config
@@ -126,8 +127,7 @@ def trainer_fit(args, cfg, model, dm, finetune) -> float:
         max_epochs=-1, min_epochs=None, max_steps=args.warmup + args.steps + 2, limit_val_batches=0,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=10)
-    if cfg.trainer.get("compile"):
-        model.backbone.compile(dynamic=False)
+    compile_if_asked(cfg.trainer, model)
     trainer.fit(model, datamodule=dm)
     return rate(timer.marks, args.warmup, args.batch_size)
 
@@ -201,8 +201,7 @@ def main() -> None:
             cfg, model, dm, finetune = build(args, backbone, phase, root, work)
             dm.prepare_data()
             dm.setup("fit")
-            if args.compile:
-                model.backbone.compile(dynamic=False)
+            compile_if_asked(cfg.trainer, model)
             plain = plain_loop(args, model, dm, frozen=phase == "frozen")
             cfg, fresh, fresh_dm, finetune = build(args, backbone, phase, root, work)
             fw = trainer_fit(args, cfg, fresh, fresh_dm, finetune)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.splits import check_fractions
-from crack_lightning.trainer import build_trainer
+from crack_lightning.trainer import build_trainer, compile_if_asked
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ def train(cfg: DictConfig) -> float | None:
         callbacks.append(instantiate(cfg.finetune))
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers)
-    if cfg.trainer.get("compile"):
-        # in place: state_dict keys (and so checkpoints) stay those of the eager model
-        model.backbone.compile(dynamic=False)
+    compile_if_asked(cfg.trainer, model)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

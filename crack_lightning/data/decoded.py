@@ -13,13 +13,8 @@ renamed when complete: a killed build never leaves a cache that looks valid.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import multiprocessing as mp
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +23,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from crack_lightning import CrackLightningError
+from crack_lightning.data.fingerprints import pool_context
+from crack_lightning.files import atomic_path, files_key
 
 log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when the stored pixels would change for the same inputs
-
-
-def files_key(paths: list[Path], **params) -> str:
-    """Key of a file list as the file system sees it (names, sizes, mtimes) plus ``params``."""
-    h = hashlib.sha1(repr(sorted(params.items())).encode())
-    for p in paths:
-        st = Path(p).stat()
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def _decode_rows(job) -> list[tuple[str, str]]:
@@ -70,16 +58,13 @@ def build(paths: list[Path], file: Path, size: tuple[int, int], interpolation: s
         raise CrackLightningError(
             f"The decoded cache needs {need / 2**30:.1f} GiB in {file.parent} but {free / 2**30:.1f} GiB "
             f"are free. Free space, point paths.cache_dir elsewhere, or set data.cache=false.")
-    tmp = file.with_name(f".{file.stem}.{os.getpid()}.partial.npy")
-    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3)).flush()
-    step = max(1, min(512, len(paths) // max(1, 4 * workers)))
-    jobs = [(str(tmp), s, [str(p) for p in paths[s:s + step]], tuple(size), interpolation)
-            for s in range(0, len(paths), step)]
-    try:
+    with atomic_path(file) as tmp:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3)).flush()
+        step = max(1, min(512, len(paths) // max(1, 4 * workers)))
+        jobs = [(str(tmp), s, [str(p) for p in paths[s:s + step]], tuple(size), interpolation)
+                for s in range(0, len(paths), step)]
         if workers > 1:
-            # fork: workers inherit imports (spawn would re-import Lightning in each)
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ctx.Pool(workers) as pool:
+            with pool_context().Pool(workers) as pool:
                 failed = [f for part in pool.imap(_decode_rows, jobs) for f in part]
         else:
             failed = [f for job in jobs for f in _decode_rows(job)]
@@ -88,9 +73,6 @@ def build(paths: list[Path], file: Path, size: tuple[int, int], interpolation: s
             raise CrackLightningError(
                 f"{len(failed)} image(s) could not be decoded: {shown}. Remove or replace them "
                 f"(`make validate ROOT=<data.root>` lists every problem), then rerun.")
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_or_build(paths: list[Path], cache_dir: Path, size: tuple[int, int], interpolation: str,
@@ -102,7 +84,6 @@ def load_or_build(paths: list[Path], cache_dir: Path, size: tuple[int, int], int
         log.info("Decoding %d images once into %s (%.1f GiB) ...", len(paths), file,
                  len(paths) * size[0] * size[1] * 3 / 2**30)
         build(paths, file, size, interpolation, workers)
-        file.with_suffix(".json").write_text(json.dumps({"files": [str(p) for p in paths]}) + "\n")
     else:
         log.info("Reusing the decoded images in %s", file)
     array = np.load(file, mmap_mode="r")

@@ -197,7 +197,7 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _pool_context():
+def pool_context():
     # fork: workers inherit the parent's imports (spawn would re-import the package,
     # and with it Lightning, ~15 s per worker). Elsewhere only spawn is safe.
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -254,7 +254,7 @@ def fingerprint_files(paths: Iterable, workers: int | None = None,
     chunk = _chunksize(len(paths), workers)
     # The pool forks before any progress-bar thread starts: forking a process that
     # runs threads can deadlock the children.
-    with _pool_context().Pool(workers) as pool:
+    with pool_context().Pool(workers) as pool:
         results = pool.imap(_fingerprint_job, [(p, extra) for p in paths], chunksize=chunk)
         out = []
         with _progress(len(paths), "fingerprinting", progress) as advance:
@@ -392,7 +392,7 @@ def verify_pairs(paths: Sequence, pairs: np.ndarray, workers: int | None = None,
                 results.extend(_verify_chunk(job))
                 advance(len(job[0]))
     else:
-        with _pool_context().Pool(workers) as pool:
+        with pool_context().Pool(workers) as pool:
             it = pool.imap(_verify_chunk, jobs)
             with _progress(len(pairs), "checking near-duplicate candidates", progress) as advance:
                 for res in it:

@@ -21,6 +21,7 @@ costs balance, never honesty.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def group_files(paths: list[Path], workers: int | None = None, ratio: float = 0.
     """Decode ``paths`` once (in parallel) and return a group index per file.
 
     Unreadable files become groups of their own (the validator reports them)."""
-    prints = fingerprint_files(paths, workers=workers, extra=_border_extra(bin))
+    prints = fingerprint_files(paths, workers=workers, extra=functools.partial(border_profiles, bin=bin))
     # Patches of another size than most cannot continue into each other: own groups.
     shapes = [fp.extra.shape for fp in prints if fp.extra is not None]
     common = max(set(shapes), key=shapes.count) if shapes else None
@@ -123,11 +124,3 @@ def group_files(paths: list[Path], workers: int | None = None, ratio: float = 0.
     log.info("Grouped %d images into %d groups (largest %d, singletons %d, near-duplicate links %d)",
              len(paths), len(sizes), sizes.max(initial=0), int((sizes == 1).sum()), len(near))
     return labels
-
-
-class _border_extra:  # noqa: N801 - a picklable function object for worker processes
-    def __init__(self, bin: int):
-        self.bin = bin
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        return border_profiles(rgb, self.bin)

@@ -16,14 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import multiprocessing as mp
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from crack_lightning.data import synthetic
+from crack_lightning.data.fingerprints import pool_context
 
 SCENES_CSV = synthetic.SCENES_CSV
 
@@ -91,8 +90,7 @@ def generate_scenes(root: Path, per_class: int, seed: int, size: int, tiles: int
     batch = 8 * max(1, workers)
     pool = None
     if workers > 1:
-        # fork: children only need numpy and Pillow; spawn would re-import lightning
-        pool = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn").Pool(workers)
+        pool = pool_context().Pool(workers)
     try:
         start = 0
         while any(need.values()):

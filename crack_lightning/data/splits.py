@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from sklearn.model_selection import train_test_split
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.dataset import Sample
+from crack_lightning.files import atomic_path
 
 SPLITS = ("train", "val", "test")
 
@@ -92,25 +92,20 @@ def write_splits(path: Path, splits: dict[str, list[Sample]], root: Path, class_
 
     ``info`` (how the split was made: strategy, seed, fractions, ...) goes to the
     ``splits.json`` beside it, with the size and crack share of every split."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: no rename races
-    with tmp.open("w", newline="") as f:
+    if info is not None:  # before the CSV: a CSV is never newer than its description
+        summary = {
+            name: {"images": len(part), "crack_share": round(sum(s.label for s in part) / max(1, len(part)), 4)}
+            for name, part in splits.items()
+        }
+        with atomic_path(split_info_path(path)) as tmp:
+            tmp.write_text(json.dumps({**info, "splits": summary}, indent=2) + "\n")
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"] + (["group"] if groups is not None else []))
         for split in SPLITS:
             for s in splits[split]:
                 row = [s.path.relative_to(root).as_posix(), class_names[s.label], split]
                 writer.writerow(row + ([groups[s.path]] if groups is not None else []))
-    if info is not None:
-        summary = {
-            name: {"images": len(part), "crack_share": round(sum(s.label for s in part) / max(1, len(part)), 4)}
-            for name, part in splits.items()
-        }
-        side = split_info_path(path)
-        side_tmp = side.with_name(f".{side.name}.{os.getpid()}.tmp")
-        side_tmp.write_text(json.dumps({**info, "splits": summary}, indent=2) + "\n")
-        side_tmp.replace(side)  # before the CSV: a CSV is never newer than its description
-    tmp.replace(path)
 
 
 def split_info_path(path: Path) -> Path:

@@ -30,7 +30,6 @@ import argparse
 import functools
 import json
 import math
-import multiprocessing as mp
 import time
 from pathlib import Path
 
@@ -306,17 +305,20 @@ def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwr
         for old in (root / c).glob("*.jpg"):  # stale files from a run with other parameters
             old.unlink()
     (root / SCENES_CSV).unlink(missing_ok=True)
-    jobs = [(str(root), k, i, int(seed), int(size)) for k in range(len(CLASSES)) for i in range(per_class)]
     if layout == "scenes":
         from crack_lightning.data.scenes import generate_scenes
 
         generate_scenes(root, int(per_class), int(seed), int(size), int(tiles), workers)
-    elif workers > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            pool.map(_render_to, jobs, chunksize=32)
     else:
-        for job in jobs:
-            _render_to(job)
+        jobs = [(str(root), k, i, int(seed), int(size)) for k in range(len(CLASSES)) for i in range(per_class)]
+        if workers > 1:
+            from crack_lightning.data.fingerprints import pool_context
+
+            with pool_context().Pool(workers) as pool:
+                pool.map(_render_to, jobs, chunksize=32)
+        else:
+            for job in jobs:
+                _render_to(job)
     (root / META).write_text(json.dumps(params, indent=2) + "\n")
     return {**summary, "generated": True, "seconds": round(time.perf_counter() - t0, 3)}
 

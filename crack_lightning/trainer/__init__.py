@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["build_trainer", "runtime_kwargs", "resolve_precision"]
+__all__ = ["build_trainer", "compile_if_asked", "runtime_kwargs", "resolve_precision"]
 
 
 def _uses_cuda(accelerator: str) -> bool:
@@ -48,3 +48,10 @@ def build_trainer(trainer_cfg, **kwargs):
     config = OmegaConf.to_container(trainer_cfg, resolve=True)
     config.pop("compile", None)
     return instantiate(config, **{**runtime_kwargs(trainer_cfg), **kwargs})
+
+
+def compile_if_asked(trainer_cfg, model) -> None:
+    """``trainer.compile=true``: compile the model's backbone in place (``nn.Module.compile``:
+    state_dict keys, and so checkpoints, stay those of the eager model)."""
+    if trainer_cfg.get("compile"):
+        model.backbone.compile(dynamic=False)
