@@ -1,6 +1,7 @@
 """Decoded cache on a real-sized dataset: build time, one epoch of the data path, peak memory.
 
     python benchmarks/cache_memory.py data/bench_validate --image-size 160
+    python benchmarks/cache_memory.py data/bench_validate --split grouped   # + grouping time
 
 (``benchmarks/validate_speed.py`` generates 40,000 synthetic images into
 ``data/bench_validate``.)  Builds the cache (or reuses it), then reads one epoch of
@@ -24,12 +25,14 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--cache-dir", default="data/cache")
+    p.add_argument("--split", choices=["random", "grouped"], default="random",
+                   help="grouped: also time grouping the images (cached in --cache-dir afterwards)")
     a = p.parse_args()
     from crack_lightning.data import CrackDataModule
 
     config = {**DATA_CONFIG, "input_size": (3, a.image_size, a.image_size)}
     with tempfile.TemporaryDirectory() as tmp:
-        dm = CrackDataModule(a.root, config, split="random", split_file=f"{tmp}/splits.csv",
+        dm = CrackDataModule(a.root, config, split=a.split, split_file=f"{tmp}/splits.csv",
                              cache_dir=a.cache_dir, cache=True, batch_size=a.batch_size)
         t0 = time.perf_counter()
         dm.prepare_data()
@@ -43,7 +46,7 @@ def main() -> None:
         t2 = time.perf_counter()
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     images = len(dm.splits["train"]) + len(dm.splits["val"]) + len(dm.splits["test"])
-    print(f"{images} images at {a.image_size} px: split + cache ready in {t1 - t0:.1f} s; one training epoch "
+    print(f"{images} images at {a.image_size} px: {a.split} split + cache ready in {t1 - t0:.1f} s; one training epoch "
           f"({n} images, batch augmentation) in {t2 - t1:.1f} s = {n / (t2 - t1):.0f} images/s; "
           f"peak RSS {peak / 2**20:.2f} GiB")
 

@@ -66,9 +66,10 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny_data, tmp_path, mo
     dm = _datamodule(root, tmp_path, cache=True, name="c")
     second = set((tmp_path / "cache").glob("decoded-*.npy")) - first
     assert len(second) == 1
-    rows = [i for i, s in enumerate(dm.splits["train"]) if s.path == victim.resolve()]
-    if rows:  # the new pixels are served
-        assert dm.train_dataset[rows[0]][0][..., 0].float().mean() > 150
+    name, row = next((name, i) for name, part in dm.splits.items()
+                     for i, s in enumerate(part) if s.path == victim.resolve())
+    image = getattr(dm, f"{name}_dataset")[row][0]  # the new pixels are served: red
+    assert image[..., 0].float().mean() > 150 and image[..., 1].float().mean() < 60
 
 
 def test_broken_image_fails_clearly_and_leaves_no_cache(tiny_data, tmp_path):
@@ -138,3 +139,22 @@ def test_prepare_data_builds_the_cache_so_ranks_only_read_it(tiny_data, tmp_path
     monkeypatch.setattr(decoded, "build", lambda *a, **k: pytest.fail("a rank rebuilt the cache"))
     rank.setup("fit")
     assert len(rank.train_dataset) == len(rank.splits["train"])
+
+
+def test_every_split_of_a_dataset_shares_one_cache(tiny_data, tmp_path, monkeypatch):
+    """The cache is keyed by the files, not by how they are split: another seed or
+    strategy reads the same array (a rebuild would cost minutes and gigabytes)."""
+    first = _datamodule(tiny_data, tmp_path, cache=True, name="a")
+    monkeypatch.setattr(decoded, "build", lambda *a, **k: pytest.fail("cache rebuilt for another split"))
+    other = CrackDataModule(str(tiny_data), DATA_CONFIG, split="random", split_seed=7,
+                            split_file=str(tmp_path / "b" / "splits.csv"), cache_dir=str(tmp_path / "cache"),
+                            cache=True, num_workers=0)
+    other.prepare_data()
+    other.setup("fit")
+    assert other.splits["test"] != first.splits["test"]
+    jpeg = _datamodule(tiny_data, tmp_path, cache=False, name="b")  # same split file as `other`
+    for i, sample in enumerate(jpeg.test_dataset.samples):  # rows follow the new split
+        ref, label = jpeg.test_dataset[i]
+        image, got_label = other.test_dataset[i]
+        assert got_label == label == sample.label
+        assert torch.allclose(other.batch_transforms["eval"](image.permute(2, 0, 1)[None])[0], ref, atol=1e-5)

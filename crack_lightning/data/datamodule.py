@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_transform
-from crack_lightning.data.dataset import ImageListDataset, resolve_class_names, scan_samples
 from crack_lightning import CrackLightningError
+from crack_lightning.data.dataset import ImageListDataset, resolve_class_names, scan_samples
+from crack_lightning.files import atomic_path, files_key
 from crack_lightning.data.splits import (
     check_fractions,
     grouped_split,
@@ -124,9 +125,11 @@ class CrackDataModule(L.LightningDataModule):
         class_names = resolve_class_names(self.root, self.positive_class)
         # (no state kept: Lightning calls prepare_data on one process only)
         if not self.split_file.is_file():
-            self._new_split(class_names, save=True)
+            splits = self._new_split(class_names, save=True)
+        elif self.cache:
+            splits = read_splits(self.split_file, self.root, class_names)
         if self.cache:  # decode once here too, so DDP ranks do not all build the same cache
-            self._decoded(read_splits(self.split_file, self.root, class_names))
+            self._decoded(splits)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # fit then test: keep the datasets already built
@@ -154,27 +157,26 @@ class CrackDataModule(L.LightningDataModule):
         log.info("Classes %s (crack = %s); split sizes %s", self.class_names, self.class_names[1], counts)
 
     def _decoded(self, splits: dict):
-        """The decoded images of ``splits`` (train, val, test in order), built if needed."""
+        """The decoded images of every file in ``splits`` in sorted path order, built if
+        needed, and each file's row.  The order does not depend on the split, so every
+        split and seed of a dataset shares one cache."""
         from crack_lightning.data.decoded import load_or_build
         from crack_lightning.data.fingerprints import available_cores
 
-        ordered = [s for name in ("train", "val", "test") for s in splits[name]]
+        paths = sorted(s.path for part in splits.values() for s in part)
         size = tuple(self.data_config["input_size"][-2:])
         interpolation = self.data_config.get("interpolation", "bilinear")
         # nothing else runs yet: the build may use every core
-        return load_or_build([s.path for s in ordered], self.cache_dir, size, interpolation,
-                             workers=available_cores())
+        array = load_or_build(paths, self.cache_dir, size, interpolation, workers=available_cores())
+        return array, {path: row for row, path in enumerate(paths)}
 
     def _setup_decoded(self) -> None:
         from crack_lightning.data.decoded import DecodedImages
 
-        array = self._decoded(self.splits)
-        start = 0
-        for name in ("train", "val", "test"):
-            part = self.splits[name]
-            rows = range(start, start + len(part))
+        array, row_of = self._decoded(self.splits)
+        for name, part in self.splits.items():
+            rows = [row_of[s.path] for s in part]
             setattr(self, f"{name}_dataset", DecodedImages(array, rows, [s.label for s in part]))
-            start += len(part)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Decoded-cache batches arrive as uint8 (N, H, W, 3): augment/normalise them here,
@@ -214,7 +216,6 @@ class CrackDataModule(L.LightningDataModule):
         """Group index per sample, from the cache when the files have not changed."""
         import numpy as np
 
-        from crack_lightning.data.decoded import files_key
         from crack_lightning.data.grouping import group_files
 
         paths = [s.path for s in samples]
@@ -228,10 +229,8 @@ class CrackDataModule(L.LightningDataModule):
         log.info("Grouping %d images by matching borders and near-duplicates ...", len(paths))
         labels = group_files(paths, **self.grouping)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.npy")
-            np.save(tmp, labels)
-            tmp.replace(cache)
+            with atomic_path(cache) as tmp:
+                np.save(tmp, labels)
         return labels
 
     def _check_saved_strategy(self) -> None:
