@@ -1,4 +1,4 @@
-"""File helpers shared by the caches and saved splits: atomic writes, keys of file lists."""
+"""File helpers shared by the caches, downloads and checkpoints: atomic writes, keys of file lists, digests."""
 
 from __future__ import annotations
 
@@ -31,3 +31,12 @@ def files_key(paths: list[Path], **params) -> str:
         st = Path(p).stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()

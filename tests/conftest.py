@@ -56,3 +56,14 @@ def run_train_py(args: list[str], cwd: Path = REPO, timeout: int = 240) -> subpr
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_data) -> Path:
+    """One real tiny training run (custom_cnn, debug=fast), shared by the prediction,
+    export and evaluation tests: its folder has checkpoints/best.ckpt."""
+    from crack_lightning.train import train
+
+    tmp = tmp_path_factory.mktemp("trained_run")
+    train(compose_cfg(tmp, tiny_data, ["backbone=custom_cnn"]))
+    return tmp / "run"

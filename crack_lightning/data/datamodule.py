@@ -113,6 +113,26 @@ class CrackDataModule(L.LightningDataModule):
     def std(self) -> tuple[float, ...]:
         return tuple(self.data_config["std"])
 
+    def preprocessing(self) -> dict:
+        """What prediction and export must repeat, saved in every checkpoint: the input
+        size, interpolation, mean and std of :func:`eval_transform`, and ``patch_size``,
+        the native [height, width] of the training images (the window of whole-photo
+        prediction). Call after ``setup``."""
+        from PIL import Image
+
+        first = next((part[0] for part in (self.splits or {}).values() if part), None)
+        patch_size = None
+        if first is not None:
+            with Image.open(first.path) as img:  # reads the header only
+                patch_size = [img.height, img.width]
+        return {
+            "input_size": [int(v) for v in self.data_config["input_size"][-2:]],
+            "interpolation": self.data_config.get("interpolation", "bilinear"),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+            "patch_size": patch_size,
+        }
+
     def prepare_data(self) -> None:
         if self.synthetic is not None:
             from crack_lightning.data.synthetic import generate

@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from crack_lightning import CrackLightningError, __version__
+from crack_lightning.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,12 @@ def _verify_existing(dest: Path, size: int | None, sha256: str | None) -> bool:
         raise CrackLightningError(
             f"{dest} already exists but has {have:,} bytes, expected {size:,} (source.size): "
             f"it is not the expected archive and was left as it is: "
-            f"{_fix(dest, have, _sha256_file(dest), existing=True)}")
+            f"{_fix(dest, have, sha256_file(dest), existing=True)}")
     if sha256 is None:
         log.warning("%s exists; no source.sha256 to check it against, using it as it is", dest)
         return True
     log.info("%s exists; checking its SHA-256", dest)
-    actual = _sha256_file(dest)
+    actual = sha256_file(dest)
     if actual != sha256:
         raise CrackLightningError(
             f"{dest} already exists but its SHA-256 is {actual}, expected {sha256} "
@@ -120,7 +121,7 @@ def _check_and_publish(part: Path, dest: Path, size: int | None, sha256: str | N
                        digest: str | None) -> None:
     """Move a complete ``part`` to ``dest`` if size and SHA-256 match; else keep it as .bad."""
     have = part.stat().st_size
-    actual = digest or _sha256_file(part)
+    actual = digest or sha256_file(part)
     if size is not None and have != size:
         bad = _keep_bad(part, dest, actual)
         raise CrackLightningError(
@@ -144,14 +145,6 @@ def _keep_bad(part: Path, dest: Path, actual: str) -> Path:
     bad = dest.with_name(f"{dest.name}.sha256-{actual[:12]}.bad")
     os.replace(part, bad)  # same content => same name, so this never loses distinct bytes
     return bad
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- transfer

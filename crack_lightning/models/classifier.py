@@ -9,7 +9,7 @@ import lightning as L
 import timm
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MetricCollection, SumMetric
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -18,18 +18,18 @@ from torchmetrics.classification import (
     BinaryRecall,
 )
 
-def _binary_metrics() -> MetricCollection:
+def _binary_metrics(with_auroc: bool = True) -> MetricCollection:
     # label 1 is the crack class (see crack_lightning.data.dataset), so precision,
     # recall and F1 are those of cracks
-    return MetricCollection(
-        {
-            "acc": BinaryAccuracy(),
-            "precision": BinaryPrecision(),
-            "recall": BinaryRecall(),
-            "f1": BinaryF1Score(),
-            "auroc": BinaryAUROC(),
-        }
-    )
+    metrics = {
+        "acc": BinaryAccuracy(),
+        "precision": BinaryPrecision(),
+        "recall": BinaryRecall(),
+        "f1": BinaryF1Score(),
+    }
+    if with_auroc:
+        metrics["auroc"] = BinaryAUROC()
+    return MetricCollection(metrics)
 
 
 class CrackClassifier(L.LightningModule):
@@ -72,12 +72,24 @@ class CrackClassifier(L.LightningModule):
         self.train_metrics = _binary_metrics().clone(prefix="train/")
         self.val_metrics = _binary_metrics().clone(prefix="val/")
         self.test_metrics = _binary_metrics().clone(prefix="test/")
+        # the same at the operating threshold (chosen on validation for a target recall),
+        # and the cracks missed at 0.5 and at that threshold
+        self.test_metrics_at_threshold = _binary_metrics(with_auroc=False).clone(prefix="test/", postfix="_at_threshold")
+        self.test_missed = SumMetric()
+        self.test_missed_at_threshold = SumMetric()
+        # Operating point, fitted after training by callbacks.OperatingPoint and saved in
+        # the state dict: crack probability = softmax(logits / temperature)[1] >= threshold.
+        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("threshold", torch.tensor(0.5))
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        # Filled in by the task so checkpoints carry what predict/export need.
+        # Filled in from the datamodule / the task so checkpoints carry what predict and
+        # export need: class names, the exact preprocessing, the training patch size.
         self.class_names: list[str] = []
+        self.preprocessing: dict = {}
         self.run_config: dict | None = None
+        self.operating_point: dict = {}
 
     @property
     def data_config(self) -> dict:
@@ -88,6 +100,8 @@ class CrackClassifier(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if getattr(datamodule, "class_names", None):
             self.class_names = list(datamodule.class_names)
+        if hasattr(datamodule, "preprocessing"):
+            self.preprocessing = datamodule.preprocessing()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.contiguous(memory_format=self.memory_format)
@@ -102,16 +116,35 @@ class CrackClassifier(L.LightningModule):
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
 
+    def crack_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probability of the crack class (temperature 1 until calibrated)."""
+        return (logits.detach().float() / self.temperature).softmax(dim=-1)[:, 1]
+
     def _step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
-        probs = logits.detach().float().softmax(dim=-1)[:, 1]
+        probs = self.crack_probability(logits)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, targets)
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(targets))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        return {"loss": loss, "probs": probs, "targets": targets}
+        if stage == "test":
+            self._update_operating_metrics(probs, targets)
+        return {"loss": loss, "probs": probs, "targets": targets, "logits": logits.detach().float()}
+
+    def _update_operating_metrics(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        threshold = float(self.threshold)
+        for metric in self.test_metrics_at_threshold.values():
+            metric.threshold = threshold
+        self.test_metrics_at_threshold.update(probs, targets)
+        cracks = targets == 1
+        self.test_missed.update((cracks & (probs < 0.5)).sum())
+        self.test_missed_at_threshold.update((cracks & (probs < threshold)).sum())
+        self.log_dict(self.test_metrics_at_threshold, on_step=False, on_epoch=True)
+        self.log("test/threshold", threshold, on_step=False, on_epoch=True)
+        self.log("test/missed_cracks", self.test_missed, on_step=False, on_epoch=True)
+        self.log("test/missed_cracks_at_threshold", self.test_missed_at_threshold, on_step=False, on_epoch=True)
 
     def training_step(self, batch, batch_idx: int):
         return self._step(batch, "train")
@@ -124,7 +157,7 @@ class CrackClassifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(images).float().softmax(dim=-1)[:, 1]
+        return self.crack_probability(self(images))
 
     def configure_optimizers(self):
         # Only what is trainable now: a frozen backbone joins later as its own group.
@@ -145,8 +178,19 @@ class CrackClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["crack_lightning"] = {"class_names": self.class_names, "config": self.run_config}
+        checkpoint["crack_lightning"] = {
+            "class_names": self.class_names,
+            "preprocessing": self.preprocessing,
+            "operating_point": self.operating_point,
+            "config": self.run_config,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("crack_lightning", {})
         self.class_names = extra.get("class_names", self.class_names)
+        self.preprocessing = extra.get("preprocessing") or self.preprocessing
+        self.operating_point = extra.get("operating_point") or self.operating_point
+        # checkpoints written before the operating point existed: uncalibrated, 0.5
+        state = checkpoint.get("state_dict", {})
+        state.setdefault("temperature", torch.tensor(1.0))
+        state.setdefault("threshold", torch.tensor(0.5))

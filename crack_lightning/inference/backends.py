@@ -1,0 +1,72 @@
+"""One interface over the ways to run a trained model: a checkpoint in PyTorch, or an
+exported ONNX file in onnxruntime.
+
+A backend takes a batch of *preprocessed* images -- float32 (N, 3, H, W), resized and
+normalised by :func:`crack_lightning.data.augmentation.eval_transform` with the
+backend's ``data_config`` -- and returns calibrated crack probabilities, float32 (N,).
+It also carries what a prediction report needs: class names, the operating threshold,
+the temperature, the preprocessing and a short hash of the model file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier
+
+
+class Backend(Protocol):
+    path: Path
+    model_hash: str        # first 12 hex digits of the model file's SHA-256
+    class_names: list[str]  # [no-crack, crack]
+    preprocessing: dict     # input_size [h, w], interpolation, mean, std, patch_size [h, w] | None
+    threshold: float
+    temperature: float
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray: ...
+
+
+def data_config(preprocessing: dict) -> dict:
+    """A backend's preprocessing as the timm-style data config ``eval_transform`` takes."""
+    p = preprocessing
+    return {"input_size": (3, *p["input_size"]), "interpolation": p["interpolation"], "mean": p["mean"], "std": p["std"]}
+
+
+def patch_size(preprocessing: dict) -> tuple[int, int]:
+    """Native [height, width] of the training images (the input size if unknown)."""
+    return tuple(preprocessing.get("patch_size") or preprocessing["input_size"])
+
+
+class TorchBackend:
+    """A checkpoint run by PyTorch on ``device`` (fp32, channels-last, no autograd)."""
+
+    def __init__(self, loaded: LoadedClassifier, device: str | torch.device = "cpu"):
+        self.loaded = loaded
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device).eval()
+        self.path = loaded.path
+        self.model_hash = loaded.sha256[:12]
+        self.class_names = loaded.class_names
+        self.preprocessing = loaded.preprocessing
+        self.threshold = loaded.threshold
+        self.temperature = loaded.temperature
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        images = torch.as_tensor(images, dtype=torch.float32).to(self.device, non_blocking=True)
+        logits = self.model(images)
+        return self.model.crack_probability(logits).cpu().numpy().astype(np.float32)
+
+
+def open_backend(path: str | Path, device: str | torch.device = "cpu") -> Backend:
+    """A backend for ``path``: ``.onnx`` runs in onnxruntime, anything else is a checkpoint."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() == ".onnx":
+        from crack_lightning.inference.onnx import OnnxBackend
+
+        return OnnxBackend(path)
+    return TorchBackend(load_classifier(path), device=device)
