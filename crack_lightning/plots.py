@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay
+from sklearn.calibration import CalibrationDisplay
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay, precision_score, recall_score
 
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -57,6 +58,48 @@ def confusion_matrix_figure(targets: Sequence[int], preds: Sequence[int], class_
     )
     ax.set_title("Confusion matrix (test)")
     return fig
+
+
+def curves_figure(targets: np.ndarray, probs: np.ndarray, thresholds: dict[str, float], split: str = "test") -> Figure:
+    """Precision-recall and ROC curves side by side, each threshold in ``thresholds``
+    (label -> value) marked where it operates ("crack" = probability > threshold)."""
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    ax_pr, ax_roc = fig.subplots(1, 2)
+    PrecisionRecallDisplay.from_predictions(targets, probs, ax=ax_pr, name="model", plot_chance_level=True)
+    RocCurveDisplay.from_predictions(targets, probs, ax=ax_roc, name="model", plot_chance_level=True)
+    negatives = max(1, int((targets == 0).sum()))
+    for (label, threshold), marker in zip(thresholds.items(), "os^D"):
+        preds = probs > threshold
+        precision = precision_score(targets, preds, zero_division=0)
+        recall = recall_score(targets, preds, zero_division=0)
+        false_alarms = float((preds & (targets == 0)).sum()) / negatives
+        ax_pr.plot(recall, precision, marker, ms=8, label=f"{label} ({threshold:.3g})")
+        ax_roc.plot(false_alarms, recall, marker, ms=8, label=f"{label} ({threshold:.3g})")
+    for ax in (ax_pr, ax_roc):
+        ax.legend(fontsize=8, loc="lower left" if ax is ax_pr else "lower right")
+    ax_pr.set_title(f"Precision-recall ({split})")
+    ax_roc.set_title(f"ROC ({split})")
+    return fig
+
+
+def reliability_figure(targets: np.ndarray, curves: dict[str, np.ndarray], n_bins: int = 15, split: str = "test") -> Figure:
+    """Reliability diagram: observed crack frequency against predicted probability for
+    each named set of probabilities (e.g. before / after temperature scaling)."""
+    fig = Figure(figsize=(4.8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for name, probs in curves.items():
+        CalibrationDisplay.from_predictions(targets, probs, n_bins=n_bins, ax=ax, name=name)
+    ax.set_title(f"Reliability ({split})")
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    """Blend a [0, 1] heat map (H, W) over an RGB image (H, W, 3) in [0, 1]."""
+    from matplotlib import colormaps
+
+    colored = colormaps[cmap](np.clip(heat, 0.0, 1.0))[..., :3]
+    return (1 - alpha) * image + alpha * colored
 
 
 def save_figure(fig: Figure, path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The training task: compose -> fit -> test with the best checkpoint -> report.
+"""The training task: compose -> fit -> operating point on validation -> test the best checkpoint -> report.
 
 ``train.py`` at the top of the repository is the Hydra entry point; this module holds
 the logic so that tests and other entry points can call :func:`train` with a config.
@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
+from crack_lightning.callbacks import OperatingPoint
 from crack_lightning.data.splits import check_fractions
 from crack_lightning.trainer import build_trainer, compile_if_asked
 
@@ -61,6 +62,11 @@ def train(cfg: DictConfig) -> float | None:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     checkpoint = trainer.checkpoint_callback
     best_ckpt = checkpoint.best_model_path if checkpoint else ""
+
+    if any(isinstance(cb, OperatingPoint) for cb in trainer.callbacks):
+        # validate the best weights once more: OperatingPoint fits the temperature and the
+        # recall-targeted threshold there and writes them into best_ckpt for test/predict
+        trainer.validate(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)
 
     if cfg.get("test", True):
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)

@@ -59,11 +59,17 @@ def run_train_py(args: list[str], cwd: Path = REPO, timeout: int = 240) -> subpr
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, tiny_data) -> Path:
-    """One real tiny training run (custom_cnn, debug=fast), shared by the prediction,
-    export and evaluation tests: its folder has checkpoints/best.ckpt."""
+def trained_run_result(tmp_path_factory, tiny_data) -> tuple[Path, float | None]:
+    """One real tiny training run (custom_cnn, debug=fast): its folder and what train() returned."""
     from crack_lightning.train import train
 
     tmp = tmp_path_factory.mktemp("trained_run")
-    train(compose_cfg(tmp, tiny_data, ["backbone=custom_cnn"]))
-    return tmp / "run"
+    best = train(compose_cfg(tmp, tiny_data, ["backbone=custom_cnn"]))
+    return tmp / "run", best
+
+
+@pytest.fixture(scope="session")
+def trained_run(trained_run_result) -> Path:
+    """The shared tiny run's folder (checkpoints/best.ckpt, metrics.json, figures), for
+    the training, prediction, export and evaluation tests."""
+    return trained_run_result[0]

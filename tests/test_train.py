@@ -12,10 +12,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from crack_lightning.train import train
 from tests.conftest import compose_cfg, run_train_py
 
-METRIC_KEYS = {"test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss", "best_ckpt"}
+METRIC_KEYS = {
+    "test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss", "best_ckpt",
+    "test/acc_at_threshold", "test/precision_at_threshold", "test/recall_at_threshold", "test/f1_at_threshold",
+    "test/threshold", "test/missed_cracks", "test/missed_cracks_at_threshold",
+}
+COUNT_KEYS = {"best_ckpt", "test/loss", "test/missed_cracks", "test/missed_cracks_at_threshold"}
 RUN_FILES = [
     "metrics.json", "classification_report.txt", "confusion_matrix.png", "test_predictions.png",
     "augmentation_preview.png", "splits.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
+    "operating_point.json", "pr_roc_curves.png", "reliability_diagram.png", "gradcam.png",
 ]
 
 
@@ -24,7 +30,7 @@ def check_run_folder(run: Path) -> dict:
         assert (run / name).is_file(), f"{name} missing from the run folder"
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == METRIC_KEYS
-    assert all(0.0 <= metrics[k] <= 1.0 for k in METRIC_KEYS - {"best_ckpt", "test/loss"})
+    assert all(0.0 <= metrics[k] <= 1.0 for k in METRIC_KEYS - COUNT_KEYS)
     assert Path(metrics["best_ckpt"]).is_file()
     report = (run / "classification_report.txt").read_text()
     assert "Positive" in report and "Negative" in report and "support" in report
@@ -32,10 +38,8 @@ def check_run_folder(run: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def custom_cnn_run(tmp_path_factory, tiny_data):
-    tmp = tmp_path_factory.mktemp("custom_cnn_run")
-    best = train(compose_cfg(tmp, tiny_data, ["backbone=custom_cnn"]))
-    return tmp / "run", best
+def custom_cnn_run(trained_run_result):
+    return trained_run_result  # the shared tiny custom_cnn run of conftest.py
 
 
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "efficientnet", "timm"])
@@ -67,8 +71,14 @@ def test_tensorboard_has_scalars_figures_and_hparams(custom_cnn_run):
             tags["tensors"] |= set(acc.PluginTagToContent("hparams"))
         except KeyError:  # this event file holds no hparams summary
             pass
-    assert {"val/loss", "val/recall", "val/auroc", "train/loss_step", "train/trainable_params", "test/acc"} <= tags["scalars"]
-    assert {"train/augmentation_preview", "test/confusion_matrix", "test/predictions"} <= tags["images"]
+    assert {
+        "val/loss", "val/recall", "val/auroc", "train/loss_step", "train/trainable_params", "test/acc",
+        "test/recall_at_threshold", "calibration/temperature", "calibration/threshold",
+    } <= tags["scalars"]
+    assert {
+        "train/augmentation_preview", "test/confusion_matrix", "test/predictions", "test/pr_roc_curves",
+        "test/reliability_diagram", "test/gradcam",
+    } <= tags["images"]
     assert "_hparams_/session_start_info" in tags["tensors"]  # hyperparameters logged with metrics
 
 

@@ -1,6 +1,8 @@
-"""Lightning callbacks: fine-tuning schedule and run reports."""
+"""Lightning callbacks: fine-tuning schedule, operating point and run reports."""
 
+from crack_lightning.callbacks.errors import ErrorGallery
 from crack_lightning.callbacks.figures import AugmentationPreview, TestReport
 from crack_lightning.callbacks.finetune import FreezeUnfreeze
+from crack_lightning.callbacks.operating_point import OperatingPoint
 
-__all__ = ["AugmentationPreview", "FreezeUnfreeze", "TestReport"]
+__all__ = ["AugmentationPreview", "ErrorGallery", "FreezeUnfreeze", "OperatingPoint", "TestReport"]

@@ -11,7 +11,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from sklearn.metrics import classification_report
 
-from crack_lightning.plots import confusion_matrix_figure, denormalize, image_grid_figure, save_figure
+from crack_lightning.evaluation import calibration_error
+from crack_lightning.plots import (
+    confusion_matrix_figure,
+    curves_figure,
+    denormalize,
+    image_grid_figure,
+    reliability_figure,
+    save_figure,
+)
 
 
 def log_figure(trainer: L.Trainer, tag: str, fig: Figure) -> None:
@@ -53,23 +61,28 @@ class TestReport(L.Callback):
     """After testing, write the human-readable results of the test split.
 
     Files in ``output_dir``: ``classification_report.txt`` (per-class precision, recall,
-    F1, support), ``confusion_matrix.png`` and ``test_predictions.png`` (a grid of test
-    images with predicted and true labels, mistakes first, in red). The figures also go
-    to TensorBoard. Predictions use the model's ``probs`` output at ``threshold``.
+    F1, support and missed cracks at 0.5 and at the model's operating threshold, ECE
+    before/after calibration), ``confusion_matrix.png`` (at the operating threshold),
+    ``pr_roc_curves.png`` (both thresholds marked), ``reliability_diagram.png`` (before
+    and after temperature scaling) and ``test_predictions.png`` (test images with
+    predicted and true labels, mistakes first, in red). The figures also go to
+    TensorBoard. A crack is predicted when its probability is > the threshold.
     """
 
-    def __init__(self, output_dir: str, num_images: int = 16, threshold: float = 0.5):
+    def __init__(self, output_dir: str, num_images: int = 16, n_bins: int = 15):
         self.output_dir = Path(output_dir)
         self.num_images = num_images
-        self.threshold = threshold
+        self.n_bins = n_bins
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._probs: list[torch.Tensor] = []
+        self._raw: list[torch.Tensor] = []  # before temperature scaling
         self._targets: list[torch.Tensor] = []
         self._images: list[torch.Tensor] = []  # a small pool to pick the grid from
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self._probs.append(outputs["probs"].cpu())
+        self._raw.append(outputs["logits"].softmax(dim=-1)[:, 1].cpu())
         self._targets.append(outputs["targets"].cpu())
         if sum(len(x) for x in self._images) < 4 * self.num_images:
             self._images.append(batch[0][: 4 * self.num_images].float().cpu())
@@ -78,21 +91,45 @@ class TestReport(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         names = dm.class_names
-        probs, targets = torch.cat(self._probs), torch.cat(self._targets)
-        preds = (probs >= self.threshold).long()
+        probs, raw, targets = torch.cat(self._probs), torch.cat(self._raw), torch.cat(self._targets)
+        threshold = float(pl_module.threshold)
+        thresholds = {"default": 0.5, "operating": threshold}
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        report = classification_report(
-            targets.numpy(), preds.numpy(), labels=[0, 1], target_names=names, digits=4, zero_division=0
-        )
         (self.output_dir / "classification_report.txt").write_text(
-            f"Test split, {len(targets)} images, crack class = {names[1]}, threshold {self.threshold}\n\n{report}"
+            self._report(probs, raw, targets, names, thresholds, getattr(pl_module, "operating_point", {}))
         )
-        fig = confusion_matrix_figure(targets.numpy(), preds.numpy(), names)
-        save_figure(fig, self.output_dir / "confusion_matrix.png")
-        log_figure(trainer, "test/confusion_matrix", fig)
-        fig = self._prediction_grid(torch.cat(self._images), probs, preds, targets, names, dm.mean, dm.std)
-        save_figure(fig, self.output_dir / "test_predictions.png")
-        log_figure(trainer, "test/predictions", fig)
+        y, p = targets.numpy(), probs.numpy()
+        preds = (probs > threshold).long()
+        figures = {
+            "confusion_matrix": confusion_matrix_figure(y, preds.numpy(), names),
+            "pr_roc_curves": curves_figure(y, p, thresholds),
+            "reliability_diagram": reliability_figure(
+                y, {"before scaling": raw.numpy(), f"after (T={float(pl_module.temperature):.2f})": p}, self.n_bins
+            ),
+            "test_predictions": self._prediction_grid(torch.cat(self._images), probs, preds, targets, names, dm.mean, dm.std),
+        }
+        for name, fig in figures.items():
+            save_figure(fig, self.output_dir / f"{name}.png")
+            log_figure(trainer, f"test/{name.removeprefix('test_')}", fig)
+
+    def _report(self, probs, raw, targets, names, thresholds: dict, point: dict) -> str:
+        y = targets.numpy()
+        lines = [f"Test split, {len(targets)} images ({int(y.sum())} cracks), crack class = {names[1]}."]
+        if point.get("target_recall") is not None:
+            lines.append(
+                f"Operating threshold {thresholds['operating']:.4g}: chosen on {point.get('images')} validation images "
+                f"for recall >= {point['target_recall']} (there: precision {point['precision']:.4f}, recall {point['recall']:.4f})."
+            )
+        lines.append(
+            f"Calibration error (ECE, {self.n_bins} bins): {calibration_error(raw, targets, self.n_bins):.4f} before, "
+            f"{calibration_error(probs, targets, self.n_bins):.4f} after temperature scaling."
+        )
+        for label, threshold in thresholds.items():
+            preds = (probs > threshold).long().numpy()
+            missed, false_alarms = int(((preds == 0) & (y == 1)).sum()), int(((preds == 1) & (y == 0)).sum())
+            report = classification_report(y, preds, labels=[0, 1], target_names=names, digits=4, zero_division=0)
+            lines += ["", f"At the {label} threshold {threshold:.4g}: {missed} missed cracks, {false_alarms} false alarms", report]
+        return "\n".join(lines) + "\n"
 
     def _prediction_grid(self, images, probs, preds, targets, names, mean, std) -> Figure:
         pool = len(images)

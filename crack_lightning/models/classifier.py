@@ -139,8 +139,9 @@ class CrackClassifier(L.LightningModule):
             metric.threshold = threshold
         self.test_metrics_at_threshold.update(probs, targets)
         cracks = targets == 1
-        self.test_missed.update((cracks & (probs < 0.5)).sum())
-        self.test_missed_at_threshold.update((cracks & (probs < threshold)).sum())
+        # a crack is predicted when probability > threshold (torchmetrics' rule)
+        self.test_missed.update((cracks & (probs <= 0.5)).sum())
+        self.test_missed_at_threshold.update((cracks & (probs <= threshold)).sum())
         self.log_dict(self.test_metrics_at_threshold, on_step=False, on_epoch=True)
         self.log("test/threshold", threshold, on_step=False, on_epoch=True)
         self.log("test/missed_cracks", self.test_missed, on_step=False, on_epoch=True)

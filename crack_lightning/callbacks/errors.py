@@ -1,0 +1,85 @@
+"""The test images that matter most when a model is wrong, and where it looked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from crack_lightning.callbacks.figures import log_figure
+from crack_lightning.evaluation.gradcam import gradcam
+from crack_lightning.plots import denormalize, image_grid_figure, overlay_heatmap, save_figure
+
+
+class _TopK:
+    """The ``k`` highest-scoring (score, image, prob) seen so far; memory stays O(k)."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.items: list[tuple[float, torch.Tensor, float]] = []
+
+    def offer(self, scores: torch.Tensor, images: torch.Tensor, probs: torch.Tensor) -> None:
+        for i in scores.topk(min(self.k, len(scores))).indices.tolist():
+            self.items.append((float(scores[i]), images[i].float().cpu().clone(), float(probs[i])))
+        self.items = sorted(self.items, key=lambda item: -item[0])[: self.k]
+
+
+class ErrorGallery(L.Callback):
+    """During testing, keep the most confident mistakes at the operating threshold:
+    missed cracks with the lowest crack probability and false alarms with the highest,
+    plus the most confident cracks found. After testing, write
+
+    * ``errors.png``: the missed cracks and false alarms, probability in the title;
+    * ``gradcam.png``: the same images and the cracks found, with Grad-CAM maps of the
+      crack class over them (captum's LayerGradCam on the backbone's last stage).
+
+    Both also go to TensorBoard. A crack is predicted when probability > threshold.
+    """
+
+    def __init__(self, output_dir: str, per_kind: int = 4):
+        self.output_dir = Path(output_dir)
+        self.per_kind = per_kind
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._kinds = {name: _TopK(self.per_kind) for name in ("missed crack", "false alarm", "crack found")}
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        probs, targets, images = outputs["probs"], outputs["targets"], batch[0]
+        predicted = probs > float(pl_module.threshold)
+        for name, mask, score in (
+            ("missed crack", (targets == 1) & ~predicted, -probs),
+            ("false alarm", (targets == 0) & predicted, probs),
+            ("crack found", (targets == 1) & predicted, probs),
+        ):
+            if mask.any():
+                self._kinds[name].offer(score[mask], images[mask], probs[mask])
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        picked = [(name, image, prob) for name, top in self._kinds.items() for _, image, prob in top.items]
+        if not picked:
+            return
+        images = torch.stack([image for _, image, _ in picked])
+        titles = [f"{name}\ncrack prob {prob:.3f}" for name, _, prob in picked]
+        colors = ["red" if name != "crack found" else "green" for name, _, _ in picked]
+        shown = denormalize(images, dm.mean, dm.std)
+        mistakes = [i for i, (name, _, _) in enumerate(picked) if name != "crack found"]
+        threshold = float(pl_module.threshold)
+        if mistakes:
+            fig = image_grid_figure(
+                shown[mistakes], [titles[i] for i in mistakes], [colors[i] for i in mistakes],
+                suptitle=f"Most confident mistakes at threshold {threshold:.3g}",
+            )
+            save_figure(fig, self.output_dir / "errors.png")
+            log_figure(trainer, "test/errors", fig)
+        maps = gradcam(pl_module, images.to(pl_module.device).contiguous(memory_format=torch.channels_last))
+        overlays = torch.stack([
+            torch.from_numpy(overlay_heatmap(img.permute(1, 2, 0).numpy(), heat.numpy())).permute(2, 0, 1)
+            for img, heat in zip(shown, maps)
+        ])
+        fig = image_grid_figure(overlays, titles, colors, suptitle="Grad-CAM of the crack class (red = evidence for crack)")
+        save_figure(fig, self.output_dir / "gradcam.png")
+        log_figure(trainer, "test/gradcam", fig)

@@ -1,0 +1,103 @@
+"""Fit the operating point on the validation split and store it with the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+
+from crack_lightning.evaluation import calibration_error, choose_threshold, fit_temperature
+from crack_lightning.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class OperatingPoint(L.Callback):
+    """When the best checkpoint is validated (``trainer.validate(ckpt_path=best)``, which
+    ``train()`` runs after fitting), fit how its scores are read:
+
+    * ``temperature`` (if ``calibrate``): temperature scaling on the validation logits;
+    * ``threshold``: the best precision at recall on cracks >= ``target_recall`` (a missed
+      crack costs more than a false alarm), on the calibrated probabilities.
+
+    Both go into the model's buffers and into the validated checkpoint file (rewritten
+    atomically), so ``trainer.test``, ``predict.py`` and ``export.py`` use them. The
+    choice and the validation calibration error before/after are written to
+    ``operating_point.json`` and logged under ``calibration/``. Validation during
+    ``fit`` is left alone.
+    """
+
+    def __init__(self, output_dir: str, target_recall: float = 0.99, calibrate: bool = True, n_bins: int = 15):
+        if not 0.0 < target_recall <= 1.0:
+            raise ValueError(f"eval.target_recall={target_recall}: choose a recall in (0, 1].")
+        self.output_dir = Path(output_dir)
+        self.target_recall = target_recall
+        self.calibrate = calibrate
+        self.n_bins = n_bins
+        self._logits: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return trainer.state.fn == TrainerFn.VALIDATING
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._logits, self._targets = [], []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._active(trainer):
+            self._logits.append(outputs["logits"].float())
+            self._targets.append(outputs["targets"])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active(trainer) or not self._logits:
+            return
+        # every rank gets the whole split (DDP pads it to equal shards: a few repeats)
+        logits = pl_module.all_gather(torch.cat(self._logits)).reshape(-1, 2).cpu()
+        targets = pl_module.all_gather(torch.cat(self._targets)).reshape(-1).cpu()
+        temperature = fit_temperature(logits, targets) if self.calibrate else 1.0
+        raw = logits.softmax(dim=-1)[:, 1]
+        probs = (logits / temperature).softmax(dim=-1)[:, 1]
+        choice = choose_threshold(probs, targets, self.target_recall)
+        if choice.cracks == 0:
+            log.warning("The validation split has no cracks: the threshold stays 0.5 and is not chosen for recall.")
+        point = {
+            "temperature": temperature,
+            **choice.to_dict(),
+            "images": len(targets),
+            "ece_before": calibration_error(raw, targets, self.n_bins),
+            "ece_after": calibration_error(probs, targets, self.n_bins),
+            "split": "val",
+            "rule": "crack when crack probability > threshold",
+        }
+        pl_module.temperature.fill_(temperature)
+        pl_module.threshold.fill_(choice.threshold)
+        pl_module.operating_point = point
+        for key in ("temperature", "threshold", "ece_before", "ece_after"):
+            pl_module.log(f"calibration/{key}", float(point[key]), rank_zero_only=True)
+        if trainer.is_global_zero:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")
+            if trainer.ckpt_path:
+                store_operating_point(Path(trainer.ckpt_path), temperature, choice.threshold, point)
+        trainer.strategy.barrier()  # the test that follows reads the rewritten file on every rank
+        log.info(
+            "Operating point on %d validation images: temperature %.3f, threshold %.4f for recall >= %.3f "
+            "(precision %.3f, recall %.3f); ECE %.4f -> %.4f",
+            len(targets), temperature, choice.threshold, self.target_recall, choice.precision, choice.recall,
+            point["ece_before"], point["ece_after"],
+        )
+
+
+def store_operating_point(ckpt_path: Path, temperature: float, threshold: float, point: dict) -> None:
+    """Write the operating point into an existing checkpoint file (atomically)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = checkpoint["state_dict"]
+    state["temperature"] = torch.tensor(float(temperature))
+    state["threshold"] = torch.tensor(float(threshold))
+    checkpoint.setdefault("crack_lightning", {})["operating_point"] = point
+    with atomic_path(ckpt_path) as tmp:
+        torch.save(checkpoint, tmp)

@@ -1,0 +1,50 @@
+"""Where the model sees a crack: Grad-CAM (Selvaraju et al.) through captum's LayerGradCam."""
+
+from __future__ import annotations
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+
+def target_layer(backbone: nn.Module) -> nn.Module:
+    """The last spatial stage: timm's ``feature_info`` names it; otherwise the last conv."""
+    info = getattr(backbone, "feature_info", None)
+    if info is not None and len(info):
+        last = info[-1] if isinstance(info, list) else info.get_dicts()[-1]
+        return backbone.get_submodule(last["module"])
+    convs = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(backbone).__name__} has no convolution to take Grad-CAM from.")
+    return convs[-1]
+
+
+class _Logits(nn.Module):
+    """backbone + head with autograd always on (the classifier's own forward skips
+    autograd through a frozen backbone, which Grad-CAM needs)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.backbone, self.head = model.backbone, model.head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+def gradcam(model: nn.Module, images: torch.Tensor, target: int = 1) -> torch.Tensor:
+    """Grad-CAM maps of class ``target`` (1 = crack) for normalised ``images`` (N, 3, H, W):
+    (N, H, W) in [0, 1], each map scaled by its own maximum (0 everywhere when no
+    region speaks for the class)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            images = images.detach().clone().requires_grad_(True)  # no inference tensors
+            cam = LayerGradCam(_Logits(model), target_layer(model.backbone))
+            maps = cam.attribute(images, target=target, relu_attributions=True)
+            maps = LayerAttribution.interpolate(maps, tuple(images.shape[-2:]), interpolate_mode="bilinear")
+        maps = maps.detach()[:, 0].clamp_min(0)
+        peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+        return (maps / peak).cpu()
+    finally:
+        model.train(was_training)

@@ -1,0 +1,90 @@
+"""Choose how the model's scores are read: a temperature that makes the crack
+probability honest, and a threshold that misses few cracks.
+
+Both are fitted on the validation split (never the test split, which only reports
+how well the choice holds on unseen images).
+
+The rule everywhere (torchmetrics', so metrics, reports and predictions agree): an
+image is a crack when its crack probability is *greater than* the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn import functional as F
+from torchmetrics.functional.classification import (
+    binary_calibration_error,
+    binary_precision,
+    binary_precision_at_fixed_recall,
+    binary_recall,
+)
+
+
+# T outside this range means the validation split cannot tell (a handful of images,
+# or all of one class); clamping keeps a degenerate fit from flattening every score.
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+    """Temperature scaling (Guo et al. 2017): the T > 0 minimising the cross-entropy of
+    ``logits / T``, clamped to ``TEMPERATURE_RANGE``. One parameter, so ranking (AUROC)
+    is unchanged; an over-confident model gets T > 1, which pulls its "100 %"
+    probabilities back towards what it earns."""
+    # callers may sit in Lightning's inference mode: leave it for this small fit
+    with torch.inference_mode(False), torch.enable_grad():
+        logits, targets = logits.detach().double().clone(), targets.long().clone()
+        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+        optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = F.cross_entropy(logits / log_t.exp(), targets)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    temperature = float(log_t.detach().exp())
+    if not math.isfinite(temperature):
+        return 1.0
+    return min(max(temperature, TEMPERATURE_RANGE[0]), TEMPERATURE_RANGE[1])
+
+
+def calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error of the crack probability (equal-width bins, L1)."""
+    return float(binary_calibration_error(probs.float().contiguous(), targets.long(), n_bins=n_bins, norm="l1"))
+
+
+@dataclass
+class ThresholdChoice:
+    threshold: float
+    target_recall: float
+    precision: float  # on the split it was chosen on, at ``threshold``
+    recall: float
+    cracks: int       # positives in that split
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_recall: float) -> ThresholdChoice:
+    """The threshold with the best precision among those whose recall on cracks is at
+    least ``target_recall`` (a crack is predicted when probability > threshold).
+
+    A split without cracks cannot tell: the threshold stays 0.5 (``cracks`` = 0 says so).
+    """
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"eval.target_recall={target_recall}: choose a recall in (0, 1].")
+    probs, targets = probs.float(), targets.long()
+    cracks = int(targets.sum())
+    threshold = 0.5
+    if cracks:
+        _, best = binary_precision_at_fixed_recall(probs, targets, min_recall=target_recall)
+        if math.isfinite(float(best)):
+            # the curve counts ">= best"; the float32 just below makes "> threshold" the same set
+            threshold = float(torch.nextafter(best.float(), torch.tensor(-math.inf)))
+    precision = float(binary_precision(probs, targets, threshold=threshold))
+    recall = float(binary_recall(probs, targets, threshold=threshold))
+    return ThresholdChoice(threshold, target_recall, precision, recall, cracks)
