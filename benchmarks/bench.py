@@ -14,6 +14,8 @@ decoded cache (the default data path):
 * **trainer**: ``lightning.Trainer.fit`` on the model, data module and fine-tuning
   callback built from the Hydra config exactly as ``train.py`` builds them
   (``finetune=frozen`` / ``finetune=full``), logging on, no validation;
+* **model alone**: the plain loop's step on one fixed random batch, no data path at all
+  (how ``../shared/reference.md`` measured its CPU ceilings) -- what the hardware gives;
 * **data**: the data path alone -- loader plus on-device augmentation;
 * **infer**: evaluation forward passes (no_grad) over the validation loader.
 
@@ -120,6 +122,29 @@ def plain_loop(args, model, dm, frozen: bool) -> float:
     return rate(marks, args.warmup, args.batch_size)
 
 
+def model_alone(args, model, frozen: bool) -> float:
+    """The plain loop's training step on one fixed random batch: the model's ceiling here."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).train()
+    if frozen:
+        model.backbone.requires_grad_(False)
+        model.backbone.eval()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 2, (args.batch_size,), device=device)
+    marks = []
+    for _ in range(args.warmup + args.steps + 1):
+        _sync()
+        marks.append(time.perf_counter())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return rate(marks, args.warmup, args.batch_size)
+
+
 def trainer_fit(args, cfg, model, dm, finetune) -> float:
     timer = Throughput()
     trainer = build_trainer(
@@ -207,16 +232,17 @@ def main() -> None:
             fw = trainer_fit(args, cfg, fresh, fresh_dm, finetune)
             # plain again, after: the best of before/after, so warm-up order favours neither
             plain = max(plain, plain_loop(args, model, dm, frozen=phase == "frozen"))
+            alone = model_alone(args, model, frozen=phase == "frozen")
             model, dm = fresh, fresh_dm
             data = data_path(args, dm) if phase == "frozen" else None
             infer = inference(args, model, dm) if phase == "frozen" else None
-            rows.append((backbone, phase, plain, fw, data, infer))
-            print(f"{backbone:12} {phase:9} plain {plain:7.1f}  trainer {fw:7.1f} ({fw / plain:.2f}x)"
+            rows.append((backbone, phase, alone, plain, fw, data, infer))
+            print(f"{backbone:12} {phase:9} alone {alone:7.1f}  plain {plain:7.1f}  trainer {fw:7.1f} ({fw / plain:.2f}x)"
                   + (f"  data {data:8.1f}  infer {infer:7.1f}" if data else ""), flush=True)
-    table = ["| backbone | phase | plain loop img/s | Trainer img/s | Trainer / plain | data path img/s | inference img/s |",
-             "|---|---|---|---|---|---|---|"]
-    for backbone, phase, plain, fw, data, infer in rows:
-        table.append(f"| {backbone} | {phase} | {plain:.1f} | {fw:.1f} | {fw / plain:.2f} | "
+    table = ["| backbone | phase | model alone img/s | plain loop img/s | Trainer img/s | Trainer / plain | data path img/s | inference img/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for backbone, phase, alone, plain, fw, data, infer in rows:
+        table.append(f"| {backbone} | {phase} | {alone:.1f} | {plain:.1f} | {fw:.1f} | {fw / plain:.2f} | "
                      f"{f'{data:.0f}' if data else '—'} | {f'{infer:.1f}' if infer else '—'} |")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     settings = (f"{args.image_size} px, batch {args.batch_size}, {2 * args.per_class} synthetic images "

@@ -21,14 +21,15 @@ def target_layer(backbone: nn.Module) -> nn.Module:
 
 class _Logits(nn.Module):
     """backbone + head with autograd always on (the classifier's own forward skips
-    autograd through a frozen backbone, which Grad-CAM needs)."""
+    autograd through a frozen backbone, which Grad-CAM needs), run eagerly: ``.forward``
+    bypasses a ``trainer.compile`` wrapper, whose graphs captum's hooks would break."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.backbone, self.head = model.backbone, model.head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        return self.head(self.backbone.forward(images))
 
 
 def gradcam(model: nn.Module, images: torch.Tensor, target: int = 1) -> torch.Tensor:

@@ -40,18 +40,22 @@ def runtime_kwargs(trainer_cfg) -> dict:
 def build_trainer(trainer_cfg, **kwargs):
     """The ``lightning.Trainer`` of a ``trainer`` config, resolved for this machine.
 
-    Keys that are ours, not the Trainer's (``compile``: the task compiles the
-    backbone), are left out; ``kwargs`` override the config."""
+    Keys that are ours, not the Trainer's (``compile``, ``compile_options``: the task
+    compiles the backbone), are left out; ``kwargs`` override the config."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     config = OmegaConf.to_container(trainer_cfg, resolve=True)
     config.pop("compile", None)
+    config.pop("compile_options", None)
     return instantiate(config, **{**runtime_kwargs(trainer_cfg), **kwargs})
 
 
 def compile_if_asked(trainer_cfg, model) -> None:
     """``trainer.compile=true``: compile the model's backbone in place (``nn.Module.compile``:
-    state_dict keys, and so checkpoints, stay those of the eager model)."""
+    state_dict keys, and so checkpoints, stay those of the eager model) with
+    ``trainer.compile_options`` (default ``dynamic: false``: batch shapes are fixed, the
+    training loader drops its last partial batch)."""
     if trainer_cfg.get("compile"):
-        model.backbone.compile(dynamic=False)
+        options = dict(trainer_cfg.get("compile_options") or {"dynamic": False})
+        model.backbone.compile(**options)
