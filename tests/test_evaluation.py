@@ -114,3 +114,20 @@ def test_gradcam_points_at_the_evidence():
     assert maps.shape == (2, 32, 32) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     assert maps[0, 4:12, 20:28].mean() > 0.9 and maps[0, 20:, :12].mean() < 0.1
     assert maps[1, 20:30, 2:10].mean() > 0.9 and maps[1, :12, 20:].mean() < 0.1
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open(__import__('os').environ['PWNED_FILE'], 'w').write('ran')",))
+
+
+def test_a_checkpoint_that_runs_code_is_refused(tmp_path, monkeypatch):
+    from crack_lightning import CrackLightningError
+
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("PWNED_FILE", str(marker))
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "crack_lightning": {"config": _RunsCode(), "preprocessing": {}}}, evil)
+    with pytest.raises(CrackLightningError, match="refused"):
+        load_classifier(evil)
+    assert not marker.exists()

@@ -94,7 +94,7 @@ class OperatingPoint(L.Callback):
 
 def store_operating_point(ckpt_path: Path, temperature: float, threshold: float, point: dict) -> None:
     """Write the operating point into an existing checkpoint file (atomically)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     state = checkpoint["state_dict"]
     state["temperature"] = torch.tensor(float(temperature))
     state["threshold"] = torch.tensor(float(threshold))

@@ -40,9 +40,14 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CrackLightningError(f"ckpt={path}: no such file. Point it at <run>/checkpoints/best.ckpt of a train.py run.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or not a torch file
-        raise CrackLightningError(f"ckpt={path}: cannot be read as a checkpoint ({type(err).__name__}: {err}).") from err
+        # weights_only: tensors and plain containers only -- a crafted pickle cannot run code
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, or objects a checkpoint must not hold
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CrackLightningError(
+            f"ckpt={path}: refused, not a plain checkpoint ({type(err).__name__}: {first_line}). "
+            f"Only load checkpoints written by train.py."
+        ) from err
     extra = checkpoint.get("crack_lightning") if isinstance(checkpoint, dict) else None
     if not extra or not extra.get("config") or not extra.get("preprocessing"):
         raise CrackLightningError(
