@@ -96,7 +96,7 @@ class CrackDataModule(L.LightningDataModule):
         if self.cache and not cache_dir:
             raise CrackLightningError("data.cache=true needs data.cache_dir (where the decoded images go).")
         # decoded images need no decoding workers: they would only compete for cores
-        self.num_workers = (0 if self.cache else _auto_workers()) if num_workers == "auto" else int(num_workers)
+        self.num_workers = (0 if self.cache else auto_workers()) if num_workers == "auto" else int(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.persistent_workers = (
             self.num_workers > 0 if persistent_workers == "auto" else bool(persistent_workers)
@@ -285,7 +285,7 @@ class CrackDataModule(L.LightningDataModule):
         return self._loader(self.test_dataset, train=False)
 
 
-def _auto_workers() -> int:
+def auto_workers() -> int:
     from crack_lightning.data.fingerprints import available_cores
 
     # Leave one core to the training process; more than 8 decoders rarely pays off.

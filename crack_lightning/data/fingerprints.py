@@ -214,7 +214,7 @@ def _chunksize(n: int, workers: int) -> int:
     return max(1, min(256, n // (workers * 8)))
 
 
-def _progress(total: int, description: str, enabled: bool):
+def progress_bar(total: int, description: str, enabled: bool):
     """A rich progress bar (or a no-op) used as ``with ... as advance: advance(k)``."""
     import contextlib
 
@@ -246,7 +246,7 @@ def fingerprint_files(paths: Iterable, workers: int | None = None,
     workers = min(workers, max(1, len(paths) // 16))
     if workers == 1:
         out = []
-        with _progress(len(paths), "fingerprinting", progress) as advance:
+        with progress_bar(len(paths), "fingerprinting", progress) as advance:
             for p in paths:
                 out.append(fingerprint_file(p, extra))
                 advance()
@@ -257,7 +257,7 @@ def fingerprint_files(paths: Iterable, workers: int | None = None,
     with pool_context().Pool(workers) as pool:
         results = pool.imap(_fingerprint_job, [(p, extra) for p in paths], chunksize=chunk)
         out = []
-        with _progress(len(paths), "fingerprinting", progress) as advance:
+        with progress_bar(len(paths), "fingerprinting", progress) as advance:
             for fp in results:
                 out.append(fp)
                 advance()
@@ -387,14 +387,14 @@ def verify_pairs(paths: Sequence, pairs: np.ndarray, workers: int | None = None,
     workers = min(workers, len(jobs))
     results = []
     if workers == 1:
-        with _progress(len(pairs), "checking near-duplicate candidates", progress) as advance:
+        with progress_bar(len(pairs), "checking near-duplicate candidates", progress) as advance:
             for job in jobs:
                 results.extend(_verify_chunk(job))
                 advance(len(job[0]))
     else:
         with pool_context().Pool(workers) as pool:
             it = pool.imap(_verify_chunk, jobs)
-            with _progress(len(pairs), "checking near-duplicate candidates", progress) as advance:
+            with progress_bar(len(pairs), "checking near-duplicate candidates", progress) as advance:
                 for res in it:
                     results.extend(res)
                     advance(len(res))

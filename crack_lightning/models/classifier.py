@@ -78,7 +78,7 @@ class CrackClassifier(L.LightningModule):
         self.test_missed = SumMetric()
         self.test_missed_at_threshold = SumMetric()
         # Operating point, fitted after training by callbacks.OperatingPoint and saved in
-        # the state dict: crack probability = softmax(logits / temperature)[1] >= threshold.
+        # the state dict: crack when softmax(logits / temperature)[1] > threshold.
         self.register_buffer("temperature", torch.tensor(1.0))
         self.register_buffer("threshold", torch.tensor(0.5))
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -1,0 +1,225 @@
+"""The prediction task: a checkpoint (or ONNX file) over images -> ``predictions.csv``.
+
+``predict.py`` at the top of the repository is the Hydra entry point; this module holds
+the logic so that tests can call :func:`predict` with a composed config. One bad file
+must not cost the other thousand their predictions, so an unreadable image becomes a
+row with an ``error`` instead of an exception. With ``tile=true`` each input is a whole
+photo scored window by window (:mod:`crack_lightning.inference.tiling`).
+
+A crack is predicted when its probability is *above* the threshold, the rule the
+operating point was chosen for on validation (torchmetrics' rule, ``operating_point.rule``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from crack_lightning import CrackLightningError
+from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.data.datamodule import auto_workers
+from crack_lightning.data.fingerprints import progress_bar
+from crack_lightning.files import atomic_path
+from crack_lightning.inference import tiling
+from crack_lightning.inference.backends import Backend, data_config, open_backend, patch_size
+from crack_lightning.inference.sources import Inputs, find_inputs
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["path", "crack_probability", "label", "threshold", "model_hash", "error", "true_label"]
+TILE_COLUMNS = ["crack_area_fraction", "tiles", "crack_tiles", "tiles_csv", "heatmap"]
+
+
+def reason(err: Exception) -> str:
+    """An exception as the one-line ``error`` cell of its row."""
+    return f"{type(err).__name__}: {err}".replace("\n", " ")
+
+
+class ImageFiles(Dataset):
+    """Preprocessed images, or a placeholder and the reason when a file cannot be read."""
+
+    def __init__(self, files: list[Path], transform, input_size: tuple[int, int]):
+        self.files, self.transform, self.input_size = files, transform, input_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            with Image.open(self.files[index]) as img:
+                return self.transform(img.convert("RGB")), ""
+        except Exception as err:  # not an image, truncated, unsupported mode, unreadable ...
+            return torch.zeros(3, *self.input_size), reason(err)
+
+
+def _pair(value, default: tuple[int, int], key: str) -> tuple[int, int]:
+    """``null`` -> ``default``, ``227`` -> (227, 227), ``[h, w]`` -> (h, w); all positive."""
+    if value is None:
+        return tuple(int(v) for v in default)
+    pair = (int(value), int(value)) if isinstance(value, (int, float)) else tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise CrackLightningError(f"{key}={value}: give one positive size in pixels, or [height, width].")
+    return pair
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject a missing or impossible setting before the model is loaded."""
+    for key in ("ckpt", "input"):
+        if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
+            raise CrackLightningError(
+                f"{key}= is required: python predict.py ckpt=<run>/checkpoints/best.ckpt input=<image|folder|glob>"
+            )
+    if cfg.threshold is not None and not 0 <= float(cfg.threshold) <= 1:
+        raise CrackLightningError(
+            f"threshold={cfg.threshold}: a crack probability, between 0 and 1 (null: the model's).")
+    if int(cfg.batch_size) < 1:
+        raise CrackLightningError(f"batch_size={cfg.batch_size}: must be at least 1.")
+
+
+def resolve_device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Predict every input, write ``predictions.csv`` (and ``metrics.json`` when the input
+    folder has class sub-folders); return the summary that is also logged."""
+    check_config(cfg)
+    backend = open_backend(cfg.ckpt, resolve_device(cfg.device))
+    threshold = backend.threshold if cfg.threshold is None else float(cfg.threshold)
+    inputs = find_inputs(str(cfg.input), backend.class_names)
+    out = Path(cfg.output_dir)
+    log.info("Model %s (%s), threshold %.6g, %d input(s)",
+             backend.path, backend.model_hash, threshold, len(inputs.files))
+    if cfg.tile:
+        probs, errors, extra = _tile_all(cfg, backend, inputs, threshold, out)
+    else:
+        probs, errors = _classify_all(cfg, backend, inputs)
+        extra = [[] for _ in inputs.files]
+    names = backend.class_names
+    rows = []
+    for i, path in enumerate(inputs.files):
+        truth = inputs.labels[i] if inputs.labels else None
+        ok = not errors[i]
+        rows.append([str(path), f"{probs[i]:.9g}" if ok else "", names[int(probs[i] > threshold)] if ok else "",
+                     f"{threshold:.9g}", backend.model_hash, errors[i],
+                     names[truth] if truth is not None else "", *extra[i]])
+    with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS + (TILE_COLUMNS if cfg.tile else []))
+        writer.writerows(rows)
+    summary = {
+        "images": len(rows),
+        "errors": sum(bool(e) for e in errors),
+        "cracks": sum(1 for p, e in zip(probs, errors) if not e and p > threshold),
+        "threshold": threshold,
+        "model_hash": backend.model_hash,
+        "predictions": str(out / "predictions.csv"),
+    }
+    log.info("%d image(s): %d crack(s), %d unreadable -> %s", summary["images"], summary["cracks"], summary["errors"],
+             summary["predictions"])
+    failed = [(path, error) for path, error in zip(inputs.files, errors) if error]
+    for path, error in failed[:10]:
+        log.warning("%s: %s", path, error)
+    if len(failed) > 10:
+        log.warning("... and %d more unreadable: see the error column", len(failed) - 10)
+    if inputs.labels:
+        summary["metrics"] = labelled_metrics(probs, errors, inputs, threshold, out / "metrics.json")
+    return summary
+
+
+def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs) -> tuple[np.ndarray, list[str]]:
+    """One probability per file, in batches through a DataLoader (decoding in workers)."""
+    input_size = tuple(backend.preprocessing["input_size"])
+    dataset = ImageFiles(inputs.files, eval_transform(data_config(backend.preprocessing)), input_size)
+    workers = auto_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
+    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=min(workers, len(dataset) - 1))
+    probs, errors = [], []
+    batches = iter(loader)  # workers fork before the progress bar's thread starts
+    with progress_bar(len(dataset), "predicting", enabled=sys.stdout.isatty()) as advance:
+        for images, batch_errors in batches:
+            p = np.asarray(backend(images), np.float32).reshape(-1)
+            probs.append(np.where([bool(e) for e in batch_errors], np.nan, p))
+            errors += list(batch_errors)
+            advance(len(batch_errors))
+    return np.concatenate(probs), errors
+
+
+def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path):
+    """Whole-photo mode: per photo its verdict (max tile probability) and its artefacts."""
+    size = _pair(cfg.tile_size, patch_size(backend.preprocessing), "tile_size")
+    stride = _pair(cfg.tile_stride, tuple(max(1, s // 2) for s in size), "tile_stride")
+    transform = eval_transform(data_config(backend.preprocessing))
+    heatmap = OmegaConf.to_container(cfg.heatmap) if cfg.get("heatmap") else {}
+    probs, errors, extra, used = np.full(len(inputs.files), np.nan), [], [], set()
+    log.info("Tiles of %dx%d px every %dx%d px", *size, *stride)
+    total = sum(tiling.tile_count(path, size, stride) for path in inputs.files)
+    with progress_bar(total, "tiles", enabled=sys.stdout.isatty()) as advance:
+        for i, path in enumerate(inputs.files):
+            name = _unique(path.stem, used)
+            tiles_csv, png = out / "tiles" / f"{name}.csv", out / "heatmaps" / f"{name}.png"
+            try:
+                photo = tiling.load_photo(path)
+            except Exception as err:  # as ImageFiles: a row with the reason, the next photo
+                errors.append(reason(err))
+                extra.append([""] * len(TILE_COLUMNS))
+                continue
+            result, _ = tiling.predict_photo(photo, backend, transform, threshold, size, stride, int(cfg.batch_size),
+                                             tiles_csv, png, heatmap, advance)
+            del photo
+            probs[i] = result.max_probability
+            errors.append("")
+            extra.append([f"{result.crack_area_fraction:.6f}", result.tiles, result.crack_tiles,
+                          str(tiles_csv), str(png)])
+    return probs, errors, extra
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem_2``, ``stem_3`` ... when photos in different folders share a name."""
+    name, k = stem, 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}"
+    used.add(name)
+    return name
+
+
+def labelled_metrics(probs: np.ndarray, errors: list[str], inputs: Inputs, threshold: float, path: Path) -> dict:
+    """Precision, recall, F1 and accuracy of the crack class at ``threshold`` over the
+    readable images of the class folders; the missed cracks are the number to watch."""
+    # here, not at the top: torchmetrics takes seconds to import and only labelled runs need it
+    from torchmetrics.functional.classification import (
+        binary_accuracy, binary_f1_score, binary_precision, binary_recall, binary_stat_scores)
+
+    keep = [i for i, (label, e) in enumerate(zip(inputs.labels, errors)) if label is not None and not e]
+    if not keep:
+        return {}
+    preds = torch.as_tensor(probs[keep], dtype=torch.float32)
+    target = torch.as_tensor([inputs.labels[i] for i in keep])
+    tp, fp, tn, fn, _ = (int(v) for v in binary_stat_scores(preds, target, threshold=threshold))
+    metrics = {
+        "threshold": threshold,
+        "images": len(keep),
+        "unlabelled_or_unreadable": len(inputs.files) - len(keep),
+        "class_folders": inputs.class_folders,
+        **{name: round(float(metric(preds, target, threshold=threshold)), 6) for name, metric in (
+            ("accuracy", binary_accuracy), ("precision", binary_precision), ("recall", binary_recall),
+            ("f1", binary_f1_score))},
+        "missed_cracks": fn,
+        "false_alarms": fp,
+        "counts": {"true_positive": tp, "false_positive": fp, "true_negative": tn, "false_negative": fn},
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("Metrics at threshold %.6g over %d labelled image(s): %s", threshold, len(keep),
+             json.dumps({k: metrics[k] for k in ("accuracy", "precision", "recall", "f1",
+                                                 "missed_cracks", "false_alarms")}))
+    return metrics

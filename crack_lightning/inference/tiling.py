@@ -1,0 +1,226 @@
+"""Whole photos: slide a training-sized window over the photo at native resolution.
+
+The model was trained on 227x227 patches cut from camera photos, so a whole photo is
+classified window by window, each window cropped at native resolution and then
+preprocessed exactly as a training patch (:func:`eval_transform`). A window is a crack
+when its probability is above the threshold; the photo is when any window is.
+
+Memory stays bounded whatever the photo size: windows are generated lazily and
+cropped batch by batch, and overlaps are averaged on the grid cut by the window edges
+(a few thousand cells, exact), never on per-tile copies or a per-pixel float image.
+"""
+
+from __future__ import annotations
+
+import csv
+from contextlib import ExitStack
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from PIL import Image, ImageOps
+
+from crack_lightning.files import atomic_path
+from crack_lightning.plots import overlay_heatmap, save_figure
+
+DPI = 110  # save_figure's
+ORIENTATION = 0x0112  # EXIF tag
+TILE_COLUMNS = ["top", "left", "height", "width", "crack_probability"]
+
+
+class Window(NamedTuple):
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def starts(length: int, size: int, stride: int) -> list[int]:
+    """Window starts along one axis: every ``stride``, plus one flush with the far edge so
+    the last pixels are covered when ``length - size`` is no multiple of ``stride``."""
+    if length <= size:
+        return [0]
+    out = list(range(0, length - size + 1, stride))
+    if out[-1] != length - size:
+        out.append(length - size)
+    return out
+
+
+def windows(height: int, width: int, size: tuple[int, int], stride: tuple[int, int]) -> Iterator[Window]:
+    """Every window, row by row, lazily. A photo smaller than the window on an axis is
+    taken whole on that axis (the transform resizes it as it resizes any patch)."""
+    h, w = min(size[0], height), min(size[1], width)
+    for top in starts(height, size[0], stride[0]):
+        for left in starts(width, size[1], stride[1]):
+            yield Window(top, left, h, w)
+
+
+def batches(image: np.ndarray, wins: Iterator[Window], batch_size: int,
+            transform) -> Iterator[tuple[list[Window], torch.Tensor]]:
+    """(windows, preprocessed crops) of ``batch_size`` windows at a time from a uint8
+    (H, W, 3) image; only one batch of crops exists at any time.
+
+    Crops are copied row by row as the photo is stored (H, W, 3) and handed on as a
+    channels-last (N, 3, h, w) view: the format the uint8 resize kernel and the model
+    both prefer.
+    """
+    wins = iter(wins)
+    while batch := list(islice(wins, batch_size)):
+        crops = torch.from_numpy(np.stack([image[t:t + h, l:l + w] for t, l, h, w in batch])).permute(0, 3, 1, 2)
+        yield batch, transform(crops)
+
+
+class TileGrid:
+    """Average of the tile probabilities covering each pixel, kept per cell of the grid
+    that all window edges cut the photo into: every pixel of a cell is covered by the
+    same windows, so the cell mean *is* the per-pixel mean."""
+
+    def __init__(self, height: int, width: int, size: tuple[int, int], stride: tuple[int, int]):
+        self.height, self.width = height, width
+        self.ys = self._edges(height, size[0], stride[0])
+        self.xs = self._edges(width, size[1], stride[1])
+        self.total = np.zeros((len(self.ys) - 1, len(self.xs) - 1), np.float64)
+        self.count = np.zeros(self.total.shape, np.int32)
+
+    @staticmethod
+    def _edges(length: int, size: int, stride: int) -> np.ndarray:
+        s = starts(length, size, stride)
+        return np.array(sorted({0, length, *s, *(min(v + size, length) for v in s)}))
+
+    def add(self, window: Window, probability: float) -> None:
+        i0, i1 = np.searchsorted(self.ys, [window.top, window.top + window.height])
+        j0, j1 = np.searchsorted(self.xs, [window.left, window.left + window.width])
+        self.total[i0:i1, j0:j1] += probability
+        self.count[i0:i1, j0:j1] += 1
+
+    def mean(self) -> np.ndarray:
+        """Per-cell average (NaN where no window reached: never, if the windows cover the photo)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (self.total / self.count).astype(np.float32)
+
+    def resample(self, out_h: int, out_w: int) -> np.ndarray:
+        """The per-pixel average map at ``out_h`` x ``out_w``, sampled at pixel centres:
+        at the photo's own size it is exact, smaller it is a nearest-neighbour preview."""
+        rows = np.searchsorted(self.ys, (np.arange(out_h) + 0.5) * self.height / out_h, side="right") - 1
+        cols = np.searchsorted(self.xs, (np.arange(out_w) + 0.5) * self.width / out_w, side="right") - 1
+        return self.mean()[np.ix_(rows, cols)]
+
+    def area_fraction(self, threshold: float) -> float:
+        """Share of the photo's pixels whose averaged probability is above ``threshold``."""
+        area = np.outer(np.diff(self.ys), np.diff(self.xs))
+        return float(area[self.mean() > threshold].sum() / area.sum())
+
+
+@dataclass
+class PhotoResult:
+    max_probability: float
+    crack_area_fraction: float
+    tiles: int
+    crack_tiles: int
+    height: int
+    width: int
+
+    def verdict(self, threshold: float) -> bool:
+        """Crack if any window scores above the threshold: one cracked patch is a crack."""
+        return self.max_probability > threshold
+
+
+def tile_count(path: Path, size: tuple[int, int], stride: tuple[int, int]) -> int:
+    """Windows of a photo from its header alone (0 if unreadable): the progress bar's total."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(ORIENTATION) in (5, 6, 7, 8):  # turned a quarter: exif_transpose swaps
+                width, height = height, width
+    except Exception:
+        return 0
+    return len(starts(height, size[0], stride[0])) * len(starts(width, size[1], stride[1]))
+
+
+def load_photo(path: Path) -> Image.Image:
+    """RGB photo the way a viewer shows it (EXIF rotation applied), so the heatmap lines up."""
+    with Image.open(path) as img:
+        return ImageOps.exif_transpose(img).convert("RGB")
+
+
+def predict_photo(
+    photo: Image.Image,
+    backend: Callable,
+    transform,
+    threshold: float,
+    size: tuple[int, int],
+    stride: tuple[int, int],
+    batch_size: int,
+    tiles_csv: Path | None = None,
+    heatmap_png: Path | None = None,
+    heatmap: dict | None = None,
+    advance: Callable[[int], None] = lambda k: None,
+) -> tuple[PhotoResult, TileGrid]:
+    """Score every window of ``photo``; write the per-tile CSV and the overlay PNG if asked."""
+    width, height = photo.size
+    grid = TileGrid(height, width, size, stride)
+    preview = _preview(photo, (heatmap or {}).get("max_side", 1600)) if heatmap_png else None
+    image = np.array(photo)  # uint8 (H, W, 3): the one full-size copy
+    n = crack_tiles = 0
+    best = 0.0
+    with ExitStack() as stack:
+        writer = None
+        if tiles_csv:
+            tmp = stack.enter_context(atomic_path(tiles_csv))  # no half-written CSV if interrupted
+            writer = csv.writer(stack.enter_context(open(tmp, "w", newline="")))
+            writer.writerow(TILE_COLUMNS)
+        for wins, crops in batches(image, windows(height, width, size, stride), batch_size, transform):
+            probs = np.asarray(backend(crops), np.float32).reshape(-1)
+            for win, p in zip(wins, probs.tolist()):
+                grid.add(win, p)
+                if writer:
+                    writer.writerow([*win, f"{p:.9g}"])
+            n += len(wins)
+            crack_tiles += int((probs > threshold).sum())
+            best = max(best, float(probs.max()))
+            advance(len(wins))
+    result = PhotoResult(best, grid.area_fraction(threshold), n, crack_tiles, height, width)
+    if heatmap_png:
+        write_heatmap(preview, grid, result, threshold, heatmap_png, **(heatmap or {}))
+    return result, grid
+
+
+def _preview(photo: Image.Image, max_side: int) -> Image.Image:
+    """The photo at about the size it takes in the heatmap PNG (cheaper to blend and draw)."""
+    scale = min(1.0, 0.9 * max_side / max(photo.size))
+    size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
+    return photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0) if scale < 1 else photo
+
+
+def write_heatmap(preview: Image.Image, grid: TileGrid, result: PhotoResult, threshold: float, path: Path,
+                  max_side: int = 1600, alpha: float = 0.45, cmap: str = "turbo") -> Path:
+    """The photo with the averaged crack probability blended over it, the threshold as a
+    white outline and the verdict in the title; ``max_side`` px on its long side.
+
+    Everything is drawn at about the size it is shown, not the photo's: the blend is
+    made before drawing (one uint8 image layer for matplotlib to resample, not two),
+    so a PNG costs about a second whatever the photo's size.
+    """
+    heat = np.nan_to_num(grid.resample(preview.height, preview.width))
+    blend = overlay_heatmap(np.asarray(preview, np.float32) / 255, heat, alpha=alpha, cmap=cmap)
+    fig_w, fig_h = preview.width * 1.08, preview.height + 0.06 * preview.width  # colour bar, title
+    inches = max_side / max(fig_w, fig_h) / DPI
+    fig = Figure(figsize=(fig_w * inches, fig_h * inches), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow((blend * 255).clip(0, 255).astype(np.uint8), interpolation="none")
+    if heat.min() <= threshold < heat.max():  # the crack area's outline
+        ax.contour(heat > threshold, levels=[0.5], colors="white", linewidths=1)
+    ax.axis("off")
+    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=ax, fraction=0.03, pad=0.01, label="crack probability")
+    verdict = "CRACK" if result.verdict(threshold) else "no crack"
+    ax.set_title(f"{verdict}: max {result.max_probability:.3f} (threshold {threshold:.3f}), "
+                 f"{result.crack_area_fraction:.1%} of the area, {result.crack_tiles}/{result.tiles} tiles")
+    with atomic_path(path) as tmp:
+        save_figure(fig, tmp)
+    return path
