@@ -1,0 +1,108 @@
+"""The export task: a checkpoint -> an ``.onnx`` file checked against PyTorch.
+
+``export.py`` at the top of the repository is the Hydra entry point; this module holds
+the logic so that tests can call :func:`export` with a composed config. The check runs
+real images when it can find some, because random noise exercises a network far from
+where it operates (saturated probabilities hide differences): the ``input=`` images,
+else the test split of the checkpoint's own run (``<run>/splits.csv``), else noise
+with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+from crack_lightning import CrackLightningError
+from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.data.splits import read_splits
+from crack_lightning.inference.backends import data_config
+from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier, read_checkpoint
+from crack_lightning.inference.onnx import export_onnx
+from crack_lightning.inference.sources import find_inputs
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+DEFAULT_CHECK_IMAGES = 8
+
+
+def export(cfg: DictConfig) -> dict:
+    """Export ``cfg.ckpt`` to ``cfg.format``; returns where it went and the parity result."""
+    if cfg.format not in FORMATS:
+        raise CrackLightningError(f"format={cfg.format}: not supported; choose format={' or '.join(FORMATS)}.")
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise CrackLightningError("ckpt= is required: python export.py ckpt=<run>/checkpoints/best.ckpt format=onnx.")
+    ckpt = Path(cfg.ckpt).expanduser()
+    output = Path(cfg.output).expanduser() if cfg.get("output") else ckpt.with_suffix(".onnx")
+    if output.suffix.lower() != ".onnx":
+        raise CrackLightningError(f"output={output}: name it *.onnx (predict.py picks onnxruntime by that suffix).")
+    loaded = load_classifier(ckpt)
+
+    images, source = None, "no check"
+    if cfg.check:
+        count = int(cfg.get("check_images") or DEFAULT_CHECK_IMAGES)
+        images, source = check_batch(loaded, cfg.get("input"), count)
+
+    start = time.perf_counter()
+    diff = export_onnx(loaded, output, opset=int(cfg.opset), check_images=images, atol=float(cfg.atol))
+    seconds = time.perf_counter() - start
+    size_mb = output.stat().st_size / 1e6
+    if diff is None:
+        log.info("Exported %s (%.1f MB, opset %d) in %.1f s, unchecked (check=false)", output, size_mb, cfg.opset, seconds)
+    else:
+        log.info(
+            "Exported %s (%.1f MB, opset %d) in %.1f s; onnxruntime vs PyTorch on %d %s: max |dp| = %.2e (atol %.0e)",
+            output, size_mb, cfg.opset, seconds, len(images), source, diff, cfg.atol,
+        )
+    return {"output": str(output), "max_abs_diff": diff, "check_images": source, "seconds": seconds}
+
+
+def check_batch(loaded: LoadedClassifier, input_spec: str | None, count: int) -> tuple[np.ndarray, str]:
+    """``count`` preprocessed images for the parity check, and a word on where they came from."""
+    if input_spec:
+        files, source = find_inputs(str(input_spec), loaded.class_names).files, f"images from input={input_spec}"
+    else:
+        files, source = _test_split_files(loaded), "test images of the run's splits.csv"
+    files = _spread(files, count)
+    if not files:
+        log.warning("No images for the parity check (give input=<folder>); checking on random noise instead.")
+        h, w = loaded.preprocessing["input_size"]
+        noise = np.random.default_rng(0).standard_normal((count, 3, int(h), int(w)), dtype=np.float32)
+        return noise, "random-noise inputs"
+    transform = eval_transform(data_config(loaded.preprocessing))
+    batch = []
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                batch.append(transform(img.convert("RGB")).numpy())
+        except Exception as err:  # not an image, truncated, unreadable
+            raise CrackLightningError(f"{file}: cannot be read as an image for the parity check ({err}).") from err
+    return np.stack(batch), source
+
+
+def _test_split_files(loaded: LoadedClassifier) -> list[Path]:
+    """The test images listed in ``<run>/splits.csv`` (checkpoint in ``<run>/checkpoints/``),
+    sorted by class so that :func:`_spread` takes both; none if the file or the data is gone."""
+    csv_path = loaded.path.parent.parent / "splits.csv"
+    if not csv_path.is_file():
+        return []
+    try:
+        root = Path(read_checkpoint(loaded.path)["crack_lightning"]["config"]["data"]["root"])
+        test = read_splits(csv_path, root, loaded.class_names)["test"]
+    except (CrackLightningError, KeyError, TypeError) as err:
+        log.warning("%s: cannot use its test images for the parity check (%s).", csv_path, err)
+        return []
+    return [s.path for s in sorted(test, key=lambda s: (s.label, str(s.path)))]
+
+
+def _spread(items: list, count: int) -> list:
+    """``count`` items evenly spaced over ``items`` (all of them if there are fewer)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]

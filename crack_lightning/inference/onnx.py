@@ -1,0 +1,202 @@
+"""Export a trained classifier to ONNX, and run the exported file in onnxruntime.
+
+The ``.onnx`` file describes itself: next to the graph its metadata carries the
+preprocessing, class names, threshold, temperature, the checkpoint's SHA-256 and
+operating point, so ``predict.py`` needs the file and onnxruntime, not the checkpoint
+or the model code. Preprocessing stays outside the graph: resizing a PIL image is
+:func:`~crack_lightning.data.augmentation.eval_transform`'s job for both backends, so
+PyTorch and onnxruntime see identical tensors and a parity check compares models only.
+
+The graph has one input, ``images`` (float32 ``[batch, 3, H, W]``, batch dynamic), and
+two outputs, ``crack_probability`` (``[batch]``, temperature applied) and ``logits``
+(``[batch, 2]``, in ``class_names`` order).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from crack_lightning import CrackLightningError, __version__
+from crack_lightning.files import atomic_path, sha256_file
+from crack_lightning.inference.backends import TorchBackend
+from crack_lightning.inference.checkpoint import LoadedClassifier
+
+# torch's (dynamo) exporter writes opset 18 natively; other opsets go through a version
+# converter that fails quietly for some graphs, so the result is checked (export_onnx).
+OPSET = 18
+INPUT = "images"
+OUTPUTS = ("crack_probability", "logits")
+CONTRACT = (
+    "input 'images': float32 [batch, 3, H, W], an RGB image resized to preprocessing.input_size "
+    "[H, W] with preprocessing.interpolation (antialiased), scaled to [0, 1] and normalised with "
+    "preprocessing.mean/std. Outputs: 'crack_probability' float32 [batch] = "
+    "softmax(logits / temperature)[:, 1], crack if >= threshold; 'logits' float32 [batch, 2] "
+    "in class_names order."
+)
+# what OnnxBackend needs; an .onnx file without them was not written by export_onnx
+REQUIRED_METADATA = ("preprocessing", "class_names", "threshold", "temperature")
+
+
+class ParityError(CrackLightningError):
+    """The ONNX model's probabilities differ from PyTorch's by more than the tolerance."""
+
+
+class _Probabilities(nn.Module):
+    """What the graph computes: the classifier's logits and its calibrated crack
+    probability, through the model's own ``forward`` and ``crack_probability``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        return self.model.crack_probability(logits), logits
+
+
+def metadata(loaded: LoadedClassifier, opset: int) -> dict[str, str]:
+    """The model card stored in the file's ``metadata_props`` (strings; JSON for structures)."""
+    return {
+        "preprocessing": json.dumps(loaded.preprocessing),
+        "class_names": json.dumps(loaded.class_names),
+        "threshold": repr(float(loaded.threshold)),
+        "temperature": repr(float(loaded.temperature)),
+        "operating_point": json.dumps(loaded.operating_point),
+        "checkpoint": loaded.path.name,
+        "checkpoint_sha256": loaded.sha256,
+        "crack_lightning_version": __version__,
+        "opset": str(opset),
+        "contract": CONTRACT,
+    }
+
+
+def export_onnx(loaded: LoadedClassifier, output: str | Path, opset: int = OPSET,
+                check_images: np.ndarray | None = None, atol: float = 1e-4) -> float | None:
+    """Write ``loaded``'s model to ``output`` (an ``.onnx`` file) with its card as metadata.
+
+    With ``check_images`` (preprocessed float32 ``[N, 3, H, W]``) the new file is run in
+    onnxruntime and compared with PyTorch (:func:`parity_check`) *before* it replaces
+    ``output``: a file at ``output`` has passed its check. Returns the largest absolute
+    difference of probabilities, or ``None`` without a check.
+    """
+    output = Path(output)
+    if not 1 <= int(opset) <= onnx.defs.onnx_opset_version():
+        raise CrackLightningError(f"opset={opset}: onnx {onnx.__version__} knows opsets 1 to "
+                                  f"{onnx.defs.onnx_opset_version()}; use opset={OPSET}.")
+    model = loaded.model.eval()
+    h, w = loaded.preprocessing["input_size"]
+    # batch 2, not 1: torch.export specialises sizes 0 and 1 to constants
+    example = torch.zeros(2, 3, int(h), int(w))
+    with _quiet("onnx_ir", "onnxscript"):  # a dozen INFO lines per export about graph passes
+        program = torch.onnx.export(
+            _Probabilities(model).eval(), (example,), None,
+            input_names=[INPUT], output_names=list(OUTPUTS),
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+            opset_version=int(opset), dynamo=True, verbose=False,
+        )
+    written = program.model.opset_imports.get("", None)
+    if written != int(opset):
+        raise CrackLightningError(
+            f"opset={opset}: torch's exporter could not convert this model to it (it stays at opset "
+            f"{written}). Use opset={OPSET}, which onnxruntime 1.14 and later runs."
+        )
+    program.model.metadata_props.update(metadata(loaded, int(opset)))
+    with atomic_path(output) as tmp:
+        program.save(tmp, external_data=False)
+        diff = None
+        if check_images is not None:
+            try:
+                diff = parity_check(TorchBackend(loaded), OnnxBackend(tmp), check_images, atol)
+            except CrackLightningError as err:  # disagrees, or onnxruntime cannot load it
+                raise type(err)(f"{output} not written: {err}") from None
+    return diff
+
+
+def parity_check(reference, candidate, images: np.ndarray | torch.Tensor, atol: float = 1e-4) -> float:
+    """Largest ``|p_candidate - p_reference|`` over ``images``; :class:`ParityError` above ``atol``.
+
+    The candidate runs the whole batch and then the first image alone, so a batch
+    dimension frozen at export time fails here rather than in ``predict.py``.
+    """
+    images = np.ascontiguousarray(_to_numpy(images), dtype=np.float32)
+    expected = reference(images)
+    diffs = [np.abs(candidate(images) - expected)]
+    if len(images) > 1:
+        diffs.append(np.abs(candidate(images[:1]) - expected[:1]))
+    diff = float(max(d.max() for d in diffs))
+    if not diff <= atol:  # NaN fails too
+        raise ParityError(
+            f"onnxruntime and PyTorch disagree on {len(images)} images: max |Δp| = "
+            f"{diff:.3g} > atol={atol:g}. Try another opset=, or check=false to keep the file unchecked."
+        )
+    return diff
+
+
+class OnnxBackend:
+    """An exported ``.onnx`` file run by onnxruntime on the CPU (see :class:`~crack_lightning.
+    inference.backends.Backend`); the card comes from the file's metadata."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise CrackLightningError(
+                f"{self.path}: no such file. Export one with python export.py ckpt=<run>/checkpoints/best.ckpt."
+            )
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # not ONNX, truncated, an opset this onnxruntime lacks
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CrackLightningError(
+                f"{self.path}: onnxruntime {ort.__version__} cannot load it ({type(err).__name__}: {reason})."
+            ) from err
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        missing = [key for key in REQUIRED_METADATA if key not in meta]
+        inputs = [i.name for i in self.session.get_inputs()]
+        if missing or inputs != [INPUT] or OUTPUTS[0] not in [o.name for o in self.session.get_outputs()]:
+            raise CrackLightningError(
+                f"{self.path}: not an ONNX model written by export.py (metadata lacks {missing or 'nothing'}, "
+                f"inputs {inputs}); export the checkpoint with python export.py ckpt=... format=onnx."
+            )
+        self.metadata = meta
+        self.class_names = list(json.loads(meta["class_names"]))
+        self.preprocessing = dict(json.loads(meta["preprocessing"]))
+        self.threshold = float(meta["threshold"])
+        self.temperature = float(meta["temperature"])
+        self.operating_point = json.loads(meta.get("operating_point") or "{}")
+        self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
+        self.model_hash = sha256_file(self.path)[:12]
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        images = np.ascontiguousarray(_to_numpy(images), dtype=np.float32)
+        (probs,) = self.session.run([OUTPUTS[0]], {INPUT: images})
+        return probs.astype(np.float32, copy=False)
+
+
+@contextmanager
+def _quiet(*names: str):
+    """Raise these loggers to WARNING for the duration of the block."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _to_numpy(images) -> np.ndarray:
+    return images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)

@@ -1,0 +1,22 @@
+"""Export a trained crack classifier for deployment.
+
+    python export.py ckpt=outputs/train/runs/<run>/checkpoints/best.ckpt            # -> best.onnx beside it
+    python export.py ckpt=<run>/checkpoints/best.ckpt output=crack.onnx input=photos/
+    python predict.py ckpt=crack.onnx input=photos/                                  # onnxruntime only
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from crack_lightning import exit_on_user_error
+from crack_lightning.inference.export import export
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+@exit_on_user_error
+def main(cfg: DictConfig) -> dict:
+    return export(cfg)
+
+
+if __name__ == "__main__":
+    main()

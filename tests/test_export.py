@@ -1,0 +1,234 @@
+"""ONNX export: the real export.py, onnxruntime parity on real images (batch sizes vary),
+the metadata that lets OnnxBackend stand in for TorchBackend, and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+
+from crack_lightning import CrackLightningError, exit_on_user_error
+from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.files import sha256_file
+from crack_lightning.inference.backends import TorchBackend, data_config, open_backend
+from crack_lightning.inference.checkpoint import load_classifier
+from crack_lightning.inference.export import check_batch, export
+from crack_lightning.inference.onnx import OnnxBackend, ParityError, parity_check
+from tests.conftest import CONF, REPO, compose_cfg
+
+ATOL = 1e-4
+
+
+def run_export_py(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run the real `python export.py ...` in a subprocess."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(REPO / "export.py"), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def export_cfg(tmp_path: Path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="export", overrides=[f"paths.log_dir={tmp_path / 'logs'}", *overrides])
+
+
+def copy_run(trained_run: Path, dest: Path, splits: bool = True) -> Path:
+    """A copy of the trained run's checkpoint (and splits.csv) laid out as <run>/checkpoints/best.ckpt."""
+    (dest / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained_run / "checkpoints" / "best.ckpt", dest / "checkpoints" / "best.ckpt")
+    if splits:
+        shutil.copy(trained_run / "splits.csv", dest / "splits.csv")
+    return dest / "checkpoints" / "best.ckpt"
+
+
+def preprocessed(files: list[Path], preprocessing: dict) -> np.ndarray:
+    transform = eval_transform(data_config(preprocessing))
+    batch = []
+    for file in files:
+        with Image.open(file) as img:
+            batch.append(transform(img.convert("RGB")).numpy())
+    return np.stack(batch)
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> tuple[Path, str]:
+    """`python export.py ckpt=<copy of the trained run>/checkpoints/best.ckpt`, default output."""
+    tmp = tmp_path_factory.mktemp("export")
+    ckpt = copy_run(trained_run, tmp / "run")
+    start = time.perf_counter()
+    result = run_export_py([f"ckpt={ckpt}", f"paths.log_dir={tmp / 'logs'}"])
+    print(f"\nexport.py subprocess: {time.perf_counter() - start:.1f} s")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return ckpt.with_suffix(".onnx"), output
+
+
+def test_export_py_writes_a_checked_onnx_file(exported):
+    path, output = exported
+    assert path.is_file() and path.name == "best.onnx", "default output: <ckpt stem>.onnx beside the checkpoint"
+    assert not [p for p in path.parent.iterdir() if "partial" in p.name]
+    assert "test images of the run's splits.csv" in output, output[-2000:]
+    diff = float(re.search(r"max \|dp\| = (\S+)", output).group(1))
+    print(f"custom_cnn parity (export.py, splits.csv test images): max |dp| = {diff:.2e}")
+    assert diff <= ATOL
+
+
+def test_onnx_file_has_dynamic_batch_and_the_model_card(exported):
+    path, _ = exported
+    model = onnx.load(str(path))
+    (inp,) = model.graph.input
+    dims = inp.type.tensor_type.shape.dim
+    assert inp.name == "images" and dims[0].dim_param and not dims[0].dim_value
+    assert [o.name for o in model.graph.output] == ["crack_probability", "logits"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert {"preprocessing", "class_names", "threshold", "temperature", "checkpoint_sha256",
+            "operating_point", "crack_lightning_version", "contract"} <= set(meta)
+    assert meta["checkpoint_sha256"] == sha256_file(path.with_suffix(".ckpt"))
+    assert [d.dim_value for d in dims[1:]] == [3, *json.loads(meta["preprocessing"])["input_size"]]
+
+
+def test_onnx_backend_reproduces_the_torch_backend(exported, tiny_data):
+    path, _ = exported
+    onnx_backend, torch_backend = open_backend(path), open_backend(path.with_suffix(".ckpt"))
+    assert isinstance(onnx_backend, OnnxBackend) and isinstance(torch_backend, TorchBackend)
+    for attr in ("class_names", "preprocessing", "threshold", "temperature"):
+        assert getattr(onnx_backend, attr) == getattr(torch_backend, attr), attr
+    assert onnx_backend.model_hash == sha256_file(path)[:12] != torch_backend.model_hash
+    assert onnx_backend.checkpoint_sha256 == torch_backend.loaded.sha256
+
+    images = preprocessed(sorted(tiny_data.rglob("*.jpg")), onnx_backend.preprocessing)
+    expected = torch_backend(images)
+    assert expected.std() > 0, "a model that says the same for every image compares nothing"
+    for batch in (7, 3):  # two batch sizes through the same file
+        got = np.concatenate([onnx_backend(images[i:i + batch]) for i in range(0, len(images), batch)])
+        assert got.dtype == np.float32 and got.shape == (len(images),)
+        assert np.abs(got - expected).max() <= ATOL
+    assert np.abs(onnx_backend(torch.from_numpy(images[:2])) - expected[:2]).max() <= ATOL
+    # the tiny run's fitted temperature flattens its probabilities; the logits agree too
+    (logits,) = onnx_backend.session.run(["logits"], {"images": images})
+    with torch.no_grad():
+        expected_logits = torch_backend.model(torch.from_numpy(images)).numpy()
+    assert np.abs(logits - expected_logits).max() <= ATOL
+    print(f"custom_cnn parity (OnnxBackend, {len(images)} images): max |dp| = {np.abs(got - expected).max():.2e}, "
+          f"max |dlogit| = {np.abs(logits - expected_logits).max():.2e}")
+
+
+def test_parity_check_fails_beyond_atol(exported, tiny_data):
+    path, _ = exported
+    backend = OnnxBackend(path)
+    images = preprocessed(sorted(tiny_data.rglob("*.jpg"))[:3], backend.preprocessing)
+    assert parity_check(backend, backend, images) == 0.0
+    with pytest.raises(ParityError, match=r"max \|Δp\| = 0.001"):
+        parity_check(lambda x: backend(x) + np.float32(1e-3), backend, images, atol=ATOL)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ckpt={tmp}/nope.ckpt", "format=tflite"], "format=tflite: not supported"),
+    (["ckpt={tmp}/nope.ckpt"], "nope.ckpt: no such file"),
+    ([], "ckpt= is required"),
+    (["ckpt={tmp}/nope.ckpt", "output={tmp}/model.bin"], "name it *.onnx"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, caplog, overrides, message):
+    """What export.py does with them (its task is wrapped in exit_on_user_error), in-process:
+    a subprocess costs seconds of imports, and the real export.py runs in `exported`."""
+    cfg = export_cfg(tmp_path, [o.format(tmp=tmp_path) for o in overrides])
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+        exit_on_user_error(export)(cfg)
+    assert exit_info.value.code == 2
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert message in record.getMessage() and "\n" not in record.getMessage()
+
+
+def test_unknown_opset_is_a_user_error(exported, tmp_path):
+    path, _ = exported
+    cfg = export_cfg(tmp_path, [f"ckpt={path.with_suffix('.ckpt')}", f"output={tmp_path / 'm.onnx'}", "opset=40"])
+    with pytest.raises(CrackLightningError, match="opset=40: onnx .* knows opsets 1 to"):
+        export(cfg)
+
+
+def test_check_falls_back_to_noise_without_images(trained_run, tmp_path, caplog):
+    loaded = load_classifier(copy_run(trained_run, tmp_path / "run", splits=False))
+    with caplog.at_level(logging.WARNING):
+        images, source = check_batch(loaded, None, 4)
+    assert images.shape == (4, 3, *loaded.preprocessing["input_size"]) and images.dtype == np.float32
+    assert source == "random-noise inputs" and "random noise" in caplog.text
+
+
+def test_mobilenetv2_exports_with_parity(tmp_path, tiny_data):
+    """The main user model, untrained (pretrained=false) but with batch-norm statistics of
+    real images and a non-trivial operating point, exported in-process with input=."""
+    cfg = compose_cfg(tmp_path, tiny_data, ["backbone=mobilenetv2"])
+    model = instantiate(cfg.model)
+    model.class_names = ["Negative", "Positive"]
+    timm_cfg = model.data_config
+    model.preprocessing = {"input_size": [64, 64], "interpolation": timm_cfg["interpolation"],
+                           "mean": list(timm_cfg["mean"]), "std": list(timm_cfg["std"]), "patch_size": [227, 227]}
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.operating_point = {"temperature": 1.7, "threshold": 0.3}
+    model.temperature.fill_(1.7)
+    model.threshold.fill_(0.3)
+    files = sorted(tiny_data.rglob("*.jpg"))
+    images = preprocessed(files, model.preprocessing)
+    model.train()
+    with torch.no_grad():  # batch-norm running statistics from real images, not the init's 0/1
+        for _ in range(3):
+            model(torch.from_numpy(images))
+    model.eval()
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    ckpt = tmp_path / "mnv2" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(checkpoint, ckpt)
+
+    result = export(export_cfg(tmp_path, [f"ckpt={ckpt}", f"input={tiny_data}", f"output={tmp_path / 'mnv2.onnx'}"]))
+    print(f"mobilenetv2_100 parity (export, 8 input= images): max |dp| = {result['max_abs_diff']:.2e}, "
+          f"export {result['seconds']:.1f} s")
+    assert result["max_abs_diff"] <= ATOL and result["check_images"].startswith("images from input=")
+
+    backend, reference = OnnxBackend(tmp_path / "mnv2.onnx"), TorchBackend(load_classifier(ckpt))
+    assert (backend.threshold, backend.temperature) == (pytest.approx(0.3), pytest.approx(1.7))
+    assert backend.preprocessing["input_size"] == [64, 64]
+    expected = reference(images)
+    assert expected.std() > 1e-3, "batch-norm statistics of real images give spread probabilities"
+    assert np.abs(backend(images[:5]) - expected[:5]).max() <= ATOL
+    assert np.abs(backend(images) - expected).max() <= ATOL
+
+
+def test_predict_from_the_onnx_file_matches_the_checkpoint(exported, tmp_path, tiny_data):
+    """predict.py with ckpt=<file>.onnx: onnxruntime runs the model (no checkpoint needed),
+    the threshold comes from the file's metadata, the rows match the checkpoint's."""
+    from tests.test_predict import compose_predict, read_rows
+    from crack_lightning.inference.predict import predict
+
+    onnx_file, _ = exported
+    ckpt = onnx_file.with_suffix(".ckpt")
+    photos = tmp_path / "photos"
+    shutil.copytree(tiny_data, photos)
+    (photos / "Positive" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    by_backend = {}
+    for name, model in (("onnx", onnx_file), ("torch", ckpt)):
+        predict(compose_predict([f"ckpt={model}", f"input={photos}", f"output_dir={tmp_path / name}"]))
+        by_backend[name] = read_rows(tmp_path / name / "predictions.csv")
+    onnx_rows, torch_rows = by_backend["onnx"], by_backend["torch"]
+    assert [r["path"] for r in onnx_rows] == [r["path"] for r in torch_rows] and len(onnx_rows) == 25
+    assert {r["model_hash"] for r in onnx_rows} == {sha256_file(onnx_file)[:12]}
+    assert onnx_rows[0]["threshold"] == torch_rows[0]["threshold"]
+    for o, t in zip(onnx_rows, torch_rows):
+        assert o["error"] == t["error"] and o["label"] == t["label"]
+        if not o["error"]:
+            assert abs(float(o["crack_probability"]) - float(t["crack_probability"])) <= 1e-4
+    assert sum(bool(r["error"]) for r in onnx_rows) == 1
