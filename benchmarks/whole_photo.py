@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--ckpt", help="a checkpoint or .onnx; default: an untrained MobileNetV2 built here")
     p.add_argument("--backbone", default="mobilenetv2")
     p.add_argument("--image-size", type=int, default=96, help="model input px (96: the `make demo` model)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16, help="predict.py's batch_size=auto on a CPU")
     p.add_argument("--stride", type=int, default=None, help="tile stride in px; default half the patch")
     p.add_argument("--threads", type=int, default=None, help="torch threads; default torch's own")
     p.add_argument("--work", default="data/bench/whole_photo")

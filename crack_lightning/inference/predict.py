@@ -81,8 +81,16 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.threshold is not None and not 0 <= float(cfg.threshold) <= 1:
         raise CrackLightningError(
             f"threshold={cfg.threshold}: a crack probability, between 0 and 1 (null: the model's).")
-    if int(cfg.batch_size) < 1:
-        raise CrackLightningError(f"batch_size={cfg.batch_size}: must be at least 1.")
+    if cfg.batch_size != "auto" and (not str(cfg.batch_size).isdigit() or int(cfg.batch_size) < 1):
+        raise CrackLightningError(f"batch_size={cfg.batch_size}: a positive number of images, or auto.")
+
+
+def resolve_batch_size(batch_size, device: str) -> int:
+    """``auto``: 16 on a CPU (small batches stay in cache: MobileNetV2 at 224 px scored a
+    4032x3024 photo in 20.8 s at 16 against 31.8 s at 64 on our 2-core machine), 256 on a GPU."""
+    if batch_size == "auto":
+        return 256 if device.startswith("cuda") else 16
+    return int(batch_size)
 
 
 def resolve_device(device: str) -> str:
@@ -93,16 +101,18 @@ def predict(cfg: DictConfig) -> dict:
     """Predict every input, write ``predictions.csv`` (and ``metrics.json`` when the input
     folder has class sub-folders); return the summary that is also logged."""
     check_config(cfg)
-    backend = open_backend(cfg.ckpt, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    backend = open_backend(cfg.ckpt, device)
+    batch_size = resolve_batch_size(cfg.batch_size, device)
     threshold = backend.threshold if cfg.threshold is None else float(cfg.threshold)
     inputs = find_inputs(str(cfg.input), backend.class_names)
     out = Path(cfg.output_dir)
     log.info("Model %s (%s), threshold %.6g, %d input(s)",
              backend.path, backend.model_hash, threshold, len(inputs.files))
     if cfg.tile:
-        probs, errors, extra = _tile_all(cfg, backend, inputs, threshold, out)
+        probs, errors, extra = _tile_all(cfg, backend, inputs, threshold, out, batch_size)
     else:
-        probs, errors = _classify_all(cfg, backend, inputs)
+        probs, errors = _classify_all(cfg, backend, inputs, batch_size)
         extra = [[] for _ in inputs.files]
     names = backend.class_names
     rows = []
@@ -136,12 +146,12 @@ def predict(cfg: DictConfig) -> dict:
     return summary
 
 
-def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs) -> tuple[np.ndarray, list[str]]:
+def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs, batch_size: int) -> tuple[np.ndarray, list[str]]:
     """One probability per file, in batches through a DataLoader (decoding in workers)."""
     input_size = tuple(backend.preprocessing["input_size"])
     dataset = ImageFiles(inputs.files, eval_transform(data_config(backend.preprocessing)), input_size)
     workers = auto_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
-    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), num_workers=min(workers, len(dataset) - 1))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(workers, len(dataset) - 1))
     probs, errors = [], []
     batches = iter(loader)  # workers fork before the progress bar's thread starts
     with progress_bar(len(dataset), "predicting", enabled=sys.stdout.isatty()) as advance:
@@ -153,7 +163,7 @@ def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs) -> tuple[np
     return np.concatenate(probs), errors
 
 
-def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path):
+def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path, batch_size: int):
     """Whole-photo mode: per photo its verdict (max tile probability) and its artefacts."""
     size = _pair(cfg.tile_size, patch_size(backend.preprocessing), "tile_size")
     stride = _pair(cfg.tile_stride, tuple(max(1, s // 2) for s in size), "tile_stride")
@@ -172,7 +182,7 @@ def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path
                 errors.append(reason(err))
                 extra.append([""] * len(TILE_COLUMNS))
                 continue
-            result, _ = tiling.predict_photo(photo, backend, transform, threshold, size, stride, int(cfg.batch_size),
+            result, _ = tiling.predict_photo(photo, backend, transform, threshold, size, stride, batch_size,
                                              tiles_csv, png, heatmap, advance)
             del photo
             probs[i] = result.max_probability
