@@ -48,6 +48,20 @@ def test_threshold_reaches_the_target_recall_with_the_best_precision(target_reca
     feasible = true_positives / cracks.sum() >= target_recall - 1e-9
     best_precision = float((true_positives / flagged)[feasible].max())
     assert choice.precision == pytest.approx(best_precision, abs=1e-6)
+    # the lowest threshold giving that cut: it is a score, and the next score up is flagged
+    assert choice.threshold in probs.tolist()
+    assert choice.threshold == float(probs[probs <= choice.threshold].max())
+
+
+def test_separable_validation_keeps_temperature_one_and_the_lowest_clean_threshold():
+    targets = torch.tensor([0, 0, 0, 1, 1, 1])
+    margin = torch.tensor([-4.0, -3.0, -1.0, 2.0, 3.0, 5.0])  # every crack above every non-crack
+    logits = torch.stack([-margin / 2, margin / 2], dim=1)
+    assert fit_temperature(logits, targets) == 1.0  # cross-entropy falls forever as T -> 0
+    probs = logits.softmax(dim=1)[:, 1]
+    choice = choose_threshold(probs, targets, 0.99)
+    assert choice.threshold == pytest.approx(float(probs[2]))  # the highest non-crack, not the lowest crack
+    assert choice.precision == 1.0 and choice.recall == 1.0
 
 
 def test_threshold_without_cracks_stays_at_half():

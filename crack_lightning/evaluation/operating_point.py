@@ -32,7 +32,14 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     """Temperature scaling (Guo et al. 2017): the T > 0 minimising the cross-entropy of
     ``logits / T``, clamped to ``TEMPERATURE_RANGE``. One parameter, so ranking (AUROC)
     is unchanged; an over-confident model gets T > 1, which pulls its "100 %"
-    probabilities back towards what it earns."""
+    probabilities back towards what it earns.
+
+    When the scores separate the two classes completely, the cross-entropy keeps falling
+    as T -> 0 and the split cannot tell what T should be: T stays 1 (no change)."""
+    margin = logits[:, 1] - logits[:, 0]
+    cracks = targets == 1
+    if not cracks.any() or cracks.all() or margin[~cracks].max() < margin[cracks].min():
+        return 1.0
     # callers may sit in Lightning's inference mode: leave it for this small fit
     with torch.inference_mode(False), torch.enable_grad():
         logits, targets = logits.detach().double().clone(), targets.long().clone()
@@ -73,6 +80,10 @@ def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_recall: 
     """The threshold with the best precision among those whose recall on cracks is at
     least ``target_recall`` (a crack is predicted when probability > threshold).
 
+    Every threshold between the chosen cut and the next lower score flags the same
+    images here; the lowest of them is returned (the score just below the cut), so new
+    cracks scoring a little lower than any crack seen in validation are still caught.
+
     A split without cracks cannot tell: the threshold stays 0.5 (``cracks`` = 0 says so).
     """
     if not 0.0 < target_recall <= 1.0:
@@ -83,8 +94,9 @@ def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_recall: 
     if cracks:
         _, best = binary_precision_at_fixed_recall(probs, targets, min_recall=target_recall)
         if math.isfinite(float(best)):
-            # the curve counts ">= best"; the float32 just below makes "> threshold" the same set
-            threshold = float(torch.nextafter(best.float(), torch.tensor(-math.inf)))
+            # the curve flags ">= best"; "> the next lower score" flags the same images
+            below = probs[probs < best]
+            threshold = float(below.max()) if len(below) else 0.0
     precision = float(binary_precision(probs, targets, threshold=threshold))
     recall = float(binary_recall(probs, targets, threshold=threshold))
     return ThresholdChoice(threshold, target_recall, precision, recall, cracks)
