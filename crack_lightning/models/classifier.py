@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import lightning as L
 import timm
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch import nn
 from torchmetrics import MetricCollection, SumMetric
@@ -17,6 +18,12 @@ from torchmetrics.classification import (
     BinaryPrecision,
     BinaryRecall,
 )
+
+from crack_lightning import CrackLightningError
+
+class NonFiniteLossError(CrackLightningError):
+    """The training loss became NaN or infinite (see ``on_nonfinite_loss``)."""
+
 
 def _binary_metrics(with_auroc: bool = True) -> MetricCollection:
     # label 1 is the crack class (see crack_lightning.data.dataset), so precision,
@@ -47,6 +54,10 @@ class CrackClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         channels_last: NHWC memory format for model and input (1.4-1.7x faster for
             MobileNetV2 even on CPU; the usual win on tensor-core GPUs).
+        on_nonfinite_loss: a NaN or infinite training loss either ``"stop"``s the run
+            (:class:`NonFiniteLossError`, before the bad batch touches the weights, so the
+            last checkpoint stays the last good one) or is ``"skip"``ped with a warning
+            (single-process runs: under DDP every rank must step together).
     """
 
     def __init__(
@@ -60,8 +71,11 @@ class CrackClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         num_classes: int = 2,
+        on_nonfinite_loss: str = "stop",
     ):
         super().__init__()
+        if on_nonfinite_loss not in ("stop", "skip"):
+            raise CrackLightningError(f"model.on_nonfinite_loss={on_nonfinite_loss}: choose stop or skip.")
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(backbone.num_features, num_classes))
@@ -124,6 +138,8 @@ class CrackClassifier(L.LightningModule):
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
+        if stage == "train" and not torch.isfinite(loss):
+            return {"loss": loss}  # training_step decides; nothing logged from a broken batch
         probs = self.crack_probability(logits)
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, targets)
@@ -148,7 +164,18 @@ class CrackClassifier(L.LightningModule):
         self.log("test/missed_cracks_at_threshold", self.test_missed_at_threshold, on_step=False, on_epoch=True)
 
     def training_step(self, batch, batch_idx: int):
-        return self._step(batch, "train")
+        out = self._step(batch, "train")
+        if torch.isfinite(out["loss"]):
+            return out
+        where = f"epoch {self.current_epoch}, step {self.global_step} (batch {batch_idx})"
+        if self.hparams.on_nonfinite_loss == "skip":
+            rank_zero_warn(f"train/loss is {float(out['loss'])} at {where}: batch skipped (model.on_nonfinite_loss=skip).")
+            return None  # Lightning skips backward and the optimizer step
+        raise NonFiniteLossError(
+            f"train/loss is {float(out['loss'])} at {where}; stopped before it reached the weights, "
+            f"so checkpoints/last.ckpt is the last good state. Lower model.lr, set trainer.gradient_clip_val=1.0, "
+            f"or skip such batches with model.on_nonfinite_loss=skip."
+        )
 
     def validation_step(self, batch, batch_idx: int):
         return self._step(batch, "val")
