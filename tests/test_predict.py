@@ -96,6 +96,12 @@ def test_predict_folder_with_corrupt_file(tmp_path, trained_run, folder_with_cor
     assert sum(metrics["counts"].values()) == 8 and 0 <= metrics["recall"] <= 1
     assert metrics["missed_cracks"] == metrics["counts"]["false_negative"]
 
+    # gradcam=N: overlays of the N most likely cracks
+    summary = predict(compose_predict([f"ckpt={ckpt}", f"input={folder_with_corrupt_file}",
+                                       f"output_dir={tmp_path / 'cam'}", "gradcam=3"]))
+    assert summary["gradcam"] == str(tmp_path / "cam" / "gradcam.png")
+    assert Image.open(summary["gradcam"]).size[0] > 300
+
     # threshold= overrides the model's: at 0 everything is a crack
     predict(compose_predict([f"ckpt={ckpt}", f"input={folder_with_corrupt_file}/Negative",
                              f"output_dir={tmp_path / 'zero'}", "threshold=0"]))

@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from crack_lightning.callbacks.figures import log_figure
-from crack_lightning.evaluation.gradcam import gradcam
-from crack_lightning.plots import denormalize, image_grid_figure, overlay_heatmap, save_figure
+from crack_lightning.evaluation.gradcam import gradcam_figure
+from crack_lightning.plots import denormalize, image_grid_figure, save_figure
 
 
 class _TopK:
@@ -75,11 +75,6 @@ class ErrorGallery(L.Callback):
             )
             save_figure(fig, self.output_dir / "errors.png")
             log_figure(trainer, "test/errors", fig)
-        maps = gradcam(pl_module, images.to(pl_module.device).contiguous(memory_format=torch.channels_last))
-        overlays = torch.stack([
-            torch.from_numpy(overlay_heatmap(img.permute(1, 2, 0).numpy(), heat.numpy())).permute(2, 0, 1)
-            for img, heat in zip(shown, maps)
-        ])
-        fig = image_grid_figure(overlays, titles, colors, suptitle="Grad-CAM of the crack class (red = evidence for crack)")
+        fig = gradcam_figure(pl_module, images, dm.mean, dm.std, titles, colors)
         save_figure(fig, self.output_dir / "gradcam.png")
         log_figure(trainer, "test/gradcam", fig)

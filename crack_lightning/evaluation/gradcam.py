@@ -49,3 +49,18 @@ def gradcam(model: nn.Module, images: torch.Tensor, target: int = 1) -> torch.Te
         return (maps / peak).cpu()
     finally:
         model.train(was_training)
+
+
+def gradcam_figure(model: nn.Module, images: torch.Tensor, mean, std, titles=None, colors=None, suptitle: str | None = None):
+    """A grid of ``images`` (normalised, (N, 3, H, W)) with the crack class's Grad-CAM
+    map blended over each: red where the model sees evidence for a crack."""
+    from crack_lightning.plots import denormalize, image_grid_figure, overlay_heatmap
+
+    device = next(model.parameters()).device
+    maps = gradcam(model, images.to(device).contiguous(memory_format=torch.channels_last))
+    shown = denormalize(images.float().cpu(), mean, std)
+    overlays = torch.stack([
+        torch.from_numpy(overlay_heatmap(img.permute(1, 2, 0).numpy(), heat.numpy())).permute(2, 0, 1)
+        for img, heat in zip(shown, maps)
+    ])
+    return image_grid_figure(overlays, titles, colors, suptitle=suptitle or "Grad-CAM of the crack class (red = evidence for crack)")

@@ -143,7 +143,32 @@ def predict(cfg: DictConfig) -> dict:
         log.warning("... and %d more unreadable: see the error column", len(failed) - 10)
     if inputs.labels:
         summary["metrics"] = labelled_metrics(probs, errors, inputs, threshold, out / "metrics.json")
+    if cfg.get("gradcam") and not cfg.tile:
+        summary["gradcam"] = _gradcam(backend, inputs.files, probs, errors, int(cfg.gradcam), out / "gradcam.png")
     return summary
+
+
+def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: list[str], count: int, path: Path):
+    """``gradcam=N``: Grad-CAM of the crack class over the N images with the highest
+    crack probability (a checkpoint only: an ONNX file has no gradients)."""
+    from crack_lightning.evaluation.gradcam import gradcam_figure
+    from crack_lightning.plots import save_figure
+
+    model = getattr(backend, "model", None)
+    if model is None:
+        log.warning("gradcam=%d: needs a checkpoint (ckpt=...ckpt); an ONNX file has no gradients. Skipped.", count)
+        return None
+    ranked = [i for i in np.argsort(-np.nan_to_num(probs, nan=-1.0)) if not errors[i]][:count]
+    dataset = ImageFiles([files[i] for i in ranked], eval_transform(data_config(backend.preprocessing)),
+                         tuple(backend.preprocessing["input_size"]))
+    images = torch.stack([dataset[k][0] for k in range(len(ranked))])
+    titles = [f"{files[i].name}\ncrack prob {probs[i]:.3f}" for i in ranked]
+    pre = backend.preprocessing
+    fig = gradcam_figure(model, images, pre["mean"], pre["std"], titles,
+                         suptitle=f"Grad-CAM of the crack class: the {len(ranked)} most likely cracks")
+    save_figure(fig, path)
+    log.info("Grad-CAM of the %d most likely cracks -> %s", len(ranked), path)
+    return str(path)
 
 
 def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs, batch_size: int) -> tuple[np.ndarray, list[str]]:
