@@ -77,8 +77,10 @@ def test_broken_image_fails_clearly_and_leaves_no_cache(tiny_data, tmp_path):
     shutil.copytree(tiny_data, root)
     broken = next((root / "Negative").glob("*.jpg"))
     broken.write_bytes(broken.read_bytes()[:200])
+    # (the data module screens files first and skips this one; a file that breaks after
+    # the screening must still stop the build)
     with pytest.raises(CrackLightningError, match=broken.name):
-        _datamodule(root, tmp_path, cache=True)
+        decoded.load_or_build(sorted(root.glob("*/*.jpg")), tmp_path / "cache", (48, 48), "bicubic")
     assert not list((tmp_path / "cache").glob("*decoded*"))  # no final file, no partial one
 
 

@@ -11,7 +11,10 @@ from torch.utils.data import DataLoader
 
 from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_transform
 from crack_lightning import CrackLightningError
-from crack_lightning.data.dataset import ImageListDataset, resolve_class_names, scan_samples
+from crack_lightning.data import screening
+from crack_lightning.data.dataset import ImageListDataset, resolve_class_names
+from crack_lightning.data.decoded import for_splits, split_datasets
+from crack_lightning.data.fingerprints import available_cores
 from crack_lightning.files import atomic_path, files_key
 from crack_lightning.data.splits import (
     check_fractions,
@@ -51,6 +54,13 @@ class CrackDataModule(L.LightningDataModule):
         num_workers / pin_memory / persistent_workers: ``"auto"`` picks for this machine.
         synthetic: if set, ``prepare_data`` generates the synthetic dataset at ``root`` with
             these arguments (``per_class``, ``seed``) unless it is already there.
+        on_bad_file: what to do with image files that fail the check before training
+            (:mod:`~crack_lightning.data.screening`: empty, truncated, not an image, too
+            large or too small): ``"skip"`` them with a warning, or ``"error"``: stop.
+        min_image_side / max_image_pixels: images smaller on a side, or whose header
+            claims more pixels (decompression bombs), are bad files.
+        report_dir: where ``skipped_files.txt`` goes (the run folder); default: beside
+            ``split_file``.
     """
 
     def __init__(
@@ -73,6 +83,10 @@ class CrackDataModule(L.LightningDataModule):
         persistent_workers: bool | str = "auto",
         synthetic: dict | None = None,
         cache: bool | str = "auto",
+        on_bad_file: str = "skip",
+        min_image_side: int = 32,
+        max_image_pixels: int = 89_478_485,
+        report_dir: str | None = None,
     ):
         super().__init__()
         self.root = Path(root).expanduser().resolve()
@@ -102,6 +116,11 @@ class CrackDataModule(L.LightningDataModule):
             self.num_workers > 0 if persistent_workers == "auto" else bool(persistent_workers)
         )
         self.synthetic = dict(synthetic) if synthetic else None
+        self.on_bad_file = screening.check_policy(on_bad_file)
+        self.screen_options = {"min_side": int(min_image_side), "max_pixels": int(max_image_pixels)}
+        report_dir = Path(report_dir) if report_dir else (self.split_file.parent if self.split_file else None)
+        self.skipped_file = report_dir / "skipped_files.txt" if report_dir else None
+        self._screening: screening.Screening | None = None
         self.class_names: list[str] = []
         self.splits: dict | None = None
 
@@ -138,32 +157,34 @@ class CrackDataModule(L.LightningDataModule):
             from crack_lightning.data.synthetic import generate
 
             generate(self.root, **self.synthetic)
-        # Lightning calls this on one process per node: the (costly) grouped split is
-        # made once, and every rank's setup() reads the file.
+        # Lightning calls this on one process per node: the image check and the (costly)
+        # grouped split are made once, and every rank's setup() reads their files.
+        class_names = resolve_class_names(self.root, self.positive_class)
+        samples = self._usable(class_names)  # stops here, before training, with on_bad_file=error
         if self.split_file is None:
             return
-        class_names = resolve_class_names(self.root, self.positive_class)
-        # (no state kept: Lightning calls prepare_data on one process only)
         if not self.split_file.is_file():
-            splits = self._new_split(class_names, save=True)
+            splits = self._new_split(class_names, samples, save=True)
         elif self.cache:
-            splits = read_splits(self.split_file, self.root, class_names)
+            splits = self._saved_split(class_names, announce=False)  # setup() warns
         if self.cache:  # decode once here too, so DDP ranks do not all build the same cache
-            self._decoded(splits)
+            for_splits(splits, self.cache_dir, self.data_config, workers=available_cores())
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # fit then test: keep the datasets already built
             return
         self.class_names = resolve_class_names(self.root, self.positive_class)
+        samples = self._usable(self.class_names)  # from the cache prepare_data filled, on every rank
         if self.split_file is not None and self.split_file.is_file():
             self._check_saved_strategy()
             log.info("Reusing the saved split %s", self.split_file)
-            self.splits = read_splits(self.split_file, self.root, self.class_names)
+            self.splits = self._saved_split(self.class_names, announce=self._is_first())
         else:  # prepare_data was not called (plain use outside a Trainer)
-            self.splits = self._new_split(self.class_names, save=self.trainer is None or self.trainer.is_global_zero)
+            self.splits = self._new_split(self.class_names, samples, save=self._is_first())
         augmentation = self.augmentation or FlipRotate(0.0, 0.0, 0.0)
-        if self.cache:
-            self._setup_decoded()
+        if self.cache:  # (a build here, without prepare_data, may use every core: nothing else runs yet)
+            datasets = split_datasets(self.splits, self.cache_dir, self.data_config, available_cores())
+            self.train_dataset, self.val_dataset, self.test_dataset = (datasets[k] for k in ("train", "val", "test"))
             self.batch_transforms = {
                 "train": augmentation.batch(self.data_config),
                 "eval": BatchNormalize(self.data_config["mean"], self.data_config["std"]),
@@ -176,27 +197,21 @@ class CrackDataModule(L.LightningDataModule):
         counts = {k: len(v) for k, v in self.splits.items()}
         log.info("Classes %s (crack = %s); split sizes %s", self.class_names, self.class_names[1], counts)
 
-    def _decoded(self, splits: dict):
-        """The decoded images of every file in ``splits`` in sorted path order, built if
-        needed, and each file's row.  The order does not depend on the split, so every
-        split and seed of a dataset shares one cache."""
-        from crack_lightning.data.decoded import load_or_build
-        from crack_lightning.data.fingerprints import available_cores
+    def _is_first(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
 
-        paths = sorted(s.path for part in splits.values() for s in part)
-        size = tuple(self.data_config["input_size"][-2:])
-        interpolation = self.data_config.get("interpolation", "bilinear")
-        # nothing else runs yet: the build may use every core
-        array = load_or_build(paths, self.cache_dir, size, interpolation, workers=available_cores())
-        return array, {path: row for row, path in enumerate(paths)}
+    def _usable(self, class_names: list[str]) -> list:
+        """The samples that passed the image check (:mod:`~crack_lightning.data.screening`),
+        cached in ``cache_dir``; the first call in a process reports the others."""
+        announce = self._screening is None and self._is_first()
+        if self._screening is None:
+            self._screening = screening.screen(self.root, class_names, self.cache_dir, **self.screen_options)
+        return screening.apply(self._screening, class_names, self.on_bad_file, self.skipped_file, announce)
 
-    def _setup_decoded(self) -> None:
-        from crack_lightning.data.decoded import DecodedImages
-
-        array, row_of = self._decoded(self.splits)
-        for name, part in self.splits.items():
-            rows = [row_of[s.path] for s in part]
-            setattr(self, f"{name}_dataset", DecodedImages(array, rows, [s.label for s in part]))
+    def _saved_split(self, class_names: list[str], announce: bool) -> dict:
+        """The saved split, less the files that are bad now (or stop, with on_bad_file=error)."""
+        splits = read_splits(self.split_file, self.root, class_names)
+        return screening.drop_unusable(splits, self._screening, self.on_bad_file, self.split_file, announce)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Decoded-cache batches arrive as uint8 (N, H, W, 3): augment/normalise them here,
@@ -216,8 +231,7 @@ class CrackDataModule(L.LightningDataModule):
             images = self.batch_transforms["train"](images.permute(0, 3, 1, 2))
         return images, [label for _, label in samples]
 
-    def _new_split(self, class_names: list[str], save: bool) -> dict:
-        samples = scan_samples(self.root, class_names)
+    def _new_split(self, class_names: list[str], samples: list, save: bool) -> dict:
         info = {"strategy": self.split, "seed": self.split_seed, "fractions": list(self.split_fractions)}
         groups = None
         if self.split == "grouped":
@@ -286,7 +300,5 @@ class CrackDataModule(L.LightningDataModule):
 
 
 def auto_workers() -> int:
-    from crack_lightning.data.fingerprints import available_cores
-
     # Leave one core to the training process; more than 8 decoders rarely pays off.
     return max(0, min(8, available_cores() - 1))

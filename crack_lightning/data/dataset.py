@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from crack_lightning import CrackLightningError
 
 # Folder names taken to mean "crack" when data.positive_class is not set.
 POSITIVE_NAMES = ("positive", "crack", "cracks", "cracked", "defect", "defective")
+# Folders that archives and file managers leave behind: never classes, never scanned.
+SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information")
 
 
 @dataclass(frozen=True)
@@ -22,27 +26,44 @@ class Sample:
     label: int  # 1 = crack (positive class), 0 = no crack
 
 
+def _is_system(name: str) -> bool:
+    """Hidden (``.DS_Store``, ``._x.jpg`` AppleDouble files, ``.ipynb_checkpoints``) or an
+    archive/file-manager leftover: not part of the dataset, whatever its extension."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class sub-folders of ``root`` (sorted), hidden and system folders left out."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_system(e.name))
+
+
 def resolve_class_names(root: Path, positive_class: str | None) -> list[str]:
     """Return ``[negative_name, positive_name]`` for the two class folders under ``root``.
 
     Label indices follow this order, so label 1 is always the crack class whatever
     the folders are called (ImageFolder's alphabetical order would not guarantee it).
+    Each refusal is one line naming ``data.root`` / ``data.positive_class`` and the fix.
     """
+    root = Path(root)
     if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "no such folder"
         raise CrackLightningError(
-            f"data.root={root}: no such folder. Point data.root at an ImageFolder with one "
+            f"data.root={root}: {what}. Point data.root at an ImageFolder with one "
             f"sub-folder per class (e.g. Positive/ and Negative/), or run `make data`."
         )
-    try:
-        classes, _ = find_classes(str(root))
-    except FileNotFoundError:
-        classes = []
-    if len(classes) != 2:
+    classes = class_folders(root)
+    binary = "crack-lightning trains a binary crack / no-crack classifier and needs exactly two class folders"
+    if len(classes) < 2:
+        inner = [c for c in classes if len(class_folders(root / c)) == 2]
+        hint = (f"Did you mean data.root={root / inner[0]}?" if inner else
+                "Add the missing class folder (e.g. Positive/ for cracks and Negative/ for the rest), "
+                "with images in each.")
         raise CrackLightningError(
-            f"data.root={root} holds {len(classes)} class folder(s) {classes}; crack-lightning "
-            f"trains a binary crack / no-crack classifier and needs exactly two (e.g. Positive/ "
-            f"and Negative/). Move the other folders out of data.root."
-        )
+            f"data.root={root} holds {len(classes)} class folder(s) {classes}; {binary}. {hint}")
+    if len(classes) > 2:
+        raise CrackLightningError(
+            f"data.root={root} holds {len(classes)} class folders {classes}; {binary} (crack and "
+            f"no crack). Move the other folders out of data.root, or merge them into those two.")
     if positive_class is None:
         matches = [c for c in classes if c.lower() in POSITIVE_NAMES]
         if len(matches) != 1:
@@ -60,18 +81,110 @@ def resolve_class_names(root: Path, positive_class: str | None) -> list[str]:
     return [negative, positive_class]
 
 
-def scan_samples(root: Path, class_names: list[str]) -> list[Sample]:
-    """All image files of the two classes, in a stable (sorted) order."""
-    class_to_idx = {name: i for i, name in enumerate(class_names)}
-    found = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    samples = [Sample(Path(p).resolve(), label) for p, label in sorted(found)]
-    for name, idx in class_to_idx.items():
+def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """Walk the two class folders: ``(samples, broken, ignored)``.
+
+    ``samples``: every file with an image extension (nested folders included, as
+    ImageFolder does), resolved, in sorted order; not yet checked (see
+    :mod:`~crack_lightning.data.screening`).  ``broken``: image-named entries that
+    cannot even be resolved (dangling symlink, symlink loop) and unreadable folders.
+    ``ignored``: what is not part of the dataset: hidden and system files and folders,
+    other extensions (``Thumbs.db``), a second path to a file already found, a folder
+    reached again through a symlink (loops are walked once), a file outside ``root``.
+    """
+    root = Path(root).resolve()
+    samples, broken, ignored = [], [], []
+    seen_files: dict[Path, Path] = {}
+    # root and both class folders count as seen: a link back to them is a loop, and a
+    # link from one class into the other must not relabel the other's images
+    seen_dirs = {_dir_id(root), *(_dir_id(root / name) for name in class_names)}
+    for label, name in enumerate(class_names):
+        top = root / name
+        errors = []
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=errors.append):
+            here = Path(dirpath)
+            if here != top and _dir_id(here) in seen_dirs:
+                ignored.append((here, "folder already scanned (symlink loop or second link)"))
+                dirnames[:] = []
+                continue
+            seen_dirs.add(_dir_id(here))
+            for d in sorted(dirnames):
+                if _is_system(d):
+                    ignored.append((here / d, "hidden or system folder"))
+            dirnames[:] = sorted(d for d in dirnames if not _is_system(d))
+            real_dir = Path(os.path.realpath(here))  # once per folder: resolving each file costs
+            for f in sorted(filenames):
+                path = here / f
+                if _is_system(f):
+                    ignored.append((path, "hidden or system file (e.g. .DS_Store, ._* AppleDouble)"))
+                elif not f.lower().endswith(IMG_EXTENSIONS):
+                    ignored.append((path, f"not an image file name (extensions {', '.join(IMG_EXTENSIONS)})"))
+                else:
+                    _add_file(path, real_dir / f, label, root, samples, broken, ignored, seen_files)
+        broken += [(Path(e.filename), f"unreadable folder: {e.strerror}") for e in errors]
+    samples.sort(key=lambda s: s.path)
+    return samples, broken, ignored
+
+
+def _dir_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _add_file(path, real, label, root, samples, broken, ignored, seen_files) -> None:
+    if os.path.islink(path):
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
+            broken.append((path, f"broken link: {getattr(err, 'strerror', None) or err}"))
+            return
+    if not real.is_relative_to(root):
+        ignored.append((path, f"links to {real}, outside data.root (splits.csv lists paths under data.root)"))
+    elif real in seen_files:
+        ignored.append((path, f"same file as {seen_files[real]}"))
+    else:
+        seen_files[real] = path
+        samples.append(Sample(real, label))
+
+
+def check_classes(root: Path, class_names: list[str], samples: list[Sample], skipped: int = 0) -> None:
+    """Refuse a class without (usable) images: one line naming the folder and the fix."""
+    for idx, name in enumerate(class_names):
         if not any(s.label == idx for s in samples):
+            why = (f"no usable images: its image files were all skipped as bad (listed in "
+                   f"skipped_files.txt in the run folder)" if skipped else
+                   f"no images ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
             raise CrackLightningError(
-                f"data.root={root}: class folder '{name}' has no images "
-                f"({', '.join(IMG_EXTENSIONS[:4])}, ...). Add images or fix data.root."
-            )
+                f"data.root={root}: class folder '{name}' has {why}. Add images or fix data.root.")
+
+
+def scan_samples(root: Path, class_names: list[str]) -> list[Sample]:
+    """All image files of the two classes, in a stable (sorted) order (unchecked)."""
+    samples, _, _ = scan_files(root, class_names)
+    check_classes(root, class_names, samples)
     return samples
+
+
+def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """Any PIL image as 8-bit RGB, the way a viewer shows it.
+
+    PIL's ``convert("RGB")`` clips 16-bit grayscale (``I;16``, ``I``: PNG/TIFF) at 255,
+    which turns nearly every pixel white; here it is scaled (``v / 257``, so 65535 ->
+    255).  Transparency (RGBA, LA, palette with a transparent colour) is composited
+    over ``background`` instead of dropped, which would reveal whatever colour the
+    invisible pixels store.  CMYK (and everything else) goes through PIL's conversion.
+    Used by every path that feeds training, so they all see the same pixels.  Always
+    returns a new, loaded image (it may outlive the file it was read from).
+    """
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        # mode I: a 16-bit PNG as Pillow may open it; wider TIFF values are clipped
+        gray = np.rint(np.clip(np.asarray(img, np.float64), 0, 65535) / 257).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
 
 
 class ImageListDataset(Dataset):
@@ -87,7 +200,7 @@ class ImageListDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
         with Image.open(sample.path) as img:
-            image = img.convert("RGB")
+            image = to_rgb(img)
         if self.transform is not None:
             image = self.transform(image)
         return image, sample.label

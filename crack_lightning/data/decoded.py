@@ -9,6 +9,10 @@ that is memory-mapped: the OS page cache shares it between processes and runs.
 It is keyed by the file list, sizes and mtimes plus the size and interpolation,
 so a changed dataset builds a new one.  It is written to a temporary file and
 renamed when complete: a killed build never leaves a cache that looks valid.
+
+The data module only hands it files that passed the screening
+(:mod:`~crack_lightning.data.screening`); a decode failure here means a file
+changed since, and still stops the build with the list rather than store zeros.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from crack_lightning.files import atomic_path, files_key
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when the stored pixels would change for the same inputs
+VERSION = 2  # bump when the stored pixels would change for the same inputs (2: to_rgb scales 16-bit, composites alpha)
 
 
 def _decode_rows(job) -> list[tuple[str, str]]:
     """Worker: decode ``paths`` into rows ``start...`` of the array at ``file``; return failures."""
     file, start, paths, size, interpolation = job
     from crack_lightning.data.augmentation import to_resized_image
+    from crack_lightning.data.dataset import to_rgb
 
     resize = to_resized_image({"input_size": (3, *size), "interpolation": interpolation})
     array = np.load(file, mmap_mode="r+")
@@ -42,7 +47,7 @@ def _decode_rows(job) -> list[tuple[str, str]]:
     for k, path in enumerate(paths):
         try:
             with Image.open(path) as img:
-                array[start + k] = resize(img.convert("RGB")).permute(1, 2, 0).numpy()
+                array[start + k] = resize(to_rgb(img)).permute(1, 2, 0).numpy()
         except Exception as err:  # noqa: BLE001 -- reported together, by file
             failed.append((str(path), f"{type(err).__name__}: {err}"))
     array.flush()
@@ -90,6 +95,23 @@ def load_or_build(paths: list[Path], cache_dir: Path, size: tuple[int, int], int
     if array.shape != (len(paths), *size, 3):  # another writer's file under our key: never trust it
         raise CrackLightningError(f"{file} has shape {array.shape}, expected {(len(paths), *size, 3)}; delete it.")
     return array
+
+
+def for_splits(splits: dict, cache_dir: Path, data_config: dict, workers: int = 1) -> tuple[np.ndarray, dict]:
+    """The decoded images of every file in ``splits`` in sorted path order, built if
+    needed, and each file's row.  The order does not depend on the split, so every
+    split and seed of a dataset shares one cache."""
+    paths = sorted(s.path for part in splits.values() for s in part)
+    size = tuple(data_config["input_size"][-2:])
+    array = load_or_build(paths, cache_dir, size, data_config.get("interpolation", "bilinear"), workers=workers)
+    return array, {path: row for row, path in enumerate(paths)}
+
+
+def split_datasets(splits: dict, cache_dir: Path, data_config: dict, workers: int = 1) -> dict[str, "DecodedImages"]:
+    """One :class:`DecodedImages` per split, all reading the one cache."""
+    array, row_of = for_splits(splits, cache_dir, data_config, workers)
+    return {name: DecodedImages(array, [row_of[s.path] for s in part], [s.label for s in part])
+            for name, part in splits.items()}
 
 
 class DecodedImages(Dataset):
