@@ -20,6 +20,7 @@ from PIL import Image
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.data.dataset import to_rgb
 from crack_lightning.data.splits import read_splits
 from crack_lightning.inference.backends import data_config
 from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier, read_checkpoint
@@ -80,7 +81,7 @@ def check_batch(loaded: LoadedClassifier, input_spec: str | None, count: int) ->
     for file in files:
         try:
             with Image.open(file) as img:
-                batch.append(transform(img.convert("RGB")).numpy())
+                batch.append(transform(to_rgb(img)).numpy())
         except Exception as err:  # not an image, truncated, unreadable
             raise CrackLightningError(f"{file}: cannot be read as an image for the parity check ({err}).") from err
     return np.stack(batch), source

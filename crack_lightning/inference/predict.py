@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.data.dataset import to_rgb
 from crack_lightning.data.datamodule import auto_workers
 from crack_lightning.data.fingerprints import progress_bar
 from crack_lightning.files import atomic_path
@@ -56,7 +57,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         try:
             with Image.open(self.files[index]) as img:
-                return self.transform(img.convert("RGB")), ""
+                return self.transform(to_rgb(img)), ""
         except Exception as err:  # not an image, truncated, unsupported mode, unreadable ...
             return torch.zeros(3, *self.input_size), reason(err)
 

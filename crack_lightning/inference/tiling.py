@@ -26,6 +26,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
+from crack_lightning.data.dataset import to_rgb
 from crack_lightning.files import atomic_path
 from crack_lightning.plots import overlay_heatmap, save_figure
 
@@ -146,7 +147,7 @@ def tile_count(path: Path, size: tuple[int, int], stride: tuple[int, int]) -> in
 def load_photo(path: Path) -> Image.Image:
     """RGB photo the way a viewer shows it (EXIF rotation applied), so the heatmap lines up."""
     with Image.open(path) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
+        return to_rgb(ImageOps.exif_transpose(img))
 
 
 def predict_photo(
