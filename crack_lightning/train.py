@@ -15,24 +15,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from crack_lightning import CrackLightningError
 from crack_lightning.callbacks import OperatingPoint
-from crack_lightning.data.splits import check_fractions
+from crack_lightning.config_checks import check_config
+from crack_lightning.resume import continue_logs, resume_point
 from crack_lightning.trainer import build_trainer, compile_if_asked
+from crack_lightning.trainer.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject contradictory settings before any data or weights are touched."""
-    check_fractions(cfg.data.split_fractions)
-    unfreeze = cfg.get("finetune", {}).get("unfreeze_at_epoch") if cfg.get("finetune") else None
-    max_epochs = cfg.trainer.get("max_epochs")
-    if unfreeze is not None and max_epochs is not None and max_epochs >= 0 and unfreeze >= max_epochs:
-        raise CrackLightningError(
-            f"finetune.unfreeze_at_epoch={unfreeze} is not below trainer.max_epochs={max_epochs}: "
-            f"the backbone would never train. Lower the one or raise the other, or use finetune=frozen."
-        )
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -45,6 +34,7 @@ def instantiate_group(group: DictConfig | None) -> list:
 def train(cfg: DictConfig) -> float | None:
     """Train, test with the best checkpoint, write the run folder; return the monitored metric's best value."""
     check_config(cfg)
+    start = resume_point(cfg)
     if cfg.get("seed") is not None:  # 0 is a seed
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -55,11 +45,13 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("finetune"):
         callbacks.append(instantiate(cfg.finetune))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers)
+    continue_logs(loggers, start)
+    # checkpoints are complete or absent whenever the process is killed (see checkpoint_io)
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     compile_if_asked(cfg.trainer, model)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=start.ckpt_path)
     checkpoint = trainer.checkpoint_callback
     best_ckpt = checkpoint.best_model_path if checkpoint else ""
 

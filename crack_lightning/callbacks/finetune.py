@@ -115,6 +115,15 @@ class FreezeUnfreeze(BaseFinetuning):
             if isinstance(cb, EarlyStopping):
                 cb.wait_count = 0
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resumed from a mid-epoch (or end-of-epoch) checkpoint, Lightning skips
+        # on_train_epoch_start for the interrupted epoch: apply its schedule here, or the
+        # restored backbone group would hold frozen parameters and the restored LR
+        # scheduler would have fewer lambdas than groups.
+        loop = trainer.fit_loop
+        if loop.restarted_mid_epoch or loop.restarted_on_epoch_end:
+            self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)  # runs finetune_function
         # Lightning does not call model.train() at each epoch start; it restores every
