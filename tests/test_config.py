@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from crack_lightning import CrackLightningError
 from crack_lightning.callbacks import FreezeUnfreeze
-from crack_lightning.train import check_config, instantiate_group
+from crack_lightning.config_checks import check_config
+from crack_lightning.train import instantiate_group
 from crack_lightning.trainer import build_trainer, resolve_precision
 from tests.conftest import CONF, compose_cfg
 

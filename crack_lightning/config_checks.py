@@ -1,0 +1,76 @@
+"""Types and ranges of the settings people override most, checked before any data or
+weights are touched: ``model.lr=abc`` should be one line naming the key, not a
+traceback from deep inside the optimizer after the dataset was split and decoded.
+
+Hydra itself already refuses unknown keys (``Key 'max_epoch' is not in struct``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from crack_lightning import CrackLightningError
+from crack_lightning.data.splits import check_fractions
+
+NUMBER = "a number"
+COUNT = "a whole number"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# key -> (what the value must be, the test); None passes where the key is optional.
+RULES: dict[str, tuple[str, Callable[[Any], bool], bool]] = {
+    "seed": (COUNT, _count, True),
+    "model.lr": ("a number > 0", lambda v: _number(v) and v > 0, False),
+    "model.drop_rate": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1, False),
+    "model.label_smoothing": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1, False),
+    "data.batch_size": ("a whole number >= 1", lambda v: _count(v) and v >= 1, False),
+    "data.eval_batch_size": ("a whole number >= 1", lambda v: _count(v) and v >= 1, True),
+    "data.image_size": ("a whole number >= 8 or [height, width]", lambda v: (
+        (_count(v) and v >= 8) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(_count(x) and x >= 8 for x in v))
+    ), True),
+    "trainer.max_epochs": ("a whole number >= 1 (or -1: no limit)", lambda v: _count(v) and (v >= 1 or v == -1), True),
+    "trainer.min_epochs": ("a whole number >= 0", lambda v: _count(v) and v >= 0, True),
+    "finetune.unfreeze_at_epoch": ("a whole number >= 0", lambda v: _count(v) and v >= 0, True),
+    "finetune.backbone_lr_ratio": ("a number >= 0", lambda v: _number(v) and v >= 0, True),
+    "eval.target_recall": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1, True),
+}
+
+
+def check_types(cfg: DictConfig, rules: dict = RULES) -> None:
+    """Raise one :class:`CrackLightningError` listing every setting of ``rules`` whose
+    value has the wrong type or range (keys absent from ``cfg`` are skipped)."""
+    problems = []
+    for key, (expected, ok, optional) in rules.items():
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            continue
+        value = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)["v"]
+        if value is None and optional:
+            continue
+        if not ok(value):
+            problems.append(f"{key}={value!r} (expected {expected})")
+    if problems:
+        raise CrackLightningError(f"Bad setting{'s' if len(problems) > 1 else ''}: {'; '.join(problems)}. "
+                                  f"Fix the override on the command line or the config file.")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject wrong types and contradictory settings before any data or weights are touched."""
+    check_types(cfg)
+    check_fractions(cfg.data.split_fractions)
+    unfreeze = cfg.get("finetune", {}).get("unfreeze_at_epoch") if cfg.get("finetune") else None
+    max_epochs = cfg.trainer.get("max_epochs")
+    if unfreeze is not None and max_epochs is not None and max_epochs >= 0 and unfreeze >= max_epochs:
+        raise CrackLightningError(
+            f"finetune.unfreeze_at_epoch={unfreeze} is not below trainer.max_epochs={max_epochs}: "
+            f"the backbone would never train. Lower the one or raise the other, or use finetune=frozen."
+        )
