@@ -22,8 +22,8 @@ from crack_lightning import CrackLightningError
 log = logging.getLogger(__name__)
 
 # Keys (and key prefixes) that may differ between the run's command and the resuming one:
-# where the run folder is comes from resume= itself.
-FREE_KEYS = ("resume", "ckpt_path", "paths.log_dir")
+# where the run folder is comes from resume= itself; loader processes change no result.
+FREE_KEYS = ("resume", "ckpt_path", "paths.log_dir", "data.num_workers", "data.persistent_workers", "data.pin_memory")
 
 
 def _resume_subdir(resume: str | None, now: str) -> str:
