@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from crack_lightning.callbacks import OperatingPoint
 from crack_lightning.config_checks import check_config
 from crack_lightning.resume import continue_logs, resume_point
+from crack_lightning.sweeps.report import write_run_report
 from crack_lightning.trainer import build_trainer, compile_if_asked
 from crack_lightning.trainer.checkpoint_io import AtomicCheckpointIO
 
@@ -72,6 +73,7 @@ def train(cfg: DictConfig) -> float | None:
                     logger.log_hyperparams(model.run_config, metrics={k: v for k, v in metrics.items() if k != "best_ckpt"})
                     logger.save()
 
+    write_run_report(cfg, output_dir)  # report.md: config, test metrics, figures
     if checkpoint is None or checkpoint.best_model_score is None:
         return None
     return float(checkpoint.best_model_score)

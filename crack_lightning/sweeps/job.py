@@ -1,0 +1,87 @@
+"""Failure-tolerant multirun jobs.
+
+Hydra 1.3.8 stops a sweep at the first failing job: ``run_job`` catches ``Exception``
+but not the ``SystemExit`` of :func:`crack_lightning.exit_on_user_error` (so the
+remaining jobs never start), and ``BasicSweeper.sweep`` re-raises any failed job's
+exception after the batch (so ``on_multirun_end`` and the summary never run).
+:func:`tolerate_job_failure` therefore catches a job's error in multirun mode only,
+records it in the job folder and returns normally; the summary callback then sees
+``error.txt`` and ends the sweep with a non-zero status. Single runs are untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+
+from crack_lightning import find_user_error
+from crack_lightning.files import atomic_path
+
+log = logging.getLogger("crack_lightning")
+
+ERROR_FILE = "error.txt"
+JOB_FILE = "job.json"
+
+
+def one_line_reason(err: BaseException) -> str:
+    """The user-facing message of a CrackLightningError, else ``Type: first line``."""
+    user_error = find_user_error(err)
+    if user_error is not None:
+        return " ".join(str(user_error).split())
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _multirun_job_dir() -> Path | None:
+    """This job's folder when running inside a Hydra multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hydra_cfg.runtime.output_dir)
+
+
+def tolerate_job_failure(task):
+    """Decorate a task function: in a multirun, a job's exception is written to
+    ``<job dir>/error.txt`` (one line) and logged, and the task returns None so the
+    next job runs; ``<job dir>/job.json`` records status, wall time and return value.
+    Outside a multirun the task runs unchanged (errors propagate as before)."""
+
+    @functools.wraps(task)
+    def wrapper(*args, **kwargs):
+        job_dir = _multirun_job_dir()
+        if job_dir is None:
+            return task(*args, **kwargs)
+        start = time.perf_counter()
+        record = {"status": "completed", "error": None, "return_value": None}
+        try:
+            value = task(*args, **kwargs)
+            record["return_value"] = float(value) if isinstance(value, (int, float)) else None
+            return value
+        except Exception as err:  # KeyboardInterrupt still ends the sweep
+            reason = one_line_reason(err)
+            record.update(status="failed", error=reason)
+            if find_user_error(err) is None:
+                log.error("Job failed: %s", reason, exc_info=err)  # the traceback goes to train.log
+            else:
+                log.error("Job failed: %s", reason)
+            with atomic_path(job_dir / ERROR_FILE) as tmp:
+                tmp.write_text(reason + "\n")
+            return None
+        finally:
+            record["wall_time_s"] = round(time.perf_counter() - start, 3)
+            _write_json(job_dir / JOB_FILE, record)
+
+    return wrapper

@@ -1,0 +1,115 @@
+"""``report.md`` of one run folder: the config in brief, the test metrics and the figures.
+
+Readable on GitHub or any Markdown viewer (figures are relative links), so a run
+folder can be shared or committed without TensorBoard. Called once at the end of
+:func:`crack_lightning.train.train`; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from crack_lightning.files import atomic_path
+
+REPORT = "report.md"
+# (file, heading) in the order they are shown; only the ones in the folder are embedded
+FIGURES = (
+    ("confusion_matrix.png", "Confusion matrix"),
+    ("pr_roc_curves.png", "Precision-recall and ROC curves"),
+    ("reliability_diagram.png", "Reliability diagram (calibration)"),
+    ("errors.png", "Misclassified test images"),
+    ("gradcam.png", "Grad-CAM"),
+    ("test_predictions.png", "Test predictions"),
+    ("augmentation_preview.png", "Augmentation preview"),
+)
+# metrics listed first, with a plain-words name; the other test/* metrics follow
+KEY_METRICS = (
+    ("test/threshold", "operating threshold (crack when probability > threshold)"),
+    ("test/missed_cracks_at_threshold", "missed cracks at the threshold"),
+    ("test/recall_at_threshold", "recall at the threshold"),
+    ("test/precision_at_threshold", "precision at the threshold"),
+    ("test/acc_at_threshold", "accuracy at the threshold"),
+    ("test/f1_at_threshold", "F1 at the threshold"),
+)
+
+
+def _select(cfg: DictConfig, key: str):
+    try:
+        return OmegaConf.select(cfg, key, default=None)
+    except Exception:  # an interpolation that cannot resolve here: leave it out
+        return None
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_report(cfg: DictConfig, output_dir: Path) -> str:
+    """The Markdown text of ``output_dir``'s report."""
+    output_dir = Path(output_dir)
+    metrics = {}
+    if (output_dir / "metrics.json").is_file():
+        metrics = json.loads((output_dir / "metrics.json").read_text())
+    lines = [f"# Run report: {output_dir.name}", "", "## Configuration", "", "| setting | value |", "|---|---|"]
+    settings = [
+        ("backbone", _select(cfg, "backbone.name")),
+        ("pretrained", _select(cfg, "backbone.pretrained")),
+        ("learning rate", _select(cfg, "model.lr")),
+        ("max epochs", _select(cfg, "trainer.max_epochs")),
+        ("fine-tuning", _select(cfg, "finetune._target_")),
+        ("image size", _select(cfg, "data.image_size")),
+        ("batch size", _select(cfg, "data.batch_size")),
+        ("split", _select(cfg, "data.split")),
+        ("split fractions (train/val/test)", _select(cfg, "data.split_fractions")),
+        ("seed", _select(cfg, "seed")),
+        ("monitor", f"{_select(cfg, 'monitor')} ({_select(cfg, 'monitor_mode')})"),
+        ("data", _select(cfg, "data.root")),
+    ]
+    for name, value in settings:
+        if value is not None:
+            if OmegaConf.is_config(value):
+                value = OmegaConf.to_container(value)
+            lines.append(f"| {name} | `{value}` |")
+    if (output_dir / ".hydra" / "overrides.yaml").is_file():
+        lines += ["", "Command-line overrides: see [.hydra/overrides.yaml](.hydra/overrides.yaml); "
+                  "full config: [.hydra/config.yaml](.hydra/config.yaml)."]
+
+    lines += ["", "## Test metrics", ""]
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    if numbers:
+        lines += ["| metric | value |", "|---|---|"]
+        named = dict(KEY_METRICS)
+        for key in [k for k, _ in KEY_METRICS if k in numbers] + sorted(k for k in numbers if k not in named):
+            label = f"{key} ({named[key]})" if key in named else key
+            lines.append(f"| {label} | {_fmt(numbers[key])} |")
+        if metrics.get("best_ckpt"):
+            ckpt = Path(metrics["best_ckpt"])
+            try:
+                link = ckpt.resolve().relative_to(output_dir.resolve()).as_posix()
+            except ValueError:
+                link = str(ckpt)
+            lines += ["", f"Best checkpoint: [{ckpt.name}]({link})"]
+    else:
+        lines.append("Not tested (no metrics.json: `test=false`, or the run stopped before testing).")
+    if (output_dir / "classification_report.txt").is_file():
+        lines += ["", "Per-class report: [classification_report.txt](classification_report.txt)"]
+
+    figures = [(name, title) for name, title in FIGURES if (output_dir / name).is_file()]
+    if figures:
+        lines += ["", "## Figures"]
+        for name, title in figures:
+            lines += ["", f"### {title}", "", f"![{title}]({name})"]
+    return "\n".join(lines) + "\n"
+
+
+@rank_zero_only
+def write_run_report(cfg: DictConfig, output_dir: Path) -> Path:
+    """Write ``<output_dir>/report.md`` (atomically) and return its path."""
+    path = Path(output_dir) / REPORT
+    with atomic_path(path) as tmp:
+        tmp.write_text(run_report(cfg, output_dir))
+    return path
