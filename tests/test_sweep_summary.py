@@ -36,6 +36,7 @@ def test_failing_job_is_recorded_and_the_sweep_summarised(tmp_path, tiny_data):
         assert r["overrides"].startswith("model.lr=") and "data.root" not in r["overrides"], "only the swept overrides"
         assert 0 <= float(r["test/acc"]) <= 1 and "test/threshold" in r and r["epochs"] == "3"
         assert float(r["wall_time_s"]) > 0 and r["best_ckpt"].endswith("best.ckpt")
+        assert float(r["images_per_sec"]) > 0  # the last epoch's train/images_per_sec
     md = (sweep / "summary.md").read_text()
     assert "1 failed" in md and "Bad setting: model.lr=-1" in md and "summary.png" in md
     assert (sweep / "summary.png").stat().st_size > 1000

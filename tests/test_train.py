@@ -73,7 +73,7 @@ def test_tensorboard_has_scalars_figures_and_hparams(custom_cnn_run):
             pass
     assert {
         "val/loss", "val/recall", "val/auroc", "train/loss_step", "train/trainable_params", "test/acc",
-        "test/recall_at_threshold", "calibration/temperature", "calibration/threshold",
+        "test/recall_at_threshold", "calibration/temperature", "calibration/threshold", "train/images_per_sec",
     } <= tags["scalars"]
     assert {
         "train/augmentation_preview", "test/confusion_matrix", "test/predictions", "test/pr_roc_curves",

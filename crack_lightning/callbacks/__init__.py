@@ -4,5 +4,6 @@ from crack_lightning.callbacks.errors import ErrorGallery
 from crack_lightning.callbacks.figures import AugmentationPreview, TestReport
 from crack_lightning.callbacks.finetune import FreezeUnfreeze
 from crack_lightning.callbacks.operating_point import OperatingPoint
+from crack_lightning.callbacks.throughput import EpochThroughput
 
-__all__ = ["AugmentationPreview", "ErrorGallery", "FreezeUnfreeze", "OperatingPoint", "TestReport"]
+__all__ = ["AugmentationPreview", "EpochThroughput", "ErrorGallery", "FreezeUnfreeze", "OperatingPoint", "TestReport"]

@@ -44,6 +44,7 @@ class JobResult:
     test: dict[str, float] = field(default_factory=dict)
     epochs: int | None = None
     wall_time_s: float | None = None
+    images_per_sec: float | None = None  # training images/s of the last epoch (train/images_per_sec)
     best_ckpt: str = ""
     error: str = ""
     val_curve: list[tuple[int, float]] = field(default_factory=list)
@@ -114,6 +115,8 @@ def read_job(job_dir: Path, sweep_dir: Path) -> JobResult:
     elif result.ok:
         result.best = _float(record.get("return_value"))
     result.epochs = len(trained) or len({r["epoch"] for r in rows if r.get("epoch") and _float(r.get(monitor)) is not None}) or None
+    speeds = [v for v in (_float(r.get("train/images_per_sec")) for r in rows) if v is not None]
+    result.images_per_sec = speeds[-1] if speeds else None
     seen = set()
     for r in rows:  # the first val/loss of each epoch
         loss, epoch = _float(r.get("val/loss")), _float(r.get("epoch"))
@@ -163,12 +166,14 @@ def summary_table(jobs: list[JobResult], monitor: str) -> tuple[list[str], list[
     """Header and rows of summary.csv (``jobs`` in the order they are listed)."""
     per_job, _ = varying_overrides(jobs)
     test_keys = sorted({k for j in jobs for k in j.test})
-    header = ["rank", "job", "status", "overrides", f"best {monitor}", *test_keys, "epochs", "wall_time_s", "best_ckpt", "error"]
+    header = ["rank", "job", "status", "overrides", f"best {monitor}", *test_keys, "epochs", "wall_time_s",
+              "images_per_sec", "best_ckpt", "error"]
     rows = []
     for rank, (job, overrides) in enumerate(zip(jobs, per_job), start=1):
         rows.append([
             str(rank), job.job, job.status, " ".join(overrides), _fmt(job.best),
-            *(_fmt(job.test.get(k)) for k in test_keys), _fmt(job.epochs), _fmt(job.wall_time_s), job.best_ckpt, job.error,
+            *(_fmt(job.test.get(k)) for k in test_keys), _fmt(job.epochs), _fmt(job.wall_time_s),
+            _fmt(job.images_per_sec), job.best_ckpt, job.error,
         ])
     return header, rows
 
@@ -189,7 +194,7 @@ def summary_markdown(sweep_dir: Path, jobs: list[JobResult], monitor: str, mode:
     if common:
         lines += ["Shared overrides: " + " ".join(f"`{o}`" for o in common), ""]
     header = ["rank", "job", "status", "overrides", f"best {monitor}", *(k.removeprefix("test/") for k in test_keys),
-              "epochs", "wall time (s)", "best checkpoint"]
+              "epochs", "wall time (s)", "train images/s", "best checkpoint"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, (job, overrides) in enumerate(zip(jobs, per_job), start=1):
         ckpt = Path(job.best_ckpt)
@@ -202,7 +207,7 @@ def summary_markdown(sweep_dir: Path, jobs: list[JobResult], monitor: str, mode:
                 ckpt_cell = f"`{job.best_ckpt}`"
         cells = [str(rank), f"[{job.job}]({job.job}/)", job.status, " ".join(f"`{o}`" for o in overrides),
                  _fmt(job.best), *(_fmt(job.test.get(k)) for k in test_keys), _fmt(job.epochs),
-                 _fmt(job.wall_time_s), ckpt_cell]
+                 _fmt(job.wall_time_s), _fmt(job.images_per_sec), ckpt_cell]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     if failed:
         lines += ["", "## Failed jobs", ""]
