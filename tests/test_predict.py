@@ -59,6 +59,9 @@ def test_find_inputs(tmp_path, tiny_data):
     for i, src in enumerate(sorted((tiny_data / "Positive").glob("*.jpg"))[:3]):
         shutil.copy(src, flat / f"{2 - i}.JPG")
     (flat / "notes.txt").write_text("not an image")
+    (flat / "._0.JPG").write_bytes(b"AppleDouble metadata")  # hidden and system files: skipped, as in training
+    (tmp_path / "flat" / "__MACOSX").mkdir()
+    shutil.copy(flat / "0.JPG", tmp_path / "flat" / "__MACOSX" / "3.JPG")
     inputs = find_inputs(str(tmp_path / "flat"))  # recursive, case-insensitive extensions, sorted
     assert [p.name for p in inputs.files] == ["0.JPG", "1.JPG", "2.JPG"] and inputs.labels is None
     assert len(find_inputs(str(tmp_path / "**" / "1.JPG")).files) == 1

@@ -26,7 +26,7 @@ class Sample:
     label: int  # 1 = crack (positive class), 0 = no crack
 
 
-def _is_system(name: str) -> bool:
+def is_system_name(name: str) -> bool:
     """Hidden (``.DS_Store``, ``._x.jpg`` AppleDouble files, ``.ipynb_checkpoints``) or an
     archive/file-manager leftover: not part of the dataset, whatever its extension."""
     return name.startswith(".") or name in SYSTEM_FOLDERS
@@ -34,7 +34,7 @@ def _is_system(name: str) -> bool:
 
 def class_folders(root: Path) -> list[str]:
     """The class sub-folders of ``root`` (sorted), hidden and system folders left out."""
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_system(e.name))
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not is_system_name(e.name))
 
 
 def resolve_class_names(root: Path, positive_class: str | None) -> list[str]:
@@ -109,13 +109,13 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
                 continue
             seen_dirs.add(_dir_id(here))
             for d in sorted(dirnames):
-                if _is_system(d):
+                if is_system_name(d):
                     ignored.append((here / d, "hidden or system folder"))
-            dirnames[:] = sorted(d for d in dirnames if not _is_system(d))
+            dirnames[:] = sorted(d for d in dirnames if not is_system_name(d))
             real_dir = Path(os.path.realpath(here))  # once per folder: resolving each file costs
             for f in sorted(filenames):
                 path = here / f
-                if _is_system(f):
+                if is_system_name(f):
                     ignored.append((path, "hidden or system file (e.g. .DS_Store, ._* AppleDouble)"))
                 elif not f.lower().endswith(IMG_EXTENSIONS):
                     ignored.append((path, f"not an image file name (extensions {', '.join(IMG_EXTENSIONS)})"))

@@ -16,16 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data.augmentation import eval_transform
-from crack_lightning.data.dataset import to_rgb
 from crack_lightning.data.splits import read_splits
-from crack_lightning.inference.backends import data_config
 from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier, read_checkpoint
 from crack_lightning.inference.onnx import export_onnx
-from crack_lightning.inference.sources import find_inputs
+from crack_lightning.inference.sources import ImageFiles, find_inputs
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +72,12 @@ def check_batch(loaded: LoadedClassifier, input_spec: str | None, count: int) ->
         h, w = loaded.preprocessing["input_size"]
         noise = np.random.default_rng(0).standard_normal((count, 3, int(h), int(w)), dtype=np.float32)
         return noise, "random-noise inputs"
-    transform = eval_transform(data_config(loaded.preprocessing))
+    dataset = ImageFiles(files, loaded.preprocessing)
     batch = []
-    for file in files:
-        try:
-            with Image.open(file) as img:
-                batch.append(transform(to_rgb(img)).numpy())
-        except Exception as err:  # not an image, truncated, unreadable
-            raise CrackLightningError(f"{file}: cannot be read as an image for the parity check ({err}).") from err
+    for file, (image, error) in zip(files, dataset):
+        if error:
+            raise CrackLightningError(f"{file}: cannot be read as an image for the parity check ({error}).")
+        batch.append(image.numpy())
     return np.stack(batch), source
 
 

@@ -21,45 +21,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.augmentation import eval_transform
-from crack_lightning.data.dataset import to_rgb
 from crack_lightning.data.datamodule import auto_workers
 from crack_lightning.data.fingerprints import progress_bar
 from crack_lightning.files import atomic_path
 from crack_lightning.inference import tiling
 from crack_lightning.inference.backends import Backend, data_config, open_backend, patch_size
-from crack_lightning.inference.sources import Inputs, find_inputs
+from crack_lightning.inference.sources import ImageFiles, Inputs, find_inputs, reason
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["path", "crack_probability", "label", "threshold", "model_hash", "error", "true_label"]
-TILE_COLUMNS = ["crack_area_fraction", "tiles", "crack_tiles", "tiles_csv", "heatmap"]
-
-
-def reason(err: Exception) -> str:
-    """An exception as the one-line ``error`` cell of its row."""
-    return f"{type(err).__name__}: {err}".replace("\n", " ")
-
-
-class ImageFiles(Dataset):
-    """Preprocessed images, or a placeholder and the reason when a file cannot be read."""
-
-    def __init__(self, files: list[Path], transform, input_size: tuple[int, int]):
-        self.files, self.transform, self.input_size = files, transform, input_size
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        try:
-            with Image.open(self.files[index]) as img:
-                return self.transform(to_rgb(img)), ""
-        except Exception as err:  # not an image, truncated, unsupported mode, unreadable ...
-            return torch.zeros(3, *self.input_size), reason(err)
+PHOTO_COLUMNS = ["crack_area_fraction", "tiles", "crack_tiles", "tiles_csv", "heatmap"]
 
 
 def _pair(value, default: tuple[int, int], key: str) -> tuple[int, int]:
@@ -125,7 +101,7 @@ def predict(cfg: DictConfig) -> dict:
                      names[truth] if truth is not None else "", *extra[i]])
     with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS + (TILE_COLUMNS if cfg.tile else []))
+        writer.writerow(COLUMNS + (PHOTO_COLUMNS if cfg.tile else []))
         writer.writerows(rows)
     summary = {
         "images": len(rows),
@@ -160,8 +136,7 @@ def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: lis
         log.warning("gradcam=%d: needs a checkpoint (ckpt=...ckpt); an ONNX file has no gradients. Skipped.", count)
         return None
     ranked = [i for i in np.argsort(-np.nan_to_num(probs, nan=-1.0)) if not errors[i]][:count]
-    dataset = ImageFiles([files[i] for i in ranked], eval_transform(data_config(backend.preprocessing)),
-                         tuple(backend.preprocessing["input_size"]))
+    dataset = ImageFiles([files[i] for i in ranked], backend.preprocessing)
     images = torch.stack([dataset[k][0] for k in range(len(ranked))])
     titles = [f"{files[i].name}\ncrack prob {probs[i]:.3f}" for i in ranked]
     pre = backend.preprocessing
@@ -174,8 +149,7 @@ def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: lis
 
 def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs, batch_size: int) -> tuple[np.ndarray, list[str]]:
     """One probability per file, in batches through a DataLoader (decoding in workers)."""
-    input_size = tuple(backend.preprocessing["input_size"])
-    dataset = ImageFiles(inputs.files, eval_transform(data_config(backend.preprocessing)), input_size)
+    dataset = ImageFiles(inputs.files, backend.preprocessing)
     workers = auto_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(workers, len(dataset) - 1))
     probs, errors = [], []
@@ -206,7 +180,7 @@ def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path
                 photo = tiling.load_photo(path)
             except Exception as err:  # as ImageFiles: a row with the reason, the next photo
                 errors.append(reason(err))
-                extra.append([""] * len(TILE_COLUMNS))
+                extra.append([""] * len(PHOTO_COLUMNS))
                 continue
             result, _ = tiling.predict_photo(photo, backend, transform, threshold, size, stride, batch_size,
                                              tiles_csv, png, heatmap, advance)

@@ -11,10 +11,14 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-from torchvision.datasets.folder import find_classes
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data.dataset import IMG_EXTENSIONS, resolve_class_names
+from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.data.dataset import IMG_EXTENSIONS, class_folders as sub_folders, is_system_name, resolve_class_names, to_rgb
+from crack_lightning.inference.backends import data_config
 
 
 @dataclass
@@ -29,6 +33,12 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMG_EXTENSIONS
 
 
+def _listed(path: Path, root: Path) -> bool:
+    """An image file under ``root`` that training would also take: no hidden or system
+    part (``.DS_Store``, ``._x.jpg`` AppleDouble files, ``__MACOSX/``)."""
+    return path.is_file() and is_image(path) and not any(is_system_name(p) for p in path.relative_to(root).parts)
+
+
 def find_inputs(spec: str, class_names: list[str] | None = None) -> Inputs:
     """Resolve ``spec`` into image files (sorted, so runs and CSVs are reproducible).
 
@@ -39,7 +49,7 @@ def find_inputs(spec: str, class_names: list[str] | None = None) -> Inputs:
     if path.is_file():
         return Inputs([path])
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p))
+        files = sorted(p for p in path.rglob("*") if _listed(p, path))
         if not files:
             raise CrackLightningError(
                 f"input={spec}: the folder holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...), "
@@ -59,10 +69,7 @@ def find_inputs(spec: str, class_names: list[str] | None = None) -> Inputs:
 def class_folders(root: Path, class_names: list[str] | None) -> list[str] | None:
     """``[no-crack, crack]`` sub-folders of ``root``: the model's class names if both are
     there, else two folders of which one is a crack name (Positive/, crack/, ...)."""
-    try:
-        folders, _ = find_classes(str(root))
-    except FileNotFoundError:  # no sub-folders at all
-        return None
+    folders = sub_folders(root)
     if class_names and all(name in folders for name in class_names):
         return list(class_names)
     try:
@@ -80,3 +87,29 @@ def _labelled(root: Path, files: list[Path], class_names: list[str] | None) -> I
     if not any(label is not None for label in labels):
         return Inputs(files)
     return Inputs(files, labels, folders)
+
+
+def reason(err: Exception) -> str:
+    """An exception as the one-line ``error`` cell of its row."""
+    return f"{type(err).__name__}: {err}".replace("\n", " ")
+
+
+class ImageFiles(Dataset):
+    """``files`` preprocessed as validation images are (``eval_transform`` of the model's
+    ``preprocessing``), each with ``""`` -- or a zero placeholder and the reason when the
+    file cannot be read, so one bad file never stops a batch."""
+
+    def __init__(self, files: list[Path], preprocessing: dict):
+        self.files = files
+        self.input_size = tuple(preprocessing["input_size"])
+        self.transform = eval_transform(data_config(preprocessing))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            with Image.open(self.files[index]) as img:
+                return self.transform(to_rgb(img)), ""
+        except Exception as err:  # not an image, truncated, unsupported mode, unreadable ...
+            return torch.zeros(3, *self.input_size), reason(err)
