@@ -149,17 +149,19 @@ class CrackClassifier(L.LightningModule):
             self._update_operating_metrics(probs, targets)
         return {"loss": loss, "probs": probs, "targets": targets, "logits": logits.detach().float()}
 
-    def _update_operating_metrics(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
-        threshold = float(self.threshold)
+    def on_test_epoch_start(self) -> None:
+        # the threshold is fixed for a test run (loaded with the checkpoint): set it once
         for metric in self.test_metrics_at_threshold.values():
-            metric.threshold = threshold
+            metric.threshold = float(self.threshold)
+
+    def _update_operating_metrics(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         self.test_metrics_at_threshold.update(probs, targets)
         cracks = targets == 1
         # a crack is predicted when probability > threshold (torchmetrics' rule)
         self.test_missed.update((cracks & (probs <= 0.5)).sum())
-        self.test_missed_at_threshold.update((cracks & (probs <= threshold)).sum())
+        self.test_missed_at_threshold.update((cracks & (probs <= self.threshold)).sum())
         self.log_dict(self.test_metrics_at_threshold, on_step=False, on_epoch=True)
-        self.log("test/threshold", threshold, on_step=False, on_epoch=True)
+        self.log("test/threshold", self.threshold, on_step=False, on_epoch=True)
         self.log("test/missed_cracks", self.test_missed, on_step=False, on_epoch=True)
         self.log("test/missed_cracks_at_threshold", self.test_missed_at_threshold, on_step=False, on_epoch=True)
 
