@@ -219,10 +219,7 @@ def summary_markdown(sweep_dir: Path, jobs: list[JobResult], monitor: str, mode:
 
 def summary_figure(jobs: list[JobResult], monitor: str):
     """Bars of the best monitored value per job and the validation loss curves overlaid."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: no display or backend needed (as plots.py)
 
     per_job, _ = varying_overrides(jobs)
     labels = [f"{j.job}: " + " ".join(o) if o else j.job for j, o in zip(jobs, per_job)]
