@@ -32,8 +32,15 @@ def _resume_subdir(resume: str | None, now: str) -> str:
     return ".hydra" if resume is None else f".hydra/resumed_{now}"
 
 
-if not OmegaConf.has_resolver("resume_subdir"):
-    OmegaConf.register_new_resolver("resume_subdir", _resume_subdir)
+def _run_dir(resume: str | None, new_run_dir: str) -> str:
+    """``hydra.run.dir``: the resumed run's folder, else a new one. (``oc.select`` cannot
+    do this: it returns the default only for a *missing* key, and ``resume`` is null.)"""
+    return new_run_dir if resume is None else resume
+
+
+for _name, _resolver in (("resume_subdir", _resume_subdir), ("run_dir", _run_dir)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 @dataclass(frozen=True)

@@ -117,12 +117,13 @@ def test_multirun_sweep_through_train_py(tmp_path, tiny_data):
 def test_train_py_user_error_is_one_clear_line(tmp_path, tiny_data):
     result = run_train_py([
         "debug=fast", "backbone=timm", "backbone.name=mobilenet_v2", f"data.root={tiny_data}",
-        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.log_dir={tmp_path}",  # Hydra's own run folder under it (no hydra.run.dir)
     ])
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert "Unknown backbone 'mobilenet_v2'" in output and "mobilenetv2_100" in output
     assert "Traceback" not in output
+    assert len(list((tmp_path / "train" / "runs").iterdir())) == 1
 
 
 def test_compiled_backbone_trains_and_saves_an_eager_checkpoint(tmp_path, tiny_data):
