@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from crack_lightning.callbacks.figures import log_figure
 from crack_lightning.evaluation.gradcam import gradcam_figure
 from crack_lightning.plots import denormalize, image_grid_figure, save_figure
+from crack_lightning.trainer.distributed import gather_objects
 
 
 class _TopK:
@@ -55,6 +56,12 @@ class ErrorGallery(L.Callback):
         ):
             if mask.any():
                 self._kinds[name].offer(score[mask], images[mask], probs[mask])
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # under DDP each rank kept the top k of its own shard: merge them (k images each)
+        for name, top in self._kinds.items():
+            for items in gather_objects(top.items)[1:]:
+                top.items = sorted(top.items + items, key=lambda item: -item[0])[: top.k]
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

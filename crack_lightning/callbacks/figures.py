@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import classification_report
 
 from crack_lightning.evaluation import calibration_error
+from crack_lightning.trainer.distributed import gather_uneven
 from crack_lightning.plots import (
     confusion_matrix_figure,
     curves_figure,
@@ -87,11 +88,18 @@ class TestReport(L.Callback):
         if sum(len(x) for x in self._images) < 4 * self.num_images:
             self._images.append(batch[0][: 4 * self.num_images].float().cpu())
 
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # under DDP each rank scored its own shard: gather the whole split (rank 0's
+        # images come first, so its image pool still lines up with the probabilities)
+        self._probs, self._raw, self._targets = (
+            [gather_uneven(torch.cat(parts), pl_module.device).cpu()] for parts in (self._probs, self._raw, self._targets)
+        )
+
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         names = dm.class_names
-        probs, raw, targets = torch.cat(self._probs), torch.cat(self._raw), torch.cat(self._targets)
+        probs, raw, targets = self._probs[0], self._raw[0], self._targets[0]
         threshold = float(pl_module.threshold)
         thresholds = {"default": 0.5, "operating": threshold}
         self.output_dir.mkdir(parents=True, exist_ok=True)

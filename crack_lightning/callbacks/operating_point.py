@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from crack_lightning.evaluation import calibration_error, choose_threshold, fit_temperature
 from crack_lightning.files import atomic_path
+from crack_lightning.trainer.distributed import gather_uneven
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ class OperatingPoint(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer) or not self._logits:
             return
-        # every rank gets the whole split (DDP pads it to equal shards: a few repeats)
-        logits = pl_module.all_gather(torch.cat(self._logits)).reshape(-1, 2).cpu()
-        targets = pl_module.all_gather(torch.cat(self._targets)).reshape(-1).cpu()
+        # every rank gets the whole split, each image once (see trainer.distributed)
+        logits = gather_uneven(torch.cat(self._logits), pl_module.device).cpu()
+        targets = gather_uneven(torch.cat(self._targets), pl_module.device).cpu()
         temperature = fit_temperature(logits, targets) if self.calibrate else 1.0
         raw = logits.softmax(dim=-1)[:, 1]
         probs = (logits / temperature).softmax(dim=-1)[:, 1]

@@ -16,6 +16,7 @@ from crack_lightning.data.dataset import ImageListDataset, resolve_class_names
 from crack_lightning.data.decoded import for_splits, split_datasets
 from crack_lightning.data.fingerprints import available_cores
 from crack_lightning.files import atomic_path, files_key
+from crack_lightning.trainer.distributed import eval_sampler
 from crack_lightning.data.splits import (
     check_fractions,
     grouped_split,
@@ -282,6 +283,8 @@ class CrackDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            # under DDP, validation and test score each image once (no padding repeats)
+            sampler=None if train else eval_sampler(dataset),
             # a last batch of one image breaks BatchNorm in training
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
