@@ -21,6 +21,7 @@ from crack_lightning.resume import continue_logs, resume_point
 from crack_lightning.sweeps.report import write_run_report
 from crack_lightning.trainer import build_trainer, compile_if_asked
 from crack_lightning.trainer.checkpoint_io import AtomicCheckpointIO
+from crack_lightning.trainer.strategies import release_processes
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,14 @@ def train(cfg: DictConfig) -> float | None:
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     compile_if_asked(cfg.trainer, model)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return _fit_and_test(cfg, trainer, model, datamodule, start.ckpt_path, output_dir)
+    finally:
+        release_processes(trainer)  # DDP: the next job of a sweep starts its own ranks
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=start.ckpt_path)
+
+def _fit_and_test(cfg, trainer, model, datamodule, ckpt_path, output_dir: Path) -> float | None:
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     checkpoint = trainer.checkpoint_callback
     best_ckpt = checkpoint.best_model_path if checkpoint else ""
 
