@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+from crack_lightning import resolvers as _resolvers  # noqa: E402,F401  (conf/ uses them)
+
 
 class CrackLightningError(ValueError):
     """A problem the user can fix (bad config, bad dataset, missing weights).

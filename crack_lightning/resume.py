@@ -26,23 +26,6 @@ log = logging.getLogger(__name__)
 FREE_KEYS = ("resume", "ckpt_path", "paths.log_dir", "data.num_workers", "data.persistent_workers", "data.pin_memory")
 
 
-def _resume_subdir(resume: str | None, now: str) -> str:
-    """``hydra.output_subdir``: a resumed run keeps the ``.hydra/`` of its first start (the
-    config it is checked against) and gets ``.hydra/resumed_<time>/`` for its own."""
-    return ".hydra" if resume is None else f".hydra/resumed_{now}"
-
-
-def _run_dir(resume: str | None, new_run_dir: str) -> str:
-    """``hydra.run.dir``: the resumed run's folder, else a new one. (``oc.select`` cannot
-    do this: it returns the default only for a *missing* key, and ``resume`` is null.)"""
-    return new_run_dir if resume is None else resume
-
-
-for _name, _resolver in (("resume_subdir", _resume_subdir), ("run_dir", _run_dir)):
-    if not OmegaConf.has_resolver(_name):
-        OmegaConf.register_new_resolver(_name, _resolver)
-
-
 @dataclass(frozen=True)
 class ResumePoint:
     ckpt_path: str | None  # passed to trainer.fit

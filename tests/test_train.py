@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from tests.conftest import compose_cfg, run_train_py
 METRIC_KEYS = {
     "test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss", "best_ckpt",
     "test/acc_at_threshold", "test/precision_at_threshold", "test/recall_at_threshold", "test/f1_at_threshold",
-    "test/threshold", "test/missed_cracks", "test/missed_cracks_at_threshold",
+    "test/threshold", "test/missed_cracks", "test/missed_cracks_at_threshold", "test/images",
 }
-COUNT_KEYS = {"best_ckpt", "test/loss", "test/missed_cracks", "test/missed_cracks_at_threshold"}
+COUNT_KEYS = {"best_ckpt", "test/loss", "test/missed_cracks", "test/missed_cracks_at_threshold", "test/images"}
 RUN_FILES = [
     "metrics.json", "classification_report.txt", "confusion_matrix.png", "test_predictions.png",
     "augmentation_preview.png", "splits.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
@@ -32,7 +33,11 @@ def check_run_folder(run: Path) -> dict:
     assert set(metrics) == METRIC_KEYS
     assert all(0.0 <= metrics[k] <= 1.0 for k in METRIC_KEYS - COUNT_KEYS)
     assert Path(metrics["best_ckpt"]).is_file()
+    with open(run / "splits.csv", newline="") as f:
+        test_images = sum(row["split"] == "test" for row in csv.DictReader(f))
+    assert metrics["test/images"] == test_images  # every test image scored once
     report = (run / "classification_report.txt").read_text()
+    assert report.startswith(f"Test split, {test_images} images")
     assert "Positive" in report and "Negative" in report and "support" in report
     return metrics
 
@@ -92,13 +97,13 @@ def test_same_seed_gives_the_same_metrics(custom_cnn_run, tmp_path, tiny_data):
 
 
 def test_multirun_sweep_through_train_py(tmp_path, tiny_data):
-    sweep = tmp_path / "sweep"
+    # as a user types it: no paths, no hydra.sweep.dir (Hydra 1.3 resolves the sweep folder
+    # before ${hydra:runtime.cwd} is set; conf/paths uses ${cwd:})
     result = run_train_py([
-        "-m", "debug=fast", "backbone=custom_cnn,mobilenetv2", "backbone.pretrained=false",
-        f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
-        f"hydra.sweep.dir={sweep}",
-    ])
+        "-m", "debug=fast", "backbone=custom_cnn,mobilenetv2", "backbone.pretrained=false", f"data.root={tiny_data}",
+    ], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [sweep] = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1"], "one folder per job"
     names = []

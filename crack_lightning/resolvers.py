@@ -1,0 +1,31 @@
+"""OmegaConf resolvers the configs in conf/ use; registered when crack_lightning is imported."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import OmegaConf
+
+
+def _cwd() -> str:
+    """``${cwd:}``: the folder the command was started in (``hydra.job.chdir`` is false).
+    ``${hydra:runtime.cwd}`` is not set yet when Hydra 1.3 resolves ``hydra.sweep.dir``,
+    so a multirun whose paths used it stopped before its first job (Hydra issue 2247)."""
+    return os.getcwd()
+
+
+def _run_dir(resume: str | None, new_run_dir: str) -> str:
+    """``hydra.run.dir``: the resumed run's folder, else a new one. (``oc.select`` cannot
+    do this: it returns the default only for a *missing* key, and ``resume`` is null.)"""
+    return new_run_dir if resume is None else resume
+
+
+def _resume_subdir(resume: str | None, now: str) -> str:
+    """``hydra.output_subdir``: a resumed run keeps the ``.hydra/`` of its first start (the
+    config it is checked against) and gets ``.hydra/resumed_<time>/`` for its own."""
+    return ".hydra" if resume is None else f".hydra/resumed_{now}"
+
+
+for _name, _resolver in (("cwd", _cwd), ("run_dir", _run_dir), ("resume_subdir", _resume_subdir)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
