@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -53,10 +54,20 @@ def _multirun_job_dir() -> Path | None:
     return Path(hydra_cfg.runtime.output_dir)
 
 
+def _worst_value(cfg) -> float:
+    """What a failed job (or one without a result) returns to the sweeper: the worst value
+    for ``monitor_mode``. Hydra's Optuna sweeper needs a number -- on None it fails the
+    study, and Optuna refuses NaN -- while an infinity is recorded as a bad trial and the
+    search goes on. The basic sweeper ignores return values."""
+    mode = cfg.get("monitor_mode", "min") if cfg is not None else "min"
+    return float("-inf") if mode == "max" else float("inf")
+
+
 def tolerate_job_failure(task):
     """Decorate a task function: in a multirun, a job's exception is written to
-    ``<job dir>/error.txt`` (one line) and logged, and the task returns None so the
-    next job runs; ``<job dir>/job.json`` records status, wall time and return value.
+    ``<job dir>/error.txt`` (one line) and logged, and the task returns the worst value
+    for ``monitor_mode`` (±inf) so the next job or trial runs; ``<job dir>/job.json``
+    records status, wall time and the real return value (null for a failure).
     Outside a multirun the task runs unchanged (errors propagate as before)."""
 
     @functools.wraps(task)
@@ -69,6 +80,8 @@ def tolerate_job_failure(task):
         try:
             value = task(*args, **kwargs)
             record["return_value"] = float(value) if isinstance(value, (int, float)) else None
+            if record["return_value"] is None or math.isnan(record["return_value"]):
+                return _worst_value(args[0] if args else kwargs.get("cfg"))
             return value
         except Exception as err:  # KeyboardInterrupt still ends the sweep
             reason = one_line_reason(err)
@@ -79,7 +92,7 @@ def tolerate_job_failure(task):
                 log.error("Job failed: %s", reason)
             with atomic_path(job_dir / ERROR_FILE) as tmp:
                 tmp.write_text(reason + "\n")
-            return None
+            return _worst_value(args[0] if args else kwargs.get("cfg"))
         finally:
             record["wall_time_s"] = round(time.perf_counter() - start, 3)
             _write_json(job_dir / JOB_FILE, record)

@@ -1,0 +1,137 @@
+"""Hyperparameter search: `python train.py -m hparams_search=optuna` runs Hydra's Optuna sweeper
+over the real train.py; the sweeper's best trial is the best of the jobs' returned values.
+
+Needs the `search` extra (hydra-optuna-sweeper, optuna<3, SQLAlchemy<2), which `make install` installs.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, run_train_py
+
+# `make install` installs the search extra; without it these tests fail rather than skip
+sweeper_impl = importlib.import_module("hydra_plugins.hydra_optuna_sweeper._impl")
+
+# the search space of conf/hparams_search/optuna.yaml, by the key each trial overrides
+SEARCHED = {"model.lr", "finetune.backbone_lr_ratio", "finetune.unfreeze_at_epoch", "augmentation", "backbone"}
+
+
+def compose_search(overrides: list[str] = ()):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=["hparams_search=optuna", *overrides], return_hydra_config=True)
+
+
+def test_search_space_names_real_keys_and_direction_follows_monitor_mode():
+    """Every searched key exists in the train config (a renamed key would otherwise be added
+    silently or fail every trial), every range parses, and the direction follows monitor_mode."""
+    cfg = compose_search()
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert sweeper.sampler.seed is not None and sweeper.n_jobs == 1 and sweeper.storage is None
+    assert sweeper.direction == "minimize" and cfg.monitor_mode == "min"
+    assert compose_search(["monitor=val/auroc", "monitor_mode=max"]).hydra.sweeper.direction == "maximize"
+
+    params = dict(sweeper.params)
+    assert set(params) == SEARCHED
+    distributions, fixed = sweeper_impl.create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
+    assert set(distributions) == SEARCHED and not fixed
+    for key in SEARCHED:
+        if (CONF / key).is_dir():  # a config group: every choice is one of its files
+            assert set(distributions[key].choices) <= {p.stem for p in (CONF / key).glob("*.yaml")}, key
+        else:
+            assert OmegaConf.select(cfg, key, throw_on_missing=True) is not None, key
+    # train.py refuses unfreeze_at_epoch >= max_epochs: such a trial would fail
+    assert distributions["finetune.unfreeze_at_epoch"].high < cfg.trainer.max_epochs
+    assert distributions["model.lr"].low > 0 and distributions["finetune.backbone_lr_ratio"].low > 0
+
+
+def test_optuna_search_of_three_trials_through_train_py(tmp_path, tiny_data):
+    sweep = tmp_path / "sweep"
+    result = run_train_py([
+        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
+        # narrow the space from the command line: a plain value takes a key out of the search,
+        # a sweep replaces its range (the sweeper appends the command line to its params)
+        "backbone=custom_cnn", "backbone.pretrained=false",
+        "model.lr=tag(log,interval(1e-4,1e-2))", "finetune.unfreeze_at_epoch=int(interval(0,1))",
+        # seconds per trial: tiny images, 2 epochs, no test and no figures
+        "debug=fast", "trainer.max_epochs=2", "test=false", "logger.tensorboard=null",
+        "callbacks.operating_point=null", "callbacks.augmentation_preview=null",
+        f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
+    ])
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Traceback" not in output
+    assert "Directions: ['minimize']" in output  # monitor_mode: min
+
+    # three jobs, each a completed run that returned its best val/loss
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    assert [p.name for p in jobs] == ["0", "1", "2"]
+    values, tried = {}, {}
+    for job in jobs:
+        record = json.loads((job / "job.json").read_text())
+        assert record["status"] == "completed" and isinstance(record["return_value"], float), record
+        values[job.name] = record["return_value"]
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        assert overrides["backbone"] == "custom_cnn"  # the fixed value, not a choice of the space
+        tried[job.name] = {k: v for k, v in overrides.items() if k in SEARCHED - {"backbone"}}
+        assert set(tried[job.name]) == SEARCHED - {"backbone"}
+        assert 1e-4 <= float(tried[job.name]["model.lr"]) <= 1e-2  # the command line's range, not the config's
+        assert tried[job.name]["finetune.unfreeze_at_epoch"] in ("0", "1")
+    assert len({tuple(sorted(t.items())) for t in tried.values()}) == 3, tried  # three distinct trials
+    assert all(math.isfinite(v) for v in values.values()) and len(set(values.values())) > 1, values
+
+    # optimization_results.yaml: the best trial is the job with the lowest value (mode min)
+    # OmegaConf.load: a value written as 1e-05 is a float (PyYAML would read a string)
+    results = OmegaConf.to_container(OmegaConf.load(sweep / "optimization_results.yaml"))
+    assert results["name"] == "optuna"
+    best_job = min(values, key=values.get)
+    assert results["best_value"] == min(values.values()) != max(values.values())
+    assert set(results["best_params"]) == SEARCHED - {"backbone"}
+    for key, value in results["best_params"].items():
+        assert str(value) == tried[best_job][key] or float(value) == float(tried[best_job][key]), key
+
+    # summary.csv (SweepSummary callback) agrees: same best job first, all completed, and each
+    # job's best val/loss from its metrics.csv is the value it returned to the sweeper
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["status"] for r in rows] == ["completed"] * 3
+    assert rows[0]["job"] == best_job
+    for row in rows:
+        assert float(row["best val/loss"]) == pytest.approx(values[row["job"]], rel=1e-5)
+    assert (sweep / "summary.md").is_file()
+
+
+def test_failed_trials_do_not_stop_the_search(tmp_path, tiny_data):
+    """A refused setting (unfreeze epoch >= max_epochs) fails some trials: they count as the
+    worst value (+inf for val/loss), the rest still run, the best is a finished trial, and
+    the command exits 1 because something failed."""
+    sweep = tmp_path / "sweep"
+    result = run_train_py([
+        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}",
+        "backbone=custom_cnn", "backbone.pretrained=false", "model.lr=1e-3", "augmentation=none",
+        "finetune.backbone_lr_ratio=1.0", "finetune.unfreeze_at_epoch=choice(1,5)",
+        "debug=fast", "trainer.max_epochs=2", "test=false", "logger.tensorboard=null",
+        "callbacks.operating_point=null", "callbacks.augmentation_preview=null",
+        f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
+    ])
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    records = {job.name: json.loads((job / "job.json").read_text()) for job in sweep.iterdir() if job.is_dir()}
+    assert len(records) == 4, "every trial ran"
+    failed = [r for r in records.values() if r["status"] == "failed"]
+    finished = [r["return_value"] for r in records.values() if r["status"] == "completed"]
+    assert failed and finished, records  # the seeded sampler tries both choices
+    assert all("unfreeze_at_epoch=5" in r["error"] and r["return_value"] is None for r in failed)
+    results = OmegaConf.to_container(OmegaConf.load(sweep / "optimization_results.yaml"))
+    assert results["best_value"] == min(finished) and results["best_params"] == {"finetune.unfreeze_at_epoch": 1}
+    with open(sweep / "summary.csv", newline="") as f:
+        assert sorted(row["status"] for row in csv.DictReader(f)) == sorted(r["status"] for r in records.values())
