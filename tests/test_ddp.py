@@ -46,65 +46,49 @@ def fit_ddp(strategy, tiny_data, tmp_path):
     trainer.fit(model, make_data(model, tiny_data, tmp_path))
 
 
-def test_train_py_ddp_cpu(tiny_data, tmp_path):
-    """`python train.py trainer=ddp_cpu`: Lightning relaunches train.py for rank 1; the
-    run still has one output folder, both ranks unfreeze at the same epoch and end with
-    identical weights, and the test metrics and report cover each test image once."""
-    logs = tmp_path / "logs"
-    result = run_train_py([
-        "trainer=ddp_cpu", "debug=fast", "backbone=custom_cnn", "backbone.pretrained=false",
-        f"data.root={tiny_data}", "data.split=random",  # 19/2/3: an odd test split
-        f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={logs}",
-    ])
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert [p.relative_to(logs).as_posix() for p in logs.glob("*/*")] == ["train/runs"]
-    [run] = (logs / "train" / "runs").iterdir()  # one run, one folder
-    assert sorted(p.name for p in run.glob("*.log")) == ["train.log", "train_rank1.log"]
-    assert (run / ".hydra" / "config.yaml").is_file()  # written by rank 0 only
-
-    rank_logs = [(run / name).read_text() for name in ("train.log", "train_rank1.log")]
-    for rank, text in enumerate(rank_logs):
-        assert re.search(r"Epoch 2: unfroze \d+ backbone parameter tensors", text), f"rank {rank} did not unfreeze"
-    trainable = [re.search(rf"Rank {rank}: (\d+) trainable parameters.*checksum (\S+)", text).groups()
-                 for rank, text in enumerate(rank_logs)]
-    total = sum(p.numel() for p in load_classifier(run / "checkpoints" / "best.ckpt").model.parameters())
-    assert trainable[0] == trainable[1] and int(trainable[0][0]) == total  # backbone and head training, in step
-    assert "All 2 ranks hold identical weights after training." in rank_logs[0]
-
-    with open(run / "splits.csv", newline="") as f:
-        test_rows = [row for row in csv.DictReader(f) if row["split"] == "test"]
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert len(test_rows) == 3 and metrics["test/images"] == 3  # the sampler would pad to 4
-    cracks = sum(row["label"] == "Positive" for row in test_rows)
-    assert (run / "classification_report.txt").read_text().startswith(f"Test split, 3 images ({cracks} cracks)")
-    assert json.loads((run / "operating_point.json").read_text())["images"] == 2  # the whole val split, once
-
-
 def test_plain_ddp_would_let_ranks_diverge(tiny_data, tmp_path):
     """The reason FinetuneDDPStrategy exists; if this stops failing, the workaround can go."""
     with pytest.raises(Exception, match="ranks diverged"):
         fit_ddp(DDPStrategy(start_method="spawn", process_group_backend="gloo", find_unused_parameters=True), tiny_data, tmp_path)
 
 
-def test_ddp_sweep_gives_each_job_its_own_ranks(tiny_data, tmp_path):
-    """A multirun of DDP jobs: rank 1 of each job runs that job alone (not the sweep again)
-    in the job's folder, and the second job gets fresh processes, not the first job's
-    closed process group."""
+def test_train_py_ddp_cpu_sweep(tiny_data, tmp_path):
+    """`python train.py -m trainer=ddp_cpu ...`, two jobs. Lightning relaunches train.py
+    for rank 1; here that process runs its job alone (not the sweep again) in the job's
+    folder, and the second job gets fresh processes, not the first job's closed process
+    group. In each job both ranks unfreeze at the same epoch and end with identical
+    weights, and the test metrics and report cover each test image once."""
     logs = tmp_path / "logs"
     result = run_train_py([
         "-m", "trainer=ddp_cpu", "debug=fast", "backbone=custom_cnn", "backbone.pretrained=false",
-        "trainer.max_epochs=1", "finetune=frozen", "callbacks.error_gallery=null",
-        f"data.root={tiny_data}", f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={logs}",
-        "model.lr=1e-3,3e-4",
+        "callbacks.error_gallery=null", "callbacks.augmentation_preview=null",
+        f"data.root={tiny_data}", "data.split=random",  # 19/2/3: an odd test split
+        f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={logs}", "model.lr=1e-3,3e-4",
     ])
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     [sweep] = (logs / "train" / "multiruns").iterdir()
-    assert not (logs / "train" / "runs").exists()  # no child started a run of its own
+    assert not (logs / "train" / "runs").exists()  # no rank started a run of its own
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [job.name for job in jobs] == ["0", "1"]
-    for job in jobs:
-        assert sorted(p.name for p in job.glob("*.log")) == ["train.log", "train_rank1.log"]
-        assert "All 2 ranks hold identical weights after training." in (job / "train.log").read_text()
-        assert json.loads((job / "metrics.json").read_text())["test/images"] > 0
     with open(sweep / "summary.csv", newline="") as f:
         assert [row["status"] for row in csv.DictReader(f)] == ["completed", "completed"]
+
+    for run in jobs:  # one job, one folder, both ranks' logs in it
+        assert sorted(p.name for p in run.glob("*.log")) == ["train.log", "train_rank1.log"]
+        assert (run / ".hydra" / "config.yaml").is_file()  # written by rank 0 only
+        rank_logs = [(run / name).read_text() for name in ("train.log", "train_rank1.log")]
+        for rank, text in enumerate(rank_logs):
+            assert re.search(r"Epoch 2: unfroze \d+ backbone parameter tensors", text), f"rank {rank} did not unfreeze"
+        trainable = [re.search(rf"Rank {rank}: (\d+) trainable parameters.*checksum (\S+)", text).groups()
+                     for rank, text in enumerate(rank_logs)]
+        total = sum(p.numel() for p in load_classifier(run / "checkpoints" / "best.ckpt").model.parameters())
+        assert trainable[0] == trainable[1] and int(trainable[0][0]) == total  # backbone and head training, in step
+        assert "All 2 ranks hold identical weights after training." in rank_logs[0]
+
+        with open(run / "splits.csv", newline="") as f:
+            test_rows = [row for row in csv.DictReader(f) if row["split"] == "test"]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert len(test_rows) == 3 and metrics["test/images"] == 3  # the sampler would pad to 4
+        cracks = sum(row["label"] == "Positive" for row in test_rows)
+        assert (run / "classification_report.txt").read_text().startswith(f"Test split, 3 images ({cracks} cracks)")
+        assert json.loads((run / "operating_point.json").read_text())["images"] == 2  # the whole val split, once
