@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data.fingerprints import pool_context
+from crack_lightning.data.fingerprints import new_pool
 from crack_lightning.files import atomic_path, files_key
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def build(paths: list[Path], file: Path, size: tuple[int, int], interpolation: s
         jobs = [(str(tmp), s, [str(p) for p in paths[s:s + step]], tuple(size), interpolation)
                 for s in range(0, len(paths), step)]
         if workers > 1:
-            with pool_context().Pool(workers) as pool:
+            with new_pool(workers) as pool:
                 failed = [f for part in pool.imap(_decode_rows, jobs) for f in part]
         else:
             failed = [f for job in jobs for f in _decode_rows(job)]

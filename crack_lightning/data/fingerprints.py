@@ -26,6 +26,7 @@ import hashlib
 import io
 import multiprocessing as mp
 import os
+import signal
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -203,6 +204,18 @@ def pool_context():
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
+def _reset_sigterm() -> None:
+    # Pool.terminate() (the end of `with Pool()`) stops workers with SIGTERM. Under
+    # submitit (local or SLURM jobs) a forked worker inherits a handler that only logs
+    # SIGTERM, so the job waited forever on its own pool (helper-10 found it).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def new_pool(workers: int):
+    """A process pool of ``workers`` (see :func:`pool_context`) that ``terminate()`` can end."""
+    return pool_context().Pool(workers, initializer=_reset_sigterm)
+
+
 def _fingerprint_job(job):
     path, extra = job
     return fingerprint_file(path, extra)
@@ -254,7 +267,7 @@ def fingerprint_files(paths: Iterable, workers: int | None = None,
     chunk = _chunksize(len(paths), workers)
     # The pool forks before any progress-bar thread starts: forking a process that
     # runs threads can deadlock the children.
-    with pool_context().Pool(workers) as pool:
+    with new_pool(workers) as pool:
         results = pool.imap(_fingerprint_job, [(p, extra) for p in paths], chunksize=chunk)
         out = []
         with progress_bar(len(paths), "fingerprinting", progress) as advance:
@@ -392,7 +405,7 @@ def verify_pairs(paths: Sequence, pairs: np.ndarray, workers: int | None = None,
                 results.extend(_verify_chunk(job))
                 advance(len(job[0]))
     else:
-        with pool_context().Pool(workers) as pool:
+        with new_pool(workers) as pool:
             it = pool.imap(_verify_chunk, jobs)
             with progress_bar(len(pairs), "checking near-duplicate candidates", progress) as advance:
                 for res in it:

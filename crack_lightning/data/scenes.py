@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from crack_lightning.data import synthetic
-from crack_lightning.data.fingerprints import pool_context
+from crack_lightning.data.fingerprints import new_pool
 
 SCENES_CSV = synthetic.SCENES_CSV
 
@@ -90,7 +90,7 @@ def generate_scenes(root: Path, per_class: int, seed: int, size: int, tiles: int
     batch = 8 * max(1, workers)
     pool = None
     if workers > 1:
-        pool = pool_context().Pool(workers)
+        pool = new_pool(workers)
     try:
         start = 0
         while any(need.values()):

@@ -312,9 +312,9 @@ def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwr
     else:
         jobs = [(str(root), k, i, int(seed), int(size)) for k in range(len(CLASSES)) for i in range(per_class)]
         if workers > 1:
-            from crack_lightning.data.fingerprints import pool_context
+            from crack_lightning.data.fingerprints import new_pool
 
-            with pool_context().Pool(workers) as pool:
+            with new_pool(workers) as pool:
                 pool.map(_render_to, jobs, chunksize=32)
         else:
             for job in jobs:
