@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache
