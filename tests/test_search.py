@@ -54,6 +54,15 @@ def test_search_space_names_real_keys_and_direction_follows_monitor_mode():
     assert distributions["model.lr"].low > 0 and distributions["finetune.backbone_lr_ratio"].low > 0
 
 
+def fast_trials(tmp_path, data_root) -> list[str]:
+    """Seconds per trial: tiny images, 2 epochs, no test and no figures."""
+    return [
+        "debug=fast", "trainer.max_epochs=2", "test=false", "logger.tensorboard=null",
+        "callbacks.operating_point=null", "callbacks.augmentation_preview=null",
+        f"data.root={data_root}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
+    ]
+
+
 def test_optuna_search_of_three_trials_through_train_py(tmp_path, tiny_data):
     sweep = tmp_path / "sweep"
     result = run_train_py([
@@ -62,10 +71,7 @@ def test_optuna_search_of_three_trials_through_train_py(tmp_path, tiny_data):
         # a sweep replaces its range (the sweeper appends the command line to its params)
         "backbone=custom_cnn", "backbone.pretrained=false",
         "model.lr=tag(log,interval(1e-4,1e-2))", "finetune.unfreeze_at_epoch=int(interval(0,1))",
-        # seconds per trial: tiny images, 2 epochs, no test and no figures
-        "debug=fast", "trainer.max_epochs=2", "test=false", "logger.tensorboard=null",
-        "callbacks.operating_point=null", "callbacks.augmentation_preview=null",
-        f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
+        *fast_trials(tmp_path, tiny_data),
     ])
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -119,9 +125,7 @@ def test_failed_trials_do_not_stop_the_search(tmp_path, tiny_data):
         "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
         "backbone=custom_cnn", "backbone.pretrained=false", "model.lr=1e-3", "augmentation=none",
         "finetune.backbone_lr_ratio=1.0", "finetune.unfreeze_at_epoch=choice(1,5)",
-        "debug=fast", "trainer.max_epochs=2", "test=false", "logger.tensorboard=null",
-        "callbacks.operating_point=null", "callbacks.augmentation_preview=null",
-        f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
+        *fast_trials(tmp_path, tiny_data),
     ])
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]

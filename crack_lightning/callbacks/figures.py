@@ -91,15 +91,15 @@ class TestReport(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # under DDP each rank scored its own shard: gather the whole split (rank 0's
         # images come first, so its image pool still lines up with the probabilities)
-        self._probs, self._raw, self._targets = (
-            [gather_uneven(torch.cat(parts), pl_module.device).cpu()] for parts in (self._probs, self._raw, self._targets)
+        self._split = tuple(
+            gather_uneven(torch.cat(parts), pl_module.device).cpu() for parts in (self._probs, self._raw, self._targets)
         )
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         names = dm.class_names
-        probs, raw, targets = self._probs[0], self._raw[0], self._targets[0]
+        probs, raw, targets = self._split
         threshold = float(pl_module.threshold)
         thresholds = {"default": 0.5, "operating": threshold}
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -75,13 +75,14 @@ def tolerate_job_failure(task):
         job_dir = _multirun_job_dir()
         if job_dir is None:
             return task(*args, **kwargs)
+        worst = _worst_value(args[0] if args else kwargs.get("cfg"))
         start = time.perf_counter()
         record = {"status": "completed", "error": None, "return_value": None}
         try:
             value = task(*args, **kwargs)
             record["return_value"] = float(value) if isinstance(value, (int, float)) else None
             if record["return_value"] is None or math.isnan(record["return_value"]):
-                return _worst_value(args[0] if args else kwargs.get("cfg"))
+                return worst
             return value
         except Exception as err:  # KeyboardInterrupt still ends the sweep
             reason = one_line_reason(err)
@@ -92,7 +93,7 @@ def tolerate_job_failure(task):
                 log.error("Job failed: %s", reason)
             with atomic_path(job_dir / ERROR_FILE) as tmp:
                 tmp.write_text(reason + "\n")
-            return _worst_value(args[0] if args else kwargs.get("cfg"))
+            return worst
         finally:
             record["wall_time_s"] = round(time.perf_counter() - start, 3)
             _write_json(job_dir / JOB_FILE, record)
