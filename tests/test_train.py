@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from crack_lightning.train import train
@@ -94,29 +93,6 @@ def test_same_seed_gives_the_same_metrics(custom_cnn_run, tmp_path, tiny_data):
     second = json.loads((tmp_path / "run" / "metrics.json").read_text())
     first.pop("best_ckpt"), second.pop("best_ckpt")
     assert first == second
-
-
-def test_multirun_sweep_through_train_py(tmp_path, tiny_data):
-    # as a user types it: no paths, no hydra.sweep.dir (Hydra 1.3 resolves the sweep folder
-    # before ${hydra:runtime.cwd} is set; conf/paths uses ${cwd:})
-    result = run_train_py([
-        "-m", "debug=fast", "backbone=custom_cnn,mobilenetv2", "backbone.pretrained=false", f"data.root={tiny_data}",
-    ], cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    [sweep] = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
-    assert [p.name for p in jobs] == ["0", "1"], "one folder per job"
-    names = []
-    for job in jobs:
-        check_run_folder(job)
-        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        names.append(config["backbone"]["name"])
-        assert f"backbone={ {'custom_cnn': 'custom_cnn', 'mobilenetv2_100': 'mobilenetv2'}[names[-1]] }" in overrides
-    assert names == ["custom_cnn", "mobilenetv2_100"]
-    # the same seed gives both jobs the same split, so their test numbers are comparable
-    assert (jobs[0] / "splits.csv").read_text() == (jobs[1] / "splits.csv").read_text()
-    assert (sweep / "multirun.yaml").is_file()
 
 
 def test_train_py_user_error_is_one_clear_line(tmp_path, tiny_data):
