@@ -8,9 +8,9 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from crack_lightning.callbacks.figures import log_figure
+from crack_lightning.callbacks.figures import publish_figure
 from crack_lightning.evaluation.gradcam import gradcam_figure
-from crack_lightning.plots import denormalize, image_grid_figure, save_figure
+from crack_lightning.plots import denormalize, image_grid_figure
 from crack_lightning.trainer.distributed import gather_objects
 
 
@@ -80,8 +80,6 @@ class ErrorGallery(L.Callback):
                 shown[mistakes], [titles[i] for i in mistakes], [colors[i] for i in mistakes],
                 suptitle=f"Most confident mistakes at threshold {threshold:.3g}",
             )
-            save_figure(fig, self.output_dir / "errors.png")
-            log_figure(trainer, "test/errors", fig)
+            publish_figure(trainer, fig, self.output_dir / "errors.png", "test/errors")
         fig = gradcam_figure(pl_module, images, dm.mean, dm.std, titles, colors)
-        save_figure(fig, self.output_dir / "gradcam.png")
-        log_figure(trainer, "test/gradcam", fig)
+        publish_figure(trainer, fig, self.output_dir / "gradcam.png", "test/gradcam")

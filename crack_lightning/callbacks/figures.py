@@ -19,15 +19,19 @@ from crack_lightning.plots import (
     denormalize,
     image_grid_figure,
     reliability_figure,
-    save_figure,
+    render_figure,
+    save_pixels,
 )
 
 
-def log_figure(trainer: L.Trainer, tag: str, fig: Figure) -> None:
-    """Send ``fig`` to every TensorBoard logger of ``trainer``."""
+def publish_figure(trainer: L.Trainer, fig: Figure, path: Path, tag: str) -> None:
+    """Draw ``fig`` once: the PNG at ``path`` and the same pixels under ``tag`` in every
+    TensorBoard logger of ``trainer``."""
+    pixels = render_figure(fig)
+    save_pixels(pixels, path)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(tag, fig, global_step=trainer.global_step, close=False)
+            logger.experiment.add_image(tag, pixels, global_step=trainer.global_step, dataformats="HWC")
 
 
 class AugmentationPreview(L.Callback):
@@ -54,8 +58,7 @@ class AugmentationPreview(L.Callback):
         images = denormalize(images, dm.mean, dm.std)
         titles = [dm.class_names[label] for label in labels]
         fig = image_grid_figure(images, titles, suptitle="Augmented training images")
-        save_figure(fig, self.output_dir / "augmentation_preview.png")
-        log_figure(trainer, "train/augmentation_preview", fig)
+        publish_figure(trainer, fig, self.output_dir / "augmentation_preview.png", "train/augmentation_preview")
 
 
 class TestReport(L.Callback):
@@ -117,8 +120,7 @@ class TestReport(L.Callback):
             "test_predictions": self._prediction_grid(torch.cat(self._images), probs, preds, targets, names, dm.mean, dm.std),
         }
         for name, fig in figures.items():
-            save_figure(fig, self.output_dir / f"{name}.png")
-            log_figure(trainer, f"test/{name.removeprefix('test_')}", fig)
+            publish_figure(trainer, fig, self.output_dir / f"{name}.png", f"test/{name.removeprefix('test_')}")
 
     def _report(self, probs, raw, targets, names, thresholds: dict, point: dict) -> str:
         y = targets.numpy()

@@ -28,9 +28,8 @@ from PIL import Image, ImageOps
 
 from crack_lightning.data.dataset import to_rgb
 from crack_lightning.files import atomic_path
-from crack_lightning.plots import overlay_heatmap, save_figure
+from crack_lightning.plots import DPI, overlay_heatmap, save_figure
 
-DPI = 110  # save_figure's
 ORIENTATION = 0x0112  # EXIF tag
 TILE_COLUMNS = ["top", "left", "height", "width", "crack_probability"]
 
