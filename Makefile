@@ -43,8 +43,11 @@ validate: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(ARGS)
 
+# One intra-op thread per process: the workers (and the train.py processes they start) already
+# keep the cores busy; with torch's default of one thread per core they oversubscribe them --
+# 4 min 41 s against 3 min 32 s on 2 cores, and a third more CPU time.
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache
