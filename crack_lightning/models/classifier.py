@@ -144,12 +144,12 @@ class CrackClassifier(L.LightningModule):
         """Calibrated probability of the crack class (temperature 1 until calibrated)."""
         return (logits.detach().float() / self.temperature).softmax(dim=-1)[:, 1]
 
-    def _step(self, batch, stage: str) -> dict[str, torch.Tensor]:
+    def _step(self, batch, stage: str, batch_idx: int = 0) -> dict[str, torch.Tensor] | None:
         images, targets = batch
         logits = self(images)
         loss = self.criterion(logits, targets)
-        if stage == "train" and not torch.isfinite(loss):
-            return {"loss": loss}  # training_step decides; nothing logged from a broken batch
+        if stage == "train" and not torch.isfinite(loss):  # the step's one host sync
+            return self._nonfinite_loss(loss, batch_idx)  # nothing logged from a broken batch
         probs = self.crack_probability(logits)
         # metrics are updated per batch and logged once per epoch (_log_epoch_metrics):
         # logging the metric objects every step cost ~13 ms of Lightning bookkeeping per
@@ -197,15 +197,16 @@ class CrackClassifier(L.LightningModule):
         })
 
     def training_step(self, batch, batch_idx: int):
-        out = self._step(batch, "train")
-        if torch.isfinite(out["loss"]):
-            return out
+        return self._step(batch, "train", batch_idx)
+
+    def _nonfinite_loss(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """A NaN/inf training loss: skip the batch or stop, as model.on_nonfinite_loss says."""
         where = f"epoch {self.current_epoch}, step {self.global_step} (batch {batch_idx})"
         if self.hparams.on_nonfinite_loss == "skip":
-            rank_zero_warn(f"train/loss is {float(out['loss'].detach())} at {where}: batch skipped (model.on_nonfinite_loss=skip).")
+            rank_zero_warn(f"train/loss is {float(loss.detach())} at {where}: batch skipped (model.on_nonfinite_loss=skip).")
             return None  # Lightning skips backward and the optimizer step
         raise NonFiniteLossError(
-            f"train/loss is {float(out['loss'].detach())} at {where}; stopped before it reached the weights, "
+            f"train/loss is {float(loss.detach())} at {where}; stopped before it reached the weights, "
             f"so checkpoints/last.ckpt is the last good state. Lower model.lr, set trainer.gradient_clip_val=1.0, "
             f"or skip such batches with model.on_nonfinite_loss=skip."
         )
