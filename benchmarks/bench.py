@@ -16,7 +16,9 @@ decoded cache (the default data path):
   (``finetune=frozen`` / ``finetune=full``), logging on, no validation;
 * **model alone**: the plain loop's step on one fixed random batch, no data path at all
   (how ``../shared/reference.md`` measured its CPU ceilings) -- what the hardware gives;
-* **data**: the data path alone -- loader plus on-device augmentation;
+* **loader**: the training loader alone -- batches the host hands over;
+* **data**: the data path alone -- loader plus the device step (transfer, gather from a
+  resident cache on a GPU, batch augmentation);
 * **infer**: evaluation forward passes (no_grad) over the validation loader.
 
 Throughput is the batch size over the median step time after ``--warmup`` steps
@@ -89,6 +91,13 @@ def build(args, backbone: str, phase: str, root: Path, out: Path):
     return cfg, model, dm, instantiate(cfg.finetune)
 
 
+def to_device(dm, images, labels, device, training: bool):
+    """The Trainer's path for a loader batch: transfer, then the data module's device
+    step (resident-cache gather on a GPU, batch augmentation or normalisation)."""
+    batch = (images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+    return dm.device_batch(batch, training=training)
+
+
 def _batches(loader):
     """Batches of ``loader`` epoch after epoch (the caller stops)."""
     while True:
@@ -104,7 +113,6 @@ def plain_loop(args, model, dm, frozen: bool) -> float:
         model.backbone.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    augment = dm.batch_transforms["train"].to(device)
     amp = device.type == "cuda"
     marks = []
     for step, (images, labels) in enumerate(_batches(dm.train_dataloader())):
@@ -112,8 +120,7 @@ def plain_loop(args, model, dm, frozen: bool) -> float:
         marks.append(time.perf_counter())
         if step > args.warmup + args.steps:
             break
-        images = augment(images.to(device, non_blocking=True).permute(0, 3, 1, 2))
-        labels = labels.to(device, non_blocking=True)
+        images, labels = to_device(dm, images, labels, device, training=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = torch.nn.functional.cross_entropy(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -157,16 +164,18 @@ def trainer_fit(args, cfg, model, dm, finetune) -> float:
     return rate(timer.marks, args.warmup, args.batch_size)
 
 
-def data_path(args, dm) -> float:
+def data_path(args, dm, device_step: bool = True) -> float:
+    """Training batches per second over an epoch: delivered by the loader alone, or
+    (``device_step``) on the device and augmented, ready for the model."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    augment = dm.batch_transforms["train"].to(device)
     count, start = 0, None
     for step, (images, labels) in enumerate(dm.train_dataloader()):
         if step == args.warmup:
             _sync()
             start = time.perf_counter()
         if start is not None:
-            augment(images.to(device, non_blocking=True).permute(0, 3, 1, 2))
+            if device_step:
+                to_device(dm, images, labels, device, training=True)
             count += len(labels)
     _sync()
     return count / (time.perf_counter() - start)
@@ -176,19 +185,18 @@ def data_path(args, dm) -> float:
 def inference(args, model, dm) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    normalise = dm.batch_transforms["eval"].to(device)
     count, start = 0, None
     loader = dm.train_dataloader()  # the biggest split, without its augmentation
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        for step, (images, _) in enumerate(_batches(loader)):
+        for step, (images, labels) in enumerate(_batches(loader)):
             if step == args.warmup:
                 _sync()
                 start = time.perf_counter()
             if step >= args.warmup + args.steps:
                 break
-            model(normalise(images.to(device, non_blocking=True).permute(0, 3, 1, 2)))
+            model(to_device(dm, images, labels, device, training=False)[0])
             if start is not None:
-                count += len(images)
+                count += len(labels)
     _sync()
     return count / (time.perf_counter() - start)
 
@@ -234,16 +242,19 @@ def main() -> None:
             plain = max(plain, plain_loop(args, model, dm, frozen=phase == "frozen"))
             alone = model_alone(args, model, frozen=phase == "frozen")
             model, dm = fresh, fresh_dm
-            data = data_path(args, dm) if phase == "frozen" else None
-            infer = inference(args, model, dm) if phase == "frozen" else None
-            rows.append((backbone, phase, alone, plain, fw, data, infer))
+            frozen = phase == "frozen"
+            loader = data_path(args, dm, device_step=False) if frozen else None
+            data = data_path(args, dm) if frozen else None
+            infer = inference(args, model, dm) if frozen else None
+            rows.append((backbone, phase, alone, plain, fw, loader, data, infer))
             print(f"{backbone:12} {phase:9} alone {alone:7.1f}  plain {plain:7.1f}  trainer {fw:7.1f} ({fw / plain:.2f}x)"
-                  + (f"  data {data:8.1f}  infer {infer:7.1f}" if data else ""), flush=True)
-    table = ["| backbone | phase | model alone img/s | plain loop img/s | Trainer img/s | Trainer / plain | data path img/s | inference img/s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for backbone, phase, alone, plain, fw, data, infer in rows:
+                  + (f"  loader {loader:8.1f}  data {data:8.1f}  infer {infer:7.1f}" if frozen else ""), flush=True)
+    table = ["| backbone | phase | model alone img/s | plain loop img/s | Trainer img/s | Trainer / plain "
+             "| loader img/s | data path img/s | inference img/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for backbone, phase, alone, plain, fw, loader, data, infer in rows:
         table.append(f"| {backbone} | {phase} | {alone:.1f} | {plain:.1f} | {fw:.1f} | {fw / plain:.2f} | "
-                     f"{f'{data:.0f}' if data else '—'} | {f'{infer:.1f}' if infer else '—'} |")
+                     + " | ".join(f"{v:.0f}" if v else "—" for v in (loader, data)) + f" | {f'{infer:.1f}' if infer else '—'} |")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     settings = (f"{args.image_size} px, batch {args.batch_size}, {2 * args.per_class} synthetic images "
                 f"(decoded cache), {args.steps} timed steps after {args.warmup}, channels_last, "

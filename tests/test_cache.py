@@ -20,9 +20,9 @@ DATA_CONFIG = {"input_size": (3, 48, 48), "interpolation": "bicubic", "mean": (0
                "std": (0.229, 0.224, 0.225)}
 
 
-def _datamodule(root, tmp_path, cache: bool, name="run"):
+def _datamodule(root, tmp_path, cache: bool, name="run", **kwargs):
     dm = CrackDataModule(str(root), DATA_CONFIG, split="random", split_file=str(tmp_path / name / "splits.csv"),
-                         cache_dir=str(tmp_path / "cache"), cache=cache, num_workers=0, batch_size=4)
+                         cache_dir=str(tmp_path / "cache"), cache=cache, num_workers=0, batch_size=4, **kwargs)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -160,3 +160,60 @@ def test_every_split_of_a_dataset_shares_one_cache(tiny_data, tmp_path, monkeypa
         image, got_label = other.test_dataset[i]
         assert got_label == label == sample.label
         assert torch.allclose(other.batch_transforms["eval"](image.permute(2, 0, 1)[None])[0], ref, atol=1e-5)
+
+
+def test_loaders_gather_whole_batches_of_the_same_images(tiny_data, tmp_path):
+    """A batch is one gather from the array (DecodedImages.__getitems__), not an image at a
+    time: the same pixels, labels and order as indexing image by image."""
+    dm = _datamodule(tiny_data, tmp_path, cache=True)
+    dataset = dm.train_dataset
+    images, labels = dataset.__getitems__([5, 2, 7, 2])
+    assert images.dtype == torch.uint8 and images.shape == (4, 48, 48, 3)
+    assert torch.equal(images, torch.stack([dataset[i][0] for i in (5, 2, 7, 2)]))
+    assert labels.tolist() == [dataset[i][1] for i in (5, 2, 7, 2)]
+    batches = list(dm.val_dataloader())  # unshuffled: the split's order, batch after batch
+    assert torch.equal(torch.cat([b[0] for b in batches]), torch.stack([img for img, _ in dm.val_dataset]))
+    assert torch.cat([b[1] for b in batches]).tolist() == dm.val_dataset.labels
+    assert sum(len(b[1]) for b in dm.train_dataloader()) == len(dataset) // 4 * 4  # drop_last
+
+
+def test_cache_on_the_device_serves_the_same_batches_from_row_numbers(tiny_data, tmp_path, monkeypatch):
+    """cache_on_device=true (here the device is the CPU): the whole cache is copied once,
+    loaders carry row numbers, and device_batch turns them into the very batches of the
+    host path -- augmented with the same random draws, or normalised."""
+    monkeypatch.setattr(decoded.ResidentImages, "CHUNK", 5)  # several uploads, the last one partial
+    host = _datamodule(tiny_data, tmp_path, cache=True, augmentation=FlipRotate(0.5, 0.5, 20.0))
+    resident = _datamodule(tiny_data, tmp_path, cache=True, augmentation=FlipRotate(0.5, 0.5, 20.0),
+                           cache_on_device=True)
+    assert host.resident is None, "auto: a CPU run keeps the memory-mapped cache"
+    assert torch.equal(resident.resident.on(torch.device("cpu")), torch.from_numpy(np.array(resident.train_dataset.array)))
+    for name, training in (("val", False), ("train", True)):
+        rows = resident.train_dataset.rows[:8] if training else resident.val_dataset.rows
+        indices = list(range(len(rows)))
+        dataset = getattr(resident, f"{name}_dataset")
+        batch = dataset.__getitems__(indices)
+        assert batch[0].dtype == torch.int64 and batch[0].tolist() == rows.tolist()
+        torch.manual_seed(3)
+        got_images, got_labels = resident.device_batch(batch, training=training)
+        torch.manual_seed(3)
+        want_images, want_labels = host.device_batch(getattr(host, f"{name}_dataset").__getitems__(indices), training=training)
+        assert torch.equal(got_labels, want_labels) and torch.equal(got_images, want_images), name
+        assert got_images.dtype == torch.float32 and got_images.shape == (len(rows), 3, 48, 48)
+
+
+def test_training_runs_from_a_cache_on_the_device(tiny_data, tmp_path, monkeypatch):
+    """The real task with data.cache_on_device=true: every training, validation and test
+    batch is gathered from the resident copy (row numbers in, images out)."""
+    from crack_lightning.train import train
+    from tests.conftest import compose_cfg
+
+    served = []
+    gather = decoded.ResidentImages.__call__
+    monkeypatch.setattr(decoded.ResidentImages, "__call__", lambda self, rows: served.append(len(rows)) or gather(self, rows))
+    best = train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn", "data.cache_on_device=true",
+                                                  "callbacks.error_gallery=null"]))
+    assert best is not None and np.isfinite(best)
+    metrics = __import__("json").loads((tmp_path / "run" / "metrics.json").read_text())
+    # debug=fast: 3 epochs of two training batches of 8 (the last partial one dropped), then
+    # validation, and the test split last, in one batch
+    assert served.count(8) == 3 * 2 and metrics["test/images"] > 0 and served[-1] == metrics["test/images"]

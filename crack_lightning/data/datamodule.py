@@ -13,7 +13,7 @@ from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_t
 from crack_lightning import CrackLightningError
 from crack_lightning.data import screening
 from crack_lightning.data.dataset import ImageListDataset, resolve_class_names
-from crack_lightning.data.decoded import for_splits, split_datasets
+from crack_lightning.data.decoded import DecodedImages, ResidentImages, collate_gathered, for_splits, split_datasets
 from crack_lightning.data.fingerprints import available_cores
 from crack_lightning.files import atomic_path, files_key
 from crack_lightning.trainer.distributed import eval_sampler
@@ -41,6 +41,9 @@ class CrackDataModule(L.LightningDataModule):
         cache: decode every image once into a memory-mapped uint8 array in ``cache_dir``
             (:mod:`~crack_lightning.data.decoded`) and augment whole batches on the
             device; ``"auto"``: on when ``cache_dir`` is set. ``False``: read JPEGs each epoch.
+        cache_on_device: copy the whole decoded cache to the training device once and send
+            only row numbers per batch (:class:`~crack_lightning.data.decoded.ResidentImages`);
+            ``"auto"``: on a CUDA device when the cache takes at most 40% of its free memory.
         positive_class: the crack folder's name; inferred from common names when ``None``.
         split: ``"random"`` (stratified by image) or ``"grouped"``: patches that look
             cut from the same photo (matching borders, near-duplicates; see
@@ -84,6 +87,7 @@ class CrackDataModule(L.LightningDataModule):
         persistent_workers: bool | str = "auto",
         synthetic: dict | None = None,
         cache: bool | str = "auto",
+        cache_on_device: bool | str = "auto",
         on_bad_file: str = "skip",
         min_image_side: int = 32,
         max_image_pixels: int = 89_478_485,
@@ -116,6 +120,8 @@ class CrackDataModule(L.LightningDataModule):
         self.persistent_workers = (
             self.num_workers > 0 if persistent_workers == "auto" else bool(persistent_workers)
         )
+        self.cache_on_device = cache_on_device
+        self.resident: ResidentImages | None = None
         self.synthetic = dict(synthetic) if synthetic else None
         self.on_bad_file = screening.check_policy(on_bad_file)
         self.screen_options = {"min_side": int(min_image_side), "max_pixels": int(max_image_pixels)}
@@ -185,6 +191,7 @@ class CrackDataModule(L.LightningDataModule):
         augmentation = self.augmentation or FlipRotate(0.0, 0.0, 0.0)
         if self.cache:  # (a build here, without prepare_data, may use every core: nothing else runs yet)
             datasets = split_datasets(self.splits, self.cache_dir, self.data_config, available_cores())
+            self._place_cache(datasets)
             self.train_dataset, self.val_dataset, self.test_dataset = (datasets[k] for k in ("train", "val", "test"))
             self.batch_transforms = {
                 "train": augmentation.batch(self.data_config),
@@ -214,12 +221,38 @@ class CrackDataModule(L.LightningDataModule):
         splits = read_splits(self.split_file, self.root, class_names)
         return screening.drop_unusable(splits, self._screening, self.on_bad_file, self.split_file, announce)
 
+    def _place_cache(self, datasets: dict[str, DecodedImages]) -> None:
+        """Keep the decoded cache on the training device for the run when asked to, or
+        (``auto``) when it is a CUDA device with room for it; the loaders then carry row numbers."""
+        device = self._device()
+        resident = ResidentImages(datasets["train"].array)
+        on = resident.fits(device) if self.cache_on_device == "auto" else bool(self.cache_on_device)
+        self.resident = resident if on else None
+        for dataset in datasets.values():
+            dataset.serve_rows = on
+        if on:
+            log.info("The decoded images (%.1f GiB) go to %s once; batches carry row numbers",
+                     resident.nbytes / 2**30, device)
+
+    def _device(self) -> torch.device:
+        """Where batches will go: the trainer's device; without a trainer, CUDA if there is one."""
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Decoded-cache batches arrive as uint8 (N, H, W, 3): augment/normalise them here,
-        on the device, as one channels-last float batch."""
+        training = self.trainer is not None and self.trainer.training
+        return self.device_batch(batch, training)
+
+    def device_batch(self, batch, training: bool):
+        """A loader batch on its device, as the model takes it. Row numbers become images
+        of the resident cache; decoded uint8 (N, H, W, 3) images are augmented (training) or
+        normalised here, on the device, as one channels-last float batch; JPEG-path
+        batches are ready already."""
         images, labels = batch
+        if self.resident is not None and images.dtype == torch.int64 and images.dim() == 1:
+            images = self.resident(images)
         if images.dtype == torch.uint8 and images.dim() == 4 and images.shape[-1] == 3:
-            training = self.trainer is not None and self.trainer.training
             transform = self.batch_transforms["train" if training else "eval"].to(images.device)
             images = transform(images.permute(0, 3, 1, 2))
         return images, labels
@@ -290,6 +323,7 @@ class CrackDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=collate_gathered if isinstance(dataset, DecodedImages) else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -117,17 +117,75 @@ def split_datasets(splits: dict, cache_dir: Path, data_config: dict, workers: in
 class DecodedImages(Dataset):
     """Images from the decoded cache: ``(uint8 (H, W, 3) tensor, label)``.
 
-    Collated batches are ``(N, H, W, 3)``; ``permute(0, 3, 1, 2)`` makes them NCHW
-    in the channels-last layout without a copy.  Augmentation and normalisation
-    run per batch after the transfer to the device
+    A loader gets whole batches from :meth:`__getitems__` -- one gather from the array,
+    ``(uint8 (N, H, W, 3), int64 (N,))``; collate them with :func:`collate_gathered`.
+    ``permute(0, 3, 1, 2)`` makes them NCHW in the channels-last layout without a copy.
+    Augmentation and normalisation run per batch after the transfer to the device
     (:meth:`CrackDataModule.on_after_batch_transfer`).
+
+    ``serve_rows``: batches carry the cache's row numbers, ``int64 (N,)``, in place of
+    pixels, for a cache that already sits on the device
+    (:class:`ResidentImages`): nothing but indices crosses to the GPU.
     """
 
-    def __init__(self, array: np.ndarray, rows: np.ndarray, labels: list[int]):
+    def __init__(self, array: np.ndarray, rows: np.ndarray, labels: list[int], serve_rows: bool = False):
         self.array, self.rows, self.labels = array, np.asarray(rows), list(labels)
+        self._label_array = torch.as_tensor(self.labels, dtype=torch.int64)
+        self.serve_rows = serve_rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.array(self.array[self.rows[index]])), self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # One fancy-index gather instead of a Python call and a copy per image, then a
+        # stack: ~30,000 against ~3,000 img/s at 224 px on a 2-core CPU, where the
+        # per-image path alone would hold a GPU fine-tune below its target.
+        indices = np.asarray(indices)
+        rows = self.rows[indices]
+        images = torch.from_numpy(rows) if self.serve_rows else torch.from_numpy(self.array[rows])
+        return images, self._label_array[torch.from_numpy(indices)]
+
+
+def collate_gathered(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``collate_fn`` for :class:`DecodedImages`: its batches come ready-made."""
+    return batch
+
+
+class ResidentImages:
+    """The whole decoded cache on one device, uploaded once; batches of row numbers
+    become batches of images there (a gather on the GPU instead of a host copy, a
+    pinned staging copy and a transfer per batch)."""
+
+    CHUNK = 2048  # rows per upload: the host never holds more than this in extra memory
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self._on: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.array.shape))
+
+    def fits(self, device: torch.device, share: float = 0.4) -> bool:
+        """Whether the cache takes at most ``share`` of ``device``'s free memory (CUDA only)."""
+        if device.type != "cuda":
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        return self.nbytes <= share * free
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        if self._on is None or self._on.device != device:
+            self._on = None  # release a copy on another device first
+            log.info("Copying the decoded images to %s (%.1f GiB) ...", device, self.nbytes / 2**30)
+            resident = torch.empty(self.array.shape, dtype=torch.uint8, device=device)
+            for start in range(0, len(self.array), self.CHUNK):
+                chunk = np.array(self.array[start:start + self.CHUNK])  # writable: torch shares it
+                resident[start:start + len(chunk)].copy_(torch.from_numpy(chunk))
+            self._on = resident
+        return self._on
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.on(rows.device)[rows]
