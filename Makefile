@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test data validate bench clean
+.PHONY: install demo test data validate bench bench-finetune clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ validate: $(STAMP)
 # appends a table to BENCHMARKS.md.  Run it on a quiet machine.  make bench ARGS="--image-size 224"
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# A whole MobileNetV2 fine-tune through the real task, timed: prepare / fit (validation
+# included) / after fit.  The GPU target (<= 90 s fit):
+#   make bench-finetune ARGS="--per-class 20000 --image-size 224 --batch-size 256 --epochs 10"
+bench-finetune: $(STAMP)
+	$(PY) benchmarks/finetune.py $(ARGS)
 
 # One intra-op thread per process: the workers (and the train.py processes they start) already
 # keep the cores busy; with torch's default of one thread per core they oversubscribe them --
