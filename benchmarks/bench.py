@@ -6,8 +6,9 @@
 For each backbone, in one run, side by side, on the synthetic data through the
 decoded cache (the default data path):
 
-* **plain**: a hand-written PyTorch loop (run before and after the Trainer, the
-  faster of the two is kept) -- same model, same data loader and
+* **plain**: a hand-written PyTorch loop (run before and after the Trainer; the mean of
+  the two: it cancels a drift of the machine's speed, and keeping the faster of two
+  against the Trainer's one would favour the loop) -- same model, same data loader and
   batch augmentation, same batch size, optimizer (AdamW) and settings (channels_last,
   AMP on CUDA), the backbone frozen (requires_grad off, eval mode, no_grad forward) or
   not; what it leaves out is the framework's own work: the LR schedule, metrics, logging;
@@ -238,8 +239,8 @@ def main() -> None:
             plain = plain_loop(args, model, dm, frozen=phase == "frozen")
             cfg, fresh, fresh_dm, finetune = build(args, backbone, phase, root, work)
             fw = trainer_fit(args, cfg, fresh, fresh_dm, finetune)
-            # plain again, after: the best of before/after, so warm-up order favours neither
-            plain = max(plain, plain_loop(args, model, dm, frozen=phase == "frozen"))
+            # plain again, after: the mean of before/after, so warm-up order and drift favour neither
+            plain = (plain + plain_loop(args, model, dm, frozen=phase == "frozen")) / 2
             alone = model_alone(args, model, frozen=phase == "frozen")
             model, dm = fresh, fresh_dm
             frozen = phase == "frozen"
