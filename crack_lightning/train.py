@@ -56,6 +56,8 @@ def train(cfg: DictConfig) -> float | None:
         return _fit_and_test(cfg, trainer, model, datamodule, start.ckpt_path, output_dir)
     finally:
         release_processes(trainer)  # DDP: the next job of a sweep starts its own ranks
+        if hasattr(datamodule, "release_device_cache"):  # a data module of one's own may lack it
+            datamodule.release_device_cache()
 
 
 def _fit_and_test(cfg, trainer, model, datamodule, ckpt_path, output_dir: Path) -> float | None:

@@ -207,12 +207,17 @@ def test_training_runs_from_a_cache_on_the_device(tiny_data, tmp_path, monkeypat
     from crack_lightning.train import train
     from tests.conftest import compose_cfg
 
-    served = []
-    gather = decoded.ResidentImages.__call__
+    import weakref
+
+    served, copies = [], []
+    gather, upload = decoded.ResidentImages.__call__, decoded.ResidentImages.on
     monkeypatch.setattr(decoded.ResidentImages, "__call__", lambda self, rows: served.append(len(rows)) or gather(self, rows))
+    monkeypatch.setattr(decoded.ResidentImages, "on", lambda self, device: copies.append(weakref.ref(upload(self, device))) or copies[-1]())
     best = train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn", "data.cache_on_device=true",
                                                   "callbacks.error_gallery=null"]))
     assert best is not None and np.isfinite(best)
+    # released when the run ends, not whenever the cycle collector gets to the data module
+    assert copies and all(copy() is None for copy in copies), "the device copy outlived the run"
     metrics = __import__("json").loads((tmp_path / "run" / "metrics.json").read_text())
     # debug=fast: 3 epochs of two training batches of 8 (the last partial one dropped), then
     # validation, and the test split last, in one batch
