@@ -201,21 +201,53 @@ def test_cache_on_the_device_serves_the_same_batches_from_row_numbers(tiny_data,
         assert got_images.dtype == torch.float32 and got_images.shape == (len(rows), 3, 48, 48)
 
 
-def test_training_runs_from_a_cache_on_the_device(tiny_data, tmp_path, monkeypatch):
-    """The real task with data.cache_on_device=true: every training, validation and test
-    batch is gathered from the resident copy (row numbers in, images out)."""
+# The CUDA variants run where a GPU is (the device tool's H100: `pytest tests/test_cache.py`);
+# the CPU ones, run everywhere, put the same code on the CPU with cache_on_device=true.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cache_on_a_cuda_device_gives_the_host_paths_batches(tiny_data, tmp_path):
+    """auto on a CUDA device: the cache goes to the GPU; evaluation batches equal the host
+    path's (float rounding aside), training batches are augmented there."""
+    host = _datamodule(tiny_data, tmp_path, cache=True, cache_on_device=False)
+    gpu = _datamodule(tiny_data, tmp_path, cache=True)  # auto; no trainer: CUDA when there is one
+    assert host.resident is None and gpu.resident is not None
+    cuda = torch.device("cuda")
+    rows, labels = gpu.val_dataset.__getitems__(list(range(len(gpu.val_dataset))))
+    images, got_labels = gpu.device_batch((rows.to(cuda), labels.to(cuda)), training=False)
+    assert images.device.type == "cuda" and gpu.resident.on(cuda).device.type == "cuda"
+    want, want_labels = host.device_batch(host.val_dataset.__getitems__(list(range(len(host.val_dataset)))), training=False)
+    assert torch.equal(got_labels.cpu(), want_labels) and torch.allclose(images.cpu(), want, atol=1e-5)
+    rows, labels = gpu.train_dataset.__getitems__(list(range(8)))
+    augmented, _ = gpu.device_batch((rows.to(cuda), labels.to(cuda)), training=True)
+    assert augmented.device.type == "cuda" and augmented.shape == (8, 3, 48, 48) and augmented.dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_training_runs_from_a_cache_on_the_device(device, tiny_data, tmp_path, monkeypatch):
+    """The real task with the cache on the device (CPU: data.cache_on_device=true; CUDA:
+    the auto default): every training, validation and test batch is gathered from the
+    resident copy (row numbers in, images out), and the copy is gone when the run ends."""
+    import weakref
+
     from crack_lightning.train import train
     from tests.conftest import compose_cfg
 
-    import weakref
-
-    served, copies = [], []
+    served, copies, devices = [], [], set()
     gather, upload = decoded.ResidentImages.__call__, decoded.ResidentImages.on
+
+    def spy_upload(self, where):
+        devices.add(where.type)
+        copies.append(weakref.ref(upload(self, where)))
+        return copies[-1]()
+
     monkeypatch.setattr(decoded.ResidentImages, "__call__", lambda self, rows: served.append(len(rows)) or gather(self, rows))
-    monkeypatch.setattr(decoded.ResidentImages, "on", lambda self, device: copies.append(weakref.ref(upload(self, device))) or copies[-1]())
-    best = train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn", "data.cache_on_device=true",
-                                                  "callbacks.error_gallery=null"]))
+    monkeypatch.setattr(decoded.ResidentImages, "on", spy_upload)
+    overrides = ["data.cache_on_device=true"] if device == "cpu" else ["trainer.accelerator=gpu"]
+    best = train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn", "callbacks.error_gallery=null", *overrides]))
     assert best is not None and np.isfinite(best)
+    assert devices == {device}
     # released when the run ends, not whenever the cycle collector gets to the data module
     assert copies and all(copy() is None for copy in copies), "the device copy outlived the run"
     metrics = __import__("json").loads((tmp_path / "run" / "metrics.json").read_text())
