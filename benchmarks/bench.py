@@ -1,6 +1,6 @@
 """`make bench`: training throughput of the framework against a plain PyTorch loop.
 
-    python benchmarks/bench.py                                   # CPU defaults, ~5 min here
+    python benchmarks/bench.py                                   # CPU defaults, ~7.5 min here
     python benchmarks/bench.py --image-size 224 --per-class 20000 --batch-size 256 --steps 200   # a GPU box
 
 For each backbone, in one run, side by side, on the synthetic data through the
