@@ -131,3 +131,51 @@ def test_compiled_backbone_trains_and_saves_an_eager_checkpoint(tmp_path, tiny_d
     # checkpoints hold the eager model's keys: predict/export load them without compiling
     loaded = load_classifier(tmp_path / "run" / "checkpoints" / "best.ckpt")
     assert not any("_orig_mod" in key for key in loaded.model.state_dict())
+
+
+def test_inference_compile_serves_only_the_calls_without_gradient(tmp_path, tiny_data):
+    """trainer.compile=inference: the frozen phase and evaluation go through the compiled
+    backbone, training after the unfreeze through the eager one (no backward graph to
+    compile); the state dict stays the eager model's; a value that is none of false, true,
+    inference is refused."""
+    import pytest
+    import torch
+    from hydra.utils import instantiate
+
+    from crack_lightning import CrackLightningError
+    from crack_lightning.trainer import compile_if_asked
+
+    cfg = compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn", "trainer.compile=inference",
+                                            "+trainer.compile_options.backend=eager"])
+    model = instantiate(cfg.model)
+    keys = set(model.state_dict())
+    torch._dynamo.reset()
+    try:
+        compile_if_asked(cfg.trainer, model)
+        assert set(model.state_dict()) == keys
+        compiled, calls = model.__dict__["_compiled_without_grad"], []
+        model.__dict__["_compiled_without_grad"] = lambda x: calls.append(len(x)) or compiled(x)
+        x = torch.randn(4, 3, 32, 32)
+
+        model.backbone.requires_grad_(False).eval()  # frozen phase (FreezeUnfreeze: BN statistics fixed)
+        model(x).sum().backward()  # the head still trains
+        assert len(calls) == 1 and all(p.grad is None for p in model.backbone.parameters())
+        model.backbone.requires_grad_(True)  # after the unfreeze: eager, with gradients
+        model(x).sum().backward()
+        assert len(calls) == 1 and all(p.grad is not None for p in model.backbone.parameters())
+        with torch.no_grad():
+            model(x)
+        with torch.inference_mode():  # Lightning's evaluation
+            model(x)
+        assert len(calls) == 3
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model.backbone(x))
+        # a backbone that is no nn.Sequential (compiled modules refuse len(), so bool())
+        mobilenet = instantiate(compose_cfg(tmp_path, tiny_data, ["backbone=mobilenetv2"]).model)
+        compile_if_asked(cfg.trainer, mobilenet)  # lazy: nothing is traced until called
+        assert mobilenet._backbone_without_grad() is mobilenet.__dict__["_compiled_without_grad"]
+    finally:
+        torch._dynamo.reset()
+    cfg.trainer.compile = "maybe"
+    with pytest.raises(CrackLightningError, match="trainer.compile=maybe"):
+        compile_if_asked(cfg.trainer, instantiate(cfg.model))

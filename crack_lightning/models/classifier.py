@@ -132,10 +132,24 @@ class CrackClassifier(L.LightningModule):
         if self.backbone_frozen():
             # Frozen: no autograd bookkeeping at all, a frozen epoch costs a forward pass.
             with torch.no_grad():
-                features = self.backbone(images)
+                features = self._backbone_without_grad()(images)
+        elif not torch.is_grad_enabled():  # validation, test, prediction
+            features = self._backbone_without_grad()(images)
         else:
             features = self.backbone(images)
         return self.head(features)
+
+    def compile_inference(self, **options) -> None:
+        """``trainer.compile=inference``: compile the backbone for the calls that need no
+        gradient through it -- the frozen phase, validation, test, prediction -- and leave
+        training after the unfreeze eager, so no backward graph is compiled (the costly
+        one: most of a minute per graph on a 2-core CPU). Kept out of the module tree
+        (``__dict__``), so state_dict keys and checkpoints are the eager model's."""
+        self.__dict__["_compiled_without_grad"] = torch.compile(self.backbone, **options)
+
+    def _backbone_without_grad(self):
+        compiled = self.__dict__.get("_compiled_without_grad")
+        return self.backbone if compiled is None else compiled  # (not `or`: modules may define __len__)
 
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())

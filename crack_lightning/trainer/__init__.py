@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from crack_lightning import CrackLightningError
+
 __all__ = ["build_trainer", "compile_if_asked", "runtime_kwargs", "resolve_precision"]
 
 
@@ -55,7 +57,16 @@ def compile_if_asked(trainer_cfg, model) -> None:
     """``trainer.compile=true``: compile the model's backbone in place (``nn.Module.compile``:
     state_dict keys, and so checkpoints, stay those of the eager model) with
     ``trainer.compile_options`` (default ``dynamic: false``: batch shapes are fixed, the
-    training loader drops its last partial batch)."""
-    if trainer_cfg.get("compile"):
-        options = dict(trainer_cfg.get("compile_options") or {"dynamic": False})
+    training loader drops its last partial batch). ``trainer.compile=inference``: only the
+    backbone's calls without gradient (frozen phase, evaluation; see
+    ``CrackClassifier.compile_inference``)."""
+    mode = trainer_cfg.get("compile")
+    if not mode:
+        return
+    options = dict(trainer_cfg.get("compile_options") or {"dynamic": False})
+    if mode == "inference":
+        model.compile_inference(**options)
+    elif mode is True:
         model.backbone.compile(**options)
+    else:
+        raise CrackLightningError(f"trainer.compile={mode}: choose false, true or inference.")
