@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -46,6 +45,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from crack_lightning.data.synthetic import generate
+from crack_lightning.machine import describe_machine
 from crack_lightning.trainer import build_trainer, compile_if_asked
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -202,17 +202,6 @@ def inference(args, model, dm) -> float:
     return count / (time.perf_counter() - start)
 
 
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, {gpu}; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, lightning {L.__version__}")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description="Framework vs plain-loop training throughput.")
     p.add_argument("--backbones", nargs="+", default=["mobilenetv2", "efficientnet", "custom_cnn"])
@@ -261,7 +250,7 @@ def main() -> None:
                 f"(decoded cache), {args.steps} timed steps after {args.warmup}, channels_last, "
                 f"{'bf16 autocast' if torch.cuda.is_available() else 'fp32'}{', compiled' if args.compile else ''}")
     section = "\n".join([
-        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — {machine()}", "",
+        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — {describe_machine()}", "",
         f"`{command}` — {settings}", "", *table, ""])
     print("\n" + section)
     out = Path(args.out)

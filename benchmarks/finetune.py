@@ -44,11 +44,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from crack_lightning.data.synthetic import generate
+from crack_lightning.machine import describe_machine
 from crack_lightning.train import train
 from crack_lightning.trainer import resolve_precision
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import machine  # noqa: E402 -- the benchmarks folder is not a package
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -159,7 +157,7 @@ def main() -> None:
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     section = "\n".join([
-        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — fine-tune — {machine()}", "",
+        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — fine-tune — {describe_machine()}", "",
         f"`{command}` — MobileNetV2 (pretrained=false) at {args.image_size} px, batch {args.batch_size}, "
         f"{len(rates)} epochs (2 frozen), precision {precision}{', compiled' if args.compile else ''}; "
         f"per-epoch training img/s: {', '.join(f'{r:.0f}' for r in rates)}; run folder {run_dir}", "",

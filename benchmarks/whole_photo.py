@@ -34,13 +34,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import machine  # noqa: E402  (benchmarks/ is no package)
-
-from crack_lightning.data.augmentation import eval_transform  # noqa: E402
-from crack_lightning.data.scenes import render_scene  # noqa: E402
-from crack_lightning.inference import tiling  # noqa: E402
-from crack_lightning.inference.backends import data_config, open_backend, patch_size  # noqa: E402
+from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.data.scenes import render_scene
+from crack_lightning.inference import tiling
+from crack_lightning.inference.backends import data_config, open_backend, patch_size
+from crack_lightning.machine import describe_machine
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -143,7 +141,7 @@ def main() -> None:
     pre = backend.preprocessing
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     section = "\n".join([
-        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — whole photo — {machine()}", "",
+        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — whole photo — {describe_machine()}", "",
         f"`{command}` — {Path(ckpt).name} ({'given' if args.ckpt else 'untrained, pretrained=false'}), "
         f"input {pre['input_size'][0]}x{pre['input_size'][1]} px, batch {args.batch_size}, "
         f"torch threads {torch.get_num_threads()}", "",
