@@ -43,6 +43,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool], bool]] = {
     "finetune.unfreeze_at_epoch": ("a whole number >= 0", lambda v: _count(v) and v >= 0, True),
     "finetune.backbone_lr_ratio": ("a number >= 0", lambda v: _number(v) and v >= 0, True),
     "eval.target_recall": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1, True),
+    "trainer.compile": ("false, true or inference", lambda v: v is False or v is True or v == "inference", True),
 }
 
 

@@ -23,6 +23,7 @@ def test_the_shipped_configs_pass(tmp_path, tiny_data):
     ("data.image_size=[32]", "data.image_size=[32]"),
     ("eval.target_recall=1.5", "eval.target_recall=1.5 (expected a number in (0, 1])"),
     ("model.drop_rate=1", "model.drop_rate=1"),
+    ("trainer.compile=maybe", "trainer.compile='maybe' (expected false, true or inference)"),
 ])
 def test_a_bad_value_is_named(tmp_path, tiny_data, override, message):
     with pytest.raises(CrackLightningError, match="Bad setting") as err:

@@ -232,7 +232,7 @@ class CrackDataModule(L.LightningDataModule):
             dataset.serve_rows = on
         if on:
             log.info("The decoded images (%.1f GiB) go to %s once; batches carry row numbers",
-                     resident.nbytes / 2**30, device)
+                     resident.array.nbytes / 2**30, device)
 
     def release_device_cache(self) -> None:
         """Drop the device copy of the cache; the loaders serve pixels again. Called at the

@@ -141,8 +141,8 @@ class DecodedImages(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         # One fancy-index gather instead of a Python call and a copy per image, then a
-        # stack: ~30,000 against ~3,000 img/s at 224 px on a 2-core CPU, where the
-        # per-image path alone would hold a GPU fine-tune below its target.
+        # stack: the per-image path is ~10x slower and, serial with the training step,
+        # would bound a GPU fine-tune (`make bench`'s loader column measures this one).
         indices = np.asarray(indices)
         rows = self.rows[indices]
         images = torch.from_numpy(rows) if self.serve_rows else torch.from_numpy(self.array[rows])
@@ -165,21 +165,17 @@ class ResidentImages:
         self.array = array
         self._on: torch.Tensor | None = None
 
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.array.shape))
-
     def fits(self, device: torch.device, share: float = 0.4) -> bool:
         """Whether the cache takes at most ``share`` of ``device``'s free memory (CUDA only)."""
         if device.type != "cuda":
             return False
         free, _ = torch.cuda.mem_get_info(device)
-        return self.nbytes <= share * free
+        return self.array.nbytes <= share * free
 
     def on(self, device: torch.device) -> torch.Tensor:
         if self._on is None or self._on.device != device:
             self._on = None  # release a copy on another device first
-            log.info("Copying the decoded images to %s (%.1f GiB) ...", device, self.nbytes / 2**30)
+            log.info("Copying the decoded images to %s (%.1f GiB) ...", device, self.array.nbytes / 2**30)
             resident = torch.empty(self.array.shape, dtype=torch.uint8, device=device)
             for start in range(0, len(self.array), self.CHUNK):
                 chunk = np.array(self.array[start:start + self.CHUNK])  # writable: torch shares it

@@ -129,12 +129,11 @@ class CrackClassifier(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.contiguous(memory_format=self.memory_format)
-        if self.backbone_frozen():
-            # Frozen: no autograd bookkeeping at all, a frozen epoch costs a forward pass.
+        if not torch.is_grad_enabled() or self.backbone_frozen():
+            # evaluation, or a frozen backbone: no autograd bookkeeping at all (a frozen
+            # epoch costs a forward pass), and the compiled backbone if compile=inference
             with torch.no_grad():
                 features = self._backbone_without_grad()(images)
-        elif not torch.is_grad_enabled():  # validation, test, prediction
-            features = self._backbone_without_grad()(images)
         else:
             features = self.backbone(images)
         return self.head(features)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from crack_lightning import CrackLightningError
-
 __all__ = ["build_trainer", "compile_if_asked", "runtime_kwargs", "resolve_precision"]
 
 
@@ -60,13 +58,11 @@ def compile_if_asked(trainer_cfg, model) -> None:
     training loader drops its last partial batch). ``trainer.compile=inference``: only the
     backbone's calls without gradient (frozen phase, evaluation; see
     ``CrackClassifier.compile_inference``)."""
-    mode = trainer_cfg.get("compile")
+    mode = trainer_cfg.get("compile")  # its values are checked by config_checks
     if not mode:
         return
     options = dict(trainer_cfg.get("compile_options") or {"dynamic": False})
     if mode == "inference":
         model.compile_inference(**options)
-    elif mode is True:
-        model.backbone.compile(**options)
     else:
-        raise CrackLightningError(f"trainer.compile={mode}: choose false, true or inference.")
+        model.backbone.compile(**options)
