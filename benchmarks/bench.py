@@ -30,11 +30,8 @@ appended to BENCHMARKS.md with the machine, versions and command.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -44,8 +41,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from crack_lightning.bench_records import append_record
 from crack_lightning.data.synthetic import generate
-from crack_lightning.machine import describe_machine
 from crack_lightning.trainer import build_trainer, compile_if_asked
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -245,18 +242,10 @@ def main() -> None:
     for backbone, phase, alone, plain, fw, loader, data, infer in rows:
         table.append(f"| {backbone} | {phase} | {alone:.1f} | {plain:.1f} | {fw:.1f} | {fw / plain:.2f} | "
                      + " | ".join(f"{v:.0f}" if v else "—" for v in (loader, data)) + f" | {f'{infer:.1f}' if infer else '—'} |")
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     settings = (f"{args.image_size} px, batch {args.batch_size}, {2 * args.per_class} synthetic images "
                 f"(decoded cache), {args.steps} timed steps after {args.warmup}, channels_last, "
                 f"{'bf16 autocast' if torch.cuda.is_available() else 'fp32'}{', compiled' if args.compile else ''}")
-    section = "\n".join([
-        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — {describe_machine()}", "",
-        f"`{command}` — {settings}", "", *table, ""])
-    print("\n" + section)
-    out = Path(args.out)
-    head = "" if out.exists() else "# Benchmarks\n\nAppended by `make bench` (`benchmarks/bench.py`); newest last.\n\n"
-    with out.open("a") as f:
-        f.write(head + section + "\n")
+    append_record(args.out, None, settings, table)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,8 +40,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from crack_lightning.bench_records import append_record
 from crack_lightning.data.synthetic import generate
-from crack_lightning.machine import describe_machine
 from crack_lightning.train import train
 from crack_lightning.trainer import resolve_precision
 
@@ -140,32 +137,23 @@ def main() -> None:
     fit_s = marks["fit_end"] - marks["first_step"]
     row = {
         "images train/val/test": "/".join(str(splits[k]) for k in ("train", "val", "test")),
-        "epochs": len(rates),
-        "prepare s": marks["first_step"] - start,
-        "fit s (validation incl.)": fit_s,
-        "of which validation s": marks["validation_s"],
-        "fit img/s (train images x epochs / fit s)": splits["train"] * len(rates) / fit_s,
-        "train img/s frozen (median epoch)": statistics.median(frozen),
-        "train img/s unfrozen (median epoch)": statistics.median(unfrozen) if unfrozen else float("nan"),
-        "after fit s": end - marks["fit_end"],
-        "total s": end - start,
-        "test/acc": metrics.get("test/acc", float("nan")),
+        "epochs": str(len(rates)),
+        "prepare s": f"{marks['first_step'] - start:.1f}",
+        "fit s (validation incl.)": f"{fit_s:.1f}",
+        "of which validation s": f"{marks['validation_s']:.1f}",
+        "fit img/s (train images x epochs / fit s)": f"{splits['train'] * len(rates) / fit_s:.1f}",
+        "train img/s frozen (median epoch)": f"{statistics.median(frozen):.1f}",
+        "train img/s unfrozen (median epoch)": f"{statistics.median(unfrozen):.1f}" if unfrozen else "—",
+        "after fit s": f"{end - marks['fit_end']:.1f}",
+        "total s": f"{end - start:.1f}",
+        "test/acc": f"{metrics.get('test/acc', float('nan')):.3f}",
     }
-    table = ["| " + " | ".join(row) + " |", "|" + "---|" * len(row),
-             "| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()) + " |"]
-    table[-1] = table[-1].replace(f"| {row['test/acc']:.1f} |", f"| {row['test/acc']:.3f} |")
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    section = "\n".join([
-        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — fine-tune — {describe_machine()}", "",
-        f"`{command}` — MobileNetV2 (pretrained=false) at {args.image_size} px, batch {args.batch_size}, "
-        f"{len(rates)} epochs (2 frozen), precision {precision}{', compiled' if args.compile else ''}; "
-        f"per-epoch training img/s: {', '.join(f'{r:.0f}' for r in rates)}; run folder {run_dir}", "",
-        *table, ""])
-    print("\n" + section)
-    out = Path(args.out)
-    with out.open("a") as f:
-        f.write(section + "\n")
+    settings = (f"MobileNetV2 (pretrained=false) at {args.image_size} px, batch {args.batch_size}, "
+                f"{len(rates)} epochs (2 frozen), precision {precision}{', compiled' if args.compile else ''}; "
+                f"per-epoch training img/s: {', '.join(f'{r:.0f}' for r in rates)}; run folder {run_dir}")
+    append_record(args.out, "fine-tune", settings,
+                  ["| " + " | ".join(row) + " |", "|" + "---|" * len(row), "| " + " | ".join(row.values()) + " |"])
 
 
 if __name__ == "__main__":

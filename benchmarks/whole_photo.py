@@ -21,9 +21,6 @@ above in BENCHMARKS.md (80-110 images/s on 2 cores): near the 46 windows/s 20 s 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -34,11 +31,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from crack_lightning.bench_records import append_record
 from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.data.scenes import render_scene
 from crack_lightning.inference import tiling
 from crack_lightning.inference.backends import data_config, open_backend, patch_size
-from crack_lightning.machine import describe_machine
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -139,21 +136,14 @@ def main() -> None:
           f"{before:.0f} MiB before the photo); model load {load_s:.2f} s")
 
     pre = backend.preprocessing
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    section = "\n".join([
-        f"## {dt.datetime.now():%Y-%m-%d %H:%M} — whole photo — {describe_machine()}", "",
-        f"`{command}` — {Path(ckpt).name} ({'given' if args.ckpt else 'untrained, pretrained=false'}), "
-        f"input {pre['input_size'][0]}x{pre['input_size'][1]} px, batch {args.batch_size}, "
-        f"torch threads {torch.get_num_threads()}", "",
+    settings = (f"{Path(ckpt).name} ({'given' if args.ckpt else 'untrained, pretrained=false'}), "
+                f"input {pre['input_size'][0]}x{pre['input_size'][1]} px, batch {args.batch_size}, "
+                f"torch threads {torch.get_num_threads()}")
+    append_record(args.out, "whole photo", settings, [
         "| photo | tiles | window / stride px | seconds (load photo → verdict, CSV, heatmap) | tiles/s | peak RSS MiB | rise during the photo MiB |",
         "|---|---|---|---|---|---|---|",
         f"| {width}x{height} | {result.tiles} | {size[0]} / {stride[0]} | {seconds:.2f} | {result.tiles / seconds:.1f} | "
-        f"{peak:.0f}{'' if measured_peak else ' (process)'} | +{peak - before:.0f} |", ""])
-    out = Path(args.out)
-    head = "" if out.exists() else "# Benchmarks\n\nAppended by the scripts in benchmarks/; newest last.\n\n"
-    with out.open("a") as f:
-        f.write(head + section + "\n")
-    print("\n" + section)
+        f"{peak:.0f}{'' if measured_peak else ' (process)'} | +{peak - before:.0f} |"])
 
 
 if __name__ == "__main__":
