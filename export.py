@@ -9,14 +9,16 @@ import hydra
 from omegaconf import DictConfig
 
 from crack_lightning import exit_on_user_error
-from crack_lightning.inference.export import export
+from crack_lightning.cli import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict:
+    from crack_lightning.inference.export import export  # after Hydra's checks: torch takes seconds
+
     return export(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "python export.py")

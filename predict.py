@@ -9,14 +9,16 @@ import hydra
 from omegaconf import DictConfig
 
 from crack_lightning import exit_on_user_error
-from crack_lightning.inference.predict import predict
+from crack_lightning.cli import run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict:
+    from crack_lightning.inference.predict import predict  # after Hydra's checks: torch takes seconds
+
     return predict(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "python predict.py")

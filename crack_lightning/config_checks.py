@@ -13,7 +13,6 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data.splits import check_fractions
 
 NUMBER = "a number"
 COUNT = "a whole number"
@@ -41,10 +40,25 @@ RULES: dict[str, tuple[str, Callable[[Any], bool], bool]] = {
     "trainer.max_epochs": ("a whole number >= 1 (or -1: no limit)", lambda v: _count(v) and (v >= 1 or v == -1), True),
     "trainer.min_epochs": ("a whole number >= 0", lambda v: _count(v) and v >= 0, True),
     "finetune.unfreeze_at_epoch": ("a whole number >= 0", lambda v: _count(v) and v >= 0, True),
+    "finetune.unfreeze_stages": ("null (the whole backbone) or a whole number >= 1", lambda v: _count(v) and v >= 1, True),
+    "data.num_workers": ("auto or a whole number >= 0", lambda v: v == "auto" or (_count(v) and v >= 0), False),
+    # best checkpoint, early stopping and the operating point all come from validation
+    "trainer.limit_val_batches": ("a number > 0: the run needs validation (best checkpoint, early stopping, "
+                                  "operating point)", lambda v: _number(v) and v > 0, True),
     "finetune.backbone_lr_ratio": ("a number >= 0", lambda v: _number(v) and v >= 0, True),
     "eval.target_recall": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1, True),
     "trainer.compile": ("false, true or inference", lambda v: v is False or v is True or v == "inference", True),
 }
+
+
+def check_fractions(fractions) -> tuple[float, float, float]:
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or any(f <= 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise CrackLightningError(
+            f"data.split_fractions={list(fractions)}: give three positive fractions "
+            f"[train, val, test] that sum to 1, e.g. [0.8, 0.1, 0.1]."
+        )
+    return fractions
 
 
 def check_types(cfg: DictConfig, rules: dict = RULES) -> None:
@@ -67,6 +81,7 @@ def check_types(cfg: DictConfig, rules: dict = RULES) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Reject wrong types and contradictory settings before any data or weights are touched."""
     check_types(cfg)
+    check_accelerator(cfg.trainer.get("accelerator"))
     check_fractions(cfg.data.split_fractions)
     unfreeze = cfg.get("finetune", {}).get("unfreeze_at_epoch") if cfg.get("finetune") else None
     max_epochs = cfg.trainer.get("max_epochs")
@@ -75,3 +90,16 @@ def check_config(cfg: DictConfig) -> None:
             f"finetune.unfreeze_at_epoch={unfreeze} is not below trainer.max_epochs={max_epochs}: "
             f"the backbone would never train. Lower the one or raise the other, or use finetune=frozen."
         )
+
+
+def check_accelerator(accelerator: str | None) -> None:
+    """``trainer=gpu`` / ``trainer=ddp`` on a machine without a CUDA GPU: one line, not Lightning's
+    error from deep inside the Trainer. torch is imported only when a GPU is asked for."""
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CrackLightningError(
+            f"trainer.accelerator={accelerator} (trainer=gpu or ddp): no CUDA GPU is visible here "
+            f"(torch.cuda.is_available() is false). Use trainer=default (GPU if there is one, else CPU) or trainer=cpu.")

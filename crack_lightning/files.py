@@ -1,27 +1,69 @@
-"""File helpers shared by the caches, downloads and checkpoints: atomic writes, keys of file lists, digests."""
+"""File helpers shared by the caches, downloads and checkpoints: atomic writes, keys of file lists, digests,
+and the rules every writer follows (never inside the data it reads; a leftover is removed only when it is ours)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 from contextlib import contextmanager
 from pathlib import Path
+
+# Temporary names carry the writer's host and process, so a leftover is removed only when it is
+# ours (this host) and its writer is dead -- never a concurrent writer's file, nor one of another
+# machine sharing the folder.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+_PARTIAL = re.compile(r"\.(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)\.partial")
+
+
+def _owner_tag() -> str:
+    return f"{_HOST}-{os.getpid()}"
 
 
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary sibling of ``path``; it becomes ``path`` only if the block completes.
 
-    A killed or failing writer leaves no file that looks complete (the temporary one
-    is removed on errors; one per process, so concurrent writers never collide)."""
+    A killed or failing writer leaves no file that looks complete (the temporary one is removed
+    on errors; one per process, so concurrent writers never collide; a killed writer's is
+    cleaned by :func:`remove_stale_partials`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{_owner_tag()}.partial{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_partials(folder: Path, pattern: str = "*") -> list[Path]:
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` (matching ``pattern``)
+    when their writer, a process of this host, is dead -- what a SIGKILL mid-write leaves. Only
+    call it on folders we own (caches, run folders). Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".{pattern}.partial*"):
+        match = _PARTIAL.search(tmp.name)
+        if match and match["host"] == _HOST and not _alive(int(match["pid"])) and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it (both resolved: links followed)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
 def files_key(paths: list[Path], **params) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 
 from omegaconf import OmegaConf
 
@@ -26,6 +27,16 @@ def _resume_subdir(resume: str | None, now: str) -> str:
     return ".hydra" if resume is None else f".hydra/resumed_{now}"
 
 
+def _run_id() -> str:
+    """``${run_id:}``: six random hex digits after the time in run and sweep folder names, so two
+    runs started in the same second get two folders (they shared one and crashed). Cached like
+    ``${now:}``: Hydra copies the cache into each job's config, so a job, its DDP ranks and a
+    submitit job resolve the same folder."""
+    return secrets.token_hex(3)
+
+
 for _name, _resolver in (("cwd", _cwd), ("run_dir", _run_dir), ("resume_subdir", _resume_subdir)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
+if not OmegaConf.has_resolver("run_id"):
+    OmegaConf.register_new_resolver("run_id", _run_id, use_cache=True)

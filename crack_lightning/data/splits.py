@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from crack_lightning import CrackLightningError
+from crack_lightning.config_checks import check_fractions
 from crack_lightning.data.dataset import Sample
 from crack_lightning.files import atomic_path
 
 SPLITS = ("train", "val", "test")
-
-
-def check_fractions(fractions) -> tuple[float, float, float]:
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or any(f <= 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise CrackLightningError(
-            f"data.split_fractions={list(fractions)}: give three positive fractions "
-            f"[train, val, test] that sum to 1, e.g. [0.8, 0.1, 0.1]."
-        )
-    return fractions
 
 
 def stratified_split(samples: list[Sample], fractions, seed: int) -> dict[str, list[Sample]]:
@@ -84,6 +74,22 @@ def grouped_split(samples: list[Sample], groups, fractions, seed: int) -> dict[s
             f"{len(samples)} images leave a split empty. Add images or use data.split=random."
         )
     return {name: [s for s, g in zip(samples, inverse) if assign[g] == k] for k, name in enumerate(SPLITS)}
+
+
+def check_support(splits: dict[str, list[Sample]], class_names: list[str], root: Path) -> None:
+    """Refuse a split with a class missing from a split: with no crack in validation the
+    recall-targeted threshold is chosen on nothing, and with none in test the reported recall
+    and AUROC are undefined (torchmetrics gives 0.0), yet the run would end "successfully"."""
+    totals = {name: sum(s.label == k for part in splits.values() for s in part) for k, name in enumerate(class_names)}
+    for split in SPLITS:
+        present = {s.label for s in splits[split]}
+        missing = [name for k, name in enumerate(class_names) if k not in present]
+        if missing:
+            counts = ", ".join(f"{name} {n}" for name, n in totals.items())
+            raise CrackLightningError(
+                f"data.root={root}: the {split} split has no '{missing[0]}' image (usable images per class: {counts}), "
+                f"so its metrics and the operating threshold would measure nothing. Add images of that class (a few "
+                f"per split at least), or change data.split_fractions.")
 
 
 def write_splits(path: Path, splits: dict[str, list[Sample]], root: Path, class_names: list[str],

@@ -1,0 +1,84 @@
+"""How every Hydra command starts and ends: a setting the user typed wrong is one line and exit 2.
+
+Our own refusals (:class:`~crack_lightning.CrackLightningError`) are turned into that line
+inside the task by :func:`~crack_lightning.exit_on_user_error`. Hydra's refusals come earlier,
+while it composes the config (an unknown choice ``backbone=mobilnetv2``, a key that does not
+exist, an override its lexer cannot read), and Hydra prints them as several lines of text plus
+its config search path and exits 1. :func:`run` asks Hydra to raise them instead and says each
+in one line, with the way out. Importing this module costs nothing heavy: entry scripts call
+it before torch or Lightning are imported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, Callable
+
+SIGTERM_EXIT = 128 + signal.SIGTERM  # the documented status of an interrupted command
+# The user's own HYDRA_FULL_ERROR, kept for the processes a command starts (DDP ranks inherit
+# the environment, where HYDRA_FULL_ERROR is then ours).
+_USER_FULL_ERROR = "CRACK_LIGHTNING_HYDRA_FULL_ERROR"
+
+
+def fail(message: str, status: int = 2) -> None:
+    """Print one line on stderr and exit: for refusals before Hydra has set up logging."""
+    print(f"[crack_lightning][ERROR] - {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def run(main: Callable[[], Any], command: str = "python train.py") -> None:
+    """Call a ``@hydra.main`` function; Hydra's own errors become one line and exit 2, a Ctrl+C
+    before the task has its own handler one line and exit 143. ``HYDRA_FULL_ERROR=1`` keeps
+    Hydra's full traceback."""
+    os.environ.setdefault(_USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", ""))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # raise instead of print-and-exit(1): the message is said below
+    try:
+        main()
+    except KeyboardInterrupt:
+        fail("Interrupted (Ctrl+C) before any checkpoint was written; nothing to resume: start the command "
+             "again.", SIGTERM_EXIT)
+    except Exception as err:  # noqa: BLE001 - only Hydra's and OmegaConf's refusals are translated
+        message = hydra_error(err, command)
+        if message is None or os.environ.get(_USER_FULL_ERROR) == "1":
+            raise
+        fail(message)
+
+
+def hydra_error(err: BaseException, command: str = "python train.py") -> str | None:
+    """One line for an error Hydra or OmegaConf raised while composing or resolving the config;
+    None for anything else (a bug: its traceback is shown)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    text = " ".join(str(err).split())
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        choices = ", ".join(err.options or []) or "none"
+        return (f"{group}={name}: no such choice in conf/{group}/. Choose one of: {choices}.")
+    if isinstance(err, OverrideParseException):
+        bad = _bad_override(text)
+        if bad and any(ord(c) > 127 for c in bad):
+            key, _, value = bad.partition("=")
+            return (f"Hydra cannot read the non-ASCII characters of `{bad}` unquoted: quote the value for Hydra "
+                    f"inside the shell's quotes, e.g. {command} \"{key}='{value}'\".")
+        return (f"Cannot read the override{f' `{bad}`' if bad else ''}: {text.split(' See https')[0]}. "
+                f"Quote values with spaces or special characters for Hydra, e.g. \"key='a value'\".")
+    if isinstance(err, ConfigCompositionException):
+        cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ and str(err.__cause__).strip() else ""
+        return f"{text}{f' ({cause})' if cause else ''}. Every setting and its spelling: {command} --cfg job"
+    if isinstance(err, OmegaConfBaseException):
+        key = getattr(err, "full_key", None)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"{key + ': ' if key else ''}{first}. Check that setting on the command line or in conf/."
+    return None
+
+
+def _bad_override(text: str) -> str | None:
+    """The command-line override Hydra could not parse: one with non-ASCII characters, else
+    the one its message quotes (``LexerNoViableAltException: input=/x/... ^``)."""
+    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    unquoted = [a for a in args if not a.partition("=")[2].startswith(("'", '"'))]
+    return (next((a for a in unquoted if any(ord(c) > 127 for c in a)), None)
+            or next((a for a in args if a in text), None))
