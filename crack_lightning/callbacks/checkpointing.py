@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -16,13 +17,18 @@ log = logging.getLogger(__name__)
 SIGTERM_EXIT = 128 + signal.SIGTERM  # the shell's status for "ended by SIGTERM"
 
 
-class InterruptCheckpoint(OnExceptionCheckpoint):
-    """Lightning's ``OnExceptionCheckpoint``, for interruptions only.
+class InterruptCheckpoint(Checkpoint):
+    """Lightning's ``OnExceptionCheckpoint``, for interruptions only, and never a resume source
+    behind the user's back.
 
     Lightning already turns SIGTERM into ``SIGTERMException`` at the next batch boundary
     (the step in progress completes, so the saved state is consistent) and
     ``OnExceptionCheckpoint`` saves on any exception. This narrows and completes it:
 
+    - it is not an ``OnExceptionCheckpoint``: with one among the callbacks, Lightning 2.6 turns
+      ``fit(ckpt_path=None)`` into ``"last"`` and restores the newest ``last*.ckpt`` it finds in
+      the checkpoint folder, so a new run in an old run's folder silently continued the old run
+      (and every run printed two ``ckpt_path`` warnings). Continuing is only ever ``resume=``;
     - only SIGTERM and Ctrl+C save: a crash or a NaN loss (``model.on_nonfinite_loss``)
       must not leave a newer checkpoint than the last good one for ``resume=`` to pick;
     - Ctrl+C during fit is handled like SIGTERM (a first Ctrl+C stops at the next batch
@@ -31,12 +37,12 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
     - ``SIGTERMException`` carries no exit code, so the process would exit 0 as if the run
       had finished: it exits with 143 instead, after one line saying how to resume.
 
-    The file is removed once a fit completes (``OnExceptionCheckpoint.teardown``), so
+    The file is removed once a fit completes (:meth:`teardown`), so
     an ``interrupted.ckpt`` in a run folder always means the run did not finish.
     """
 
     def __init__(self, dirpath: str, filename: str = "interrupted", run_dir: str | None = None):
-        super().__init__(dirpath, filename)
+        self.ckpt_path = os.path.join(dirpath, f"{filename}.ckpt")
         self.run_dir = run_dir
         self._previous_sigint: Any = None
 
@@ -63,7 +69,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         self._restore_sigint()
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.state.fn != TrainerFn.FITTING:
             return
-        super().on_exception(trainer, pl_module, exception)
+        trainer.save_checkpoint(self.ckpt_path)
         resume = f"; continue with: python train.py <the same overrides> resume={self.run_dir}" if self.run_dir else ""
         log.warning(
             "Interrupted at epoch %d, step %d: saved %s%s",
@@ -71,3 +77,7 @@ class InterruptCheckpoint(OnExceptionCheckpoint):
         )
         if isinstance(exception, SIGTERMException):
             exception.code = SIGTERM_EXIT
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":  # a fit that ends without an exception leaves no interrupted.ckpt
+            trainer.strategy.remove_checkpoint(self.ckpt_path)
