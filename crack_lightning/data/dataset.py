@@ -22,7 +22,7 @@ SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Informati
 
 @dataclass(frozen=True)
 class Sample:
-    path: Path  # absolute
+    path: Path  # absolute, under the dataset root (a link there may point elsewhere)
     label: int  # 1 = crack (positive class), 0 = no crack
 
 
@@ -82,21 +82,23 @@ def resolve_class_names(root: Path, positive_class: str | None) -> list[str]:
 
 
 def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[tuple[Path, str]], list[tuple[Path, str]]]:
-    """Walk the two class folders: ``(samples, broken, ignored)``.
+    """Walk the class folders: ``(samples, broken, ignored)``. The one rule for which files of an
+    ImageFolder are images of which class (training, validation and prediction use it).
 
-    ``samples``: every file with an image extension (nested folders included, as
-    ImageFolder does), resolved, in sorted order; not yet checked (see
-    :mod:`~crack_lightning.data.screening`).  ``broken``: image-named entries that
-    cannot even be resolved (dangling symlink, symlink loop) and unreadable folders.
-    ``ignored``: what is not part of the dataset: hidden and system files and folders,
-    other extensions (``Thumbs.db``), a second path to a file already found, a folder
-    reached again through a symlink (loops are walked once), a file outside ``root``.
+    ``samples``: every file with an image extension (nested folders included, as ImageFolder
+    does), in sorted order, by its path under ``root``; symbolic links are followed, to files
+    outside ``root`` too (a dataset made of links to the originals). Not yet checked (see
+    :mod:`~crack_lightning.data.screening`). ``broken``: image-named entries that cannot even be
+    resolved (dangling symlink, symlink loop) and unreadable folders. ``ignored``: what is not
+    part of the dataset: hidden and system files and folders, other extensions (``Thumbs.db``),
+    a second path to a file already found (a real file wins over a link to it, so a link from one
+    class into another never relabels an image), a folder reached again through a symlink
+    (loops are walked once).
     """
     root = Path(root).resolve()
-    samples, broken, ignored = [], [], []
-    seen_files: dict[Path, Path] = {}
-    # root and both class folders count as seen: a link back to them is a loop, and a
-    # link from one class into the other must not relabel the other's images
+    found, broken, ignored = [], [], []  # found: (is_link, path under root, real path, label)
+    # root and the class folders count as seen: a link back to them is a loop, and a link from
+    # one class into the other must not relabel the other's images
     seen_dirs = {_dir_id(root), *(_dir_id(root / name) for name in class_names)}
     for label, name in enumerate(class_names):
         top = root / name
@@ -119,9 +121,21 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
                     ignored.append((path, "hidden or system file (e.g. .DS_Store, ._* AppleDouble)"))
                 elif not f.lower().endswith(IMG_EXTENSIONS):
                     ignored.append((path, f"not an image file name (extensions {', '.join(IMG_EXTENSIONS)})"))
+                elif not os.path.islink(path):
+                    found.append((False, path, real_dir / f, label))
                 else:
-                    _add_file(path, real_dir / f, label, root, samples, broken, ignored, seen_files)
+                    try:
+                        found.append((True, path, path.resolve(strict=True), label))
+                    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
+                        broken.append((path, f"broken link: {getattr(err, 'strerror', None) or err}"))
         broken += [(Path(e.filename), f"unreadable folder: {e.strerror}") for e in errors]
+    samples, first_path = [], {}
+    for _, path, real, label in sorted(found, key=lambda item: (item[0], item[1])):  # real files first
+        if real in first_path:
+            ignored.append((path, f"same file as {first_path[real]}"))
+        else:
+            first_path[real] = path
+            samples.append(Sample(path, label))
     samples.sort(key=lambda s: s.path)
     return samples, broken, ignored
 
@@ -129,22 +143,6 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
 def _dir_id(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
-
-
-def _add_file(path, real, label, root, samples, broken, ignored, seen_files) -> None:
-    if os.path.islink(path):
-        try:
-            real = path.resolve(strict=True)
-        except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
-            broken.append((path, f"broken link: {getattr(err, 'strerror', None) or err}"))
-            return
-    if not real.is_relative_to(root):
-        ignored.append((path, f"links to {real}, outside data.root (splits.csv lists paths under data.root)"))
-    elif real in seen_files:
-        ignored.append((path, f"same file as {seen_files[real]}"))
-    else:
-        seen_files[real] = path
-        samples.append(Sample(real, label))
 
 
 def check_classes(root: Path, class_names: list[str], samples: list[Sample], skipped: int = 0) -> None:
