@@ -17,8 +17,9 @@ from crack_lightning.data.decoded import DecodedImages, ResidentImages, collate_
 from crack_lightning.data.fingerprints import available_cores
 from crack_lightning.files import atomic_path, files_key
 from crack_lightning.trainer.distributed import eval_sampler
+from crack_lightning.config_checks import check_fractions
 from crack_lightning.data.splits import (
-    check_fractions,
+    check_support,
     grouped_split,
     read_split_info,
     read_splits,
@@ -57,7 +58,8 @@ class CrackDataModule(L.LightningDataModule):
         image_size: overrides the backbone's input size (int or [height, width]).
         num_workers / pin_memory / persistent_workers: ``"auto"`` picks for this machine.
         synthetic: if set, ``prepare_data`` generates the synthetic dataset at ``root`` with
-            these arguments (``per_class``, ``seed``) unless it is already there.
+            these arguments (``per_class``, ``seed``) unless it is already there; a ``root``
+            holding other data is trained on as it is, never written into.
         on_bad_file: what to do with image files that fail the check before training
             (:mod:`~crack_lightning.data.screening`: empty, truncated, not an image, too
             large or too small): ``"skip"`` them with a warning, or ``"error"``: stop.
@@ -161,9 +163,7 @@ class CrackDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
-            from crack_lightning.data.synthetic import generate
-
-            generate(self.root, **self.synthetic)
+            self._generate_synthetic()
         # Lightning calls this on one process per node: the image check and the (costly)
         # grouped split are made once, and every rank's setup() reads their files.
         class_names = resolve_class_names(self.root, self.positive_class)
@@ -176,6 +176,17 @@ class CrackDataModule(L.LightningDataModule):
             splits = self._saved_split(class_names, announce=False)  # setup() warns
         if self.cache:  # decode once here too, so DDP ranks do not all build the same cache
             for_splits(splits, self.cache_dir, self.data_config, workers=available_cores())
+
+    def _generate_synthetic(self) -> None:
+        """``data.synthetic``: fill ``root`` with the synthetic set, unless it holds other data --
+        then that is what the recipe trains on (``experiment=demo data.root=<your data>``)."""
+        from crack_lightning.data.synthetic import NotGeneratedHere, generate
+
+        try:
+            generate(self.root, **self.synthetic)
+        except NotGeneratedHere:
+            log.warning("data.root=%s holds data the synthetic generator did not write: training on it as it "
+                        "is (data.synthetic only fills a new or empty folder, or one it generated)", self.root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # fit then test: keep the datasets already built
@@ -219,7 +230,9 @@ class CrackDataModule(L.LightningDataModule):
     def _saved_split(self, class_names: list[str], announce: bool) -> dict:
         """The saved split, less the files that are bad now (or stop, with on_bad_file=error)."""
         splits = read_splits(self.split_file, self.root, class_names)
-        return screening.drop_unusable(splits, self._screening, self.on_bad_file, self.split_file, announce)
+        splits = screening.drop_unusable(splits, self._screening, self.on_bad_file, self.split_file, announce)
+        check_support(splits, class_names, self.root)
+        return splits
 
     def _place_cache(self, datasets: dict[str, DecodedImages]) -> None:
         """Keep the decoded cache on the training device for the run when asked to, or
@@ -285,6 +298,7 @@ class CrackDataModule(L.LightningDataModule):
             info.update(groups=int(labels.max()) + 1, grouping=self.grouping)
         else:
             splits = stratified_split(samples, self.split_fractions, self.split_seed)
+        check_support(splits, class_names, self.root)
         if save and self.split_file is not None:
             write_splits(self.split_file, splits, self.root, class_names, info, groups)
             log.info("Made a %s split -> %s", self.split, self.split_file)

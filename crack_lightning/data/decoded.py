@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.fingerprints import new_pool
-from crack_lightning.files import atomic_path, files_key
+from crack_lightning.files import atomic_path, files_key, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def _decode_rows(job) -> list[tuple[str, str]]:
 def build(paths: list[Path], file: Path, size: tuple[int, int], interpolation: str, workers: int = 1) -> None:
     """Decode ``paths`` into ``file`` (atomically: a temporary file renamed at the end)."""
     file.parent.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_partials(file.parent):  # a killed build's half array: GBs, in our cache only
+        log.info("Removed %s, left by a killed process", stale)
     need = len(paths) * size[0] * size[1] * 3
     free = shutil.disk_usage(file.parent).free
     if need > free:

@@ -30,11 +30,14 @@ import argparse
 import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from crack_lightning import CrackLightningError
 
 CLASSES = ("Positive", "Negative")
 VERSION = 2  # bump whenever rendering changes, so cached datasets are regenerated
@@ -269,14 +272,40 @@ def _render_to(job):
     img.save(Path(root) / CLASSES[cls_idx] / f"{i + 1:05d}.jpg", "JPEG", quality=quality)
 
 
-def _is_complete(root: Path, params: dict) -> bool:
+class NotGeneratedHere(CrackLightningError):
+    """The output folder holds files the generator did not write: it is someone's data."""
+
+
+def _read_meta(root: Path) -> dict | None:
     try:
-        same = json.loads((root / META).read_text()) == params
+        meta = json.loads((root / META).read_text())
     except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and "per_class" in meta else None
+
+
+def _written_by(meta: dict) -> set[str]:
+    """The files (relative paths) a generation with ``meta``'s parameters writes, marker included:
+    the generator's names are fixed by its parameters, so they are known before it starts."""
+    n = int(meta["per_class"])
+    files = {f"{c}/{i:05d}.jpg" for c in CLASSES for i in range(1, n + 1)} | {META}
+    return files | {SCENES_CSV} if meta.get("layout") == "scenes" else files
+
+
+def _foreign_files(root: Path, meta: dict | None) -> list[str]:
+    """Files under ``root`` the generator did not write (all of them when it has no marker)."""
+    if not root.is_dir():
+        return []
+    ours = _written_by(meta) if meta else set()
+    return sorted(rel for p in root.rglob("*") if (p.is_file() or p.is_symlink())
+                  and (rel := p.relative_to(root).as_posix()) not in ours)
+
+
+def _is_complete(root: Path, meta: dict | None, params: dict) -> bool:
+    # markers written before "complete" existed were written last, so they mean complete
+    if meta is None or {k: v for k, v in meta.items() if k != "complete"} != params or not meta.get("complete", True):
         return False
-    n = params["per_class"]
-    return same and all(
-        len(list((root / c).glob("*.jpg"))) == n and (root / c / f"{n:05d}.jpg").is_file() for c in CLASSES)
+    return all((root / rel).is_file() for rel in _written_by(params))
 
 
 def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwrite: bool = False,
@@ -287,24 +316,36 @@ def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwr
     from shared ``tiles`` x ``tiles`` wall scenes like the real dataset (see
     :mod:`crack_lightning.data.scenes`).  Skips all work if ``root`` holds a complete
     dataset with the same parameters (``synthetic.json``) unless ``overwrite``.
-    Output is identical for any ``workers``."""
+    Output is identical for any ``workers``.
+
+    It writes only into a new or empty folder, or one it generated before (its marker,
+    ``synthetic.json``, is written first), and deletes only files it wrote itself: a folder
+    holding any other file raises :class:`NotGeneratedHere` and is left untouched."""
     root = Path(root)
     if layout not in ("independent", "scenes"):
-        raise ValueError(f"layout={layout!r}: choose 'independent' or 'scenes'")
+        raise CrackLightningError(f"layout={layout!r}: choose 'independent' or 'scenes'")
+    if root.exists() and not root.is_dir():
+        raise NotGeneratedHere(f"{root} is a file; the synthetic generator writes into a new or empty folder.")
     params = {"version": VERSION, "per_class": int(per_class), "seed": int(seed), "size": int(size)}
     if layout == "scenes":  # independent datasets keep their old synthetic.json (no regeneration)
         params.update(layout=layout, tiles=int(tiles))
     summary = {"root": str(root), "counts": {c: int(per_class) for c in CLASSES}, **params}
-    if not overwrite and _is_complete(root, params):
+    old = _read_meta(root)
+    foreign = _foreign_files(root, old)
+    if foreign:
+        raise NotGeneratedHere(
+            f"{root} holds {len(foreign)} file(s) the synthetic generator did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); it only writes into a new or empty folder, or one it "
+            f"generated, and nothing there was changed. Choose another output folder.")
+    if not overwrite and _is_complete(root, old, params):
         return {**summary, "generated": False, "seconds": 0.0}
     t0 = time.perf_counter()
-    root.mkdir(parents=True, exist_ok=True)
-    (root / META).unlink(missing_ok=True)  # written last, so an interrupted run never looks complete
+    for rel in sorted(_written_by(old)) if old else []:  # our own files of a run with other parameters
+        (root / rel).unlink(missing_ok=True)
     for c in CLASSES:
-        (root / c).mkdir(exist_ok=True)
-        for old in (root / c).glob("*.jpg"):  # stale files from a run with other parameters
-            old.unlink()
-    (root / SCENES_CSV).unlink(missing_ok=True)
+        (root / c).mkdir(parents=True, exist_ok=True)
+    # the marker first: an interrupted run leaves a folder that is still recognisably ours
+    (root / META).write_text(json.dumps({**params, "complete": False}, indent=2) + "\n")
     if layout == "scenes":
         from crack_lightning.data.scenes import generate_scenes
 
@@ -319,7 +360,7 @@ def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwr
         else:
             for job in jobs:
                 _render_to(job)
-    (root / META).write_text(json.dumps(params, indent=2) + "\n")
+    (root / META).write_text(json.dumps({**params, "complete": True}, indent=2) + "\n")
     return {**summary, "generated": True, "seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -330,12 +371,16 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=227)
     p.add_argument("--workers", type=int, default=1, help="processes; output is identical for any value")
-    p.add_argument("--overwrite", action="store_true", help="regenerate even if a complete dataset exists")
+    p.add_argument("--overwrite", action="store_true", help="regenerate even if a complete dataset exists (only files it wrote are replaced)")
     p.add_argument("--layout", choices=["independent", "scenes"], default="independent",
                    help="scenes: cut patches from shared wall scenes, like the real dataset")
     p.add_argument("--tiles", type=int, default=4, help="scenes are tiles x tiles patches")
     a = p.parse_args(argv)
-    r = generate(a.out, a.per_class, a.seed, a.size, a.overwrite, a.workers, a.layout, a.tiles)
+    try:
+        r = generate(a.out, a.per_class, a.seed, a.size, a.overwrite, a.workers, a.layout, a.tiles)
+    except CrackLightningError as err:
+        print(f"synthetic: {err}", file=sys.stderr)
+        sys.exit(2)
     what = "generated" if r["generated"] else "already complete, skipped"
     print(f"synthetic: {what} {r['per_class']}/class x {len(CLASSES)} classes, {r['size']}px, "
           f"seed {r['seed']} -> {r['root']} ({r['seconds']:.1f}s)")
