@@ -130,6 +130,7 @@ class TestReport(L.Callback):
                 f"Operating threshold {thresholds['operating']:.4g}: chosen on {point.get('images')} validation images "
                 f"for recall >= {point['target_recall']} (there: precision {point['precision']:.4f}, recall {point['recall']:.4f})."
             )
+            lines += [f"WARNING: {problem}." for problem in point.get("warnings", [])]
         lines.append(
             f"Calibration error (ECE, {self.n_bins} bins): {calibration_error(raw, targets, self.n_bins):.4f} before, "
             f"{calibration_error(probs, targets, self.n_bins):.4f} after temperature scaling."

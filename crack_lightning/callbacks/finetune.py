@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from crack_lightning import CrackLightningError
 from crack_lightning.backbones import stage_modules
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class FreezeUnfreeze(BaseFinetuning):
     ):
         super().__init__()
         if unfreeze_stages is not None and unfreeze_stages < 1:
-            raise ValueError("unfreeze_stages must be >= 1 or None (the whole backbone)")
+            raise CrackLightningError(f"finetune.unfreeze_stages={unfreeze_stages}: give a whole number >= 1, "
+                                      f"or null to unfreeze the whole backbone.")
         self.unfreeze_at_epoch = unfreeze_at_epoch
         self.backbone_lr_ratio = backbone_lr_ratio
         self.unfreeze_stages = unfreeze_stages
@@ -60,6 +62,12 @@ class FreezeUnfreeze(BaseFinetuning):
         self._frozen: list[nn.Module] = []  # modules to hold in eval mode
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.unfreeze_stages is not None:  # more stages than the backbone has would unfreeze all, silently
+            stages = len(stage_modules(pl_module.backbone))
+            if self.unfreeze_stages > stages:
+                raise CrackLightningError(
+                    f"finetune.unfreeze_stages={self.unfreeze_stages}: this backbone has {stages} stages (timm's "
+                    f"group matcher); choose 1 to {stages}, or null to unfreeze all of it.")
         super().setup(trainer, pl_module, stage)  # freezes
         if self.reset_early_stopping and self.unfreeze_at_epoch is not None:
             # early stopping cannot end the run before at least one fine-tuning epoch

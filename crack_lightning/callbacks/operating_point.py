@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from crack_lightning.evaluation import calibration_error, choose_threshold, fit_temperature
+from crack_lightning.evaluation import calibration_error, choose_threshold, degenerate, fit_temperature
 from crack_lightning.files import atomic_path
 from crack_lightning.trainer.distributed import gather_uneven
 
@@ -73,6 +73,7 @@ class OperatingPoint(L.Callback):
             "ece_after": calibration_error(probs, targets, self.n_bins),
             "split": "val",
             "rule": "crack when crack probability > threshold",
+            "warnings": degenerate(temperature, choice, probs, targets),
         }
         pl_module.temperature.fill_(temperature)
         pl_module.threshold.fill_(choice.threshold)
@@ -91,6 +92,8 @@ class OperatingPoint(L.Callback):
             len(targets), temperature, choice.threshold, self.target_recall, choice.precision, choice.recall,
             point["ece_before"], point["ece_after"],
         )
+        for problem in point["warnings"] if trainer.is_global_zero else []:
+            log.warning("Operating point: %s.", problem)
 
 
 def store_operating_point(ckpt_path: Path, temperature: float, threshold: float, point: dict) -> None:

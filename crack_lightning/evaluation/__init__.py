@@ -3,7 +3,8 @@
 from crack_lightning.evaluation.operating_point import (
     calibration_error,
     choose_threshold,
+    degenerate,
     fit_temperature,
 )
 
-__all__ = ["calibration_error", "choose_threshold", "fit_temperature"]
+__all__ = ["calibration_error", "choose_threshold", "degenerate", "fit_temperature"]

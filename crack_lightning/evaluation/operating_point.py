@@ -100,3 +100,19 @@ def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_recall: 
     precision = float(binary_precision(probs, targets, threshold=threshold))
     recall = float(binary_recall(probs, targets, threshold=threshold))
     return ThresholdChoice(threshold, target_recall, precision, recall, cracks)
+
+
+def degenerate(temperature: float, choice: ThresholdChoice, probs: torch.Tensor, targets: torch.Tensor) -> list[str]:
+    """What makes an operating point untrustworthy, in words (none for a sound one): a
+    temperature stuck at its clamp, or a threshold that calls every validation image a crack
+    (recall 1 bought by giving up: the model does not separate the classes there)."""
+    problems = []
+    if temperature in TEMPERATURE_RANGE:
+        problems.append(f"the temperature hit its limit {temperature:g}: the validation split cannot pin it "
+                        f"down (too few images, or scores that do not separate the classes)")
+    negatives = targets == 0
+    if choice.cracks and negatives.any() and bool((probs[negatives] > choice.threshold).all()):
+        problems.append(f"the threshold {choice.threshold:.4g} flags every validation image as a crack "
+                        f"(precision {choice.precision:.3f} = the crack share): the model does not separate "
+                        f"the classes on validation; train longer or on more data before trusting it")
+    return problems
