@@ -130,6 +130,7 @@ def read_splits(path: Path, root: Path, class_names: list[str]) -> dict[str, lis
     """Read a ``splits.csv`` written by :func:`write_splits` for the dataset at ``root``."""
     class_to_idx = {name: i for i, name in enumerate(class_names)}
     splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    root = Path(root).resolve()  # samples are paths under the root, links not followed (scan_files)
     with path.open(newline="") as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
             if row.get("split") not in splits or row.get("label") not in class_to_idx:
@@ -137,7 +138,7 @@ def read_splits(path: Path, root: Path, class_names: list[str]) -> dict[str, lis
                     f"{path}:{line}: expected split in {list(SPLITS)} and label in {class_names}, "
                     f"got {row}. Delete the file to make a new split."
                 )
-            file = (root / row["path"]).resolve()
+            file = root / row["path"]
             if not file.is_file():
                 raise CrackLightningError(
                     f"{path}:{line}: {file} is listed in the saved split but missing under data.root. "
