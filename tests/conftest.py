@@ -49,13 +49,38 @@ def compose_cfg(tmp_path: Path, data_root: Path, overrides: list[str] = ()) -> D
         )
 
 
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every entry under ``folder`` (links not followed): relative path -> (kind, size, sha256 or
+    link target). Equal snapshots before and after a command: it changed, moved or deleted nothing."""
+    import hashlib
+
+    out = {}
+    for path in sorted(Path(folder).rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            out[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            out[rel] = ("dir",)
+        else:
+            out[rel] = ("file", path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+    return out
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The lines of a command's output that report an error."""
+    return [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line or "Error" in line]
+
+
+def run_py(script: str, args: list[str], cwd: Path = REPO, timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run the real `python <script> ...` (train.py, predict.py, export.py) in a subprocess."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def run_train_py(args: list[str], cwd: Path = REPO, timeout: int = 240) -> subprocess.CompletedProcess:
     """Run the real `python train.py ...` in a subprocess."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+    return run_py("train.py", args, cwd, timeout)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import csv
 import yaml
 
 from crack_lightning.sweeps.summary import main
-from tests.conftest import run_train_py
+from tests.conftest import error_lines, run_train_py, snapshot
 from tests.test_train import check_run_folder
 
 
@@ -69,6 +69,16 @@ def test_sweep_through_train_py_with_a_failing_job(tmp_path, tiny_data):
                  "![Confusion matrix](confusion_matrix.png)"):
         assert text in report
     assert config["backbone"]["name"] in (sweep / "2" / "report.md").read_text()
+
+    # a new sweep into this folder would summarise the old jobs under its own overrides
+    # (issue 14, item 7): refused in one line before anything is written
+    before = snapshot(sweep)
+    again = run_train_py(["-m", "debug=fast", "backbone=custom_cnn", "backbone.pretrained=false", "model.lr=0.05",
+                          f"data.root={tiny_data}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    [line] = error_lines(again)
+    assert f"hydra.sweep.dir={sweep} holds" in line
+    assert snapshot(sweep) == before
 
 
 def test_summary_sorts_by_monitor_mode_and_handles_jobs_without_results(tmp_path):
