@@ -38,6 +38,13 @@ def atomic_path(path: Path):
         tmp.unlink(missing_ok=True)
 
 
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_path`: a reader never sees half a file."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+    return Path(path)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

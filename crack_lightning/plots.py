@@ -16,6 +16,8 @@ from matplotlib.figure import Figure
 from sklearn.calibration import CalibrationDisplay
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay, precision_score, recall_score
 
+from crack_lightning.files import atomic_path
+
 
 def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Undo ``Normalize(mean, std)``: float images in [0, 1], shape (N, 3, H, W)."""
@@ -120,8 +122,8 @@ def render_figure(fig: Figure, dpi: int = DPI) -> np.ndarray:
 def save_pixels(pixels: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format="PNG")
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
     return path
 
 

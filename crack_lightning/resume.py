@@ -18,6 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
+from crack_lightning.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def _keep_csv_rows(logger, before: int) -> None:
         keys, rows = reader.fieldnames or [], [r for r in reader if int(float(r.get("step") or 0)) < before]
     writer = logger.experiment  # creating it deletes metrics.csv
     writer.metrics_keys = list(keys)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:  # a kill now must not lose the rows
         out = csv.DictWriter(f, fieldnames=keys)
         out.writeheader()
         out.writerows(rows)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning.callbacks import OperatingPoint
 from crack_lightning.config_checks import check_config
+from crack_lightning.files import write_atomic
 from crack_lightning.resume import continue_logs, resume_point
 from crack_lightning.sweeps.report import write_run_report
 from crack_lightning.trainer import build_trainer, compile_if_asked
@@ -75,7 +76,7 @@ def _fit_and_test(cfg, trainer, model, datamodule, ckpt_path, output_dir: Path) 
         metrics = {k: float(v) for k, v in sorted(results[0].items())}
         metrics["best_ckpt"] = best_ckpt
         if trainer.is_global_zero:
-            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             log.info("Test metrics: %s", json.dumps(metrics))
             for logger in trainer.loggers:  # TensorBoard's HPARAMS tab: the config next to its results
                 if isinstance(logger, TensorBoardLogger):

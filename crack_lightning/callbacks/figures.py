@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import classification_report
 
 from crack_lightning.evaluation import calibration_error
+from crack_lightning.files import write_atomic
 from crack_lightning.trainer.distributed import gather_uneven
 from crack_lightning.plots import (
     confusion_matrix_figure,
@@ -105,10 +106,8 @@ class TestReport(L.Callback):
         probs, raw, targets = self._split
         threshold = float(pl_module.threshold)
         thresholds = {"default": 0.5, "operating": threshold}
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "classification_report.txt").write_text(
-            self._report(probs, raw, targets, names, thresholds, getattr(pl_module, "operating_point", {}))
-        )
+        write_atomic(self.output_dir / "classification_report.txt",
+                     self._report(probs, raw, targets, names, thresholds, getattr(pl_module, "operating_point", {})))
         y, p = targets.numpy(), probs.numpy()
         preds = (probs > threshold).long()
         figures = {

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from crack_lightning.evaluation import calibration_error, choose_threshold, degenerate, fit_temperature
-from crack_lightning.files import atomic_path
+from crack_lightning.files import atomic_path, write_atomic
 from crack_lightning.trainer.distributed import gather_uneven
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ class OperatingPoint(L.Callback):
         for key in ("temperature", "threshold", "ece_before", "ece_after"):
             pl_module.log(f"calibration/{key}", float(point[key]), rank_zero_only=True)
         if trainer.is_global_zero:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "operating_point.json").write_text(json.dumps(point, indent=2) + "\n")
+            write_atomic(self.output_dir / "operating_point.json", json.dumps(point, indent=2) + "\n")
             if trainer.ckpt_path:
                 store_operating_point(Path(trainer.ckpt_path), temperature, choice.threshold, point)
         trainer.strategy.barrier()  # the test that follows reads the rewritten file on every rank

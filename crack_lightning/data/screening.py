@@ -38,7 +38,7 @@ from PIL import Image
 from crack_lightning import CrackLightningError
 from crack_lightning.data.dataset import Sample, check_classes, scan_files
 from crack_lightning.data.fingerprints import fingerprint_files
-from crack_lightning.files import atomic_path, files_key
+from crack_lightning.files import files_key, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,8 @@ def screen(root: Path, class_names: list[str], cache_dir: Path | None = None, mi
         log.info("Checking %d image files (decoding each once) ...", len(paths))
         bad = check_files(paths, min_side, max_pixels, workers)
         if cache is not None:
-            with atomic_path(cache) as tmp:
-                tmp.write_text(json.dumps({"root": str(root), "files": len(paths),
-                                           "bad": {str(p): why for p, why in sorted(bad.items())}}, indent=1))
+            write_atomic(cache, json.dumps({"root": str(root), "files": len(paths),
+                                            "bad": {str(p): why for p, why in sorted(bad.items())}}, indent=1))
     bad.update(broken)
     return Screening(root, [s for s in samples if s.path not in bad], bad, ignored)
 
@@ -137,10 +136,9 @@ def apply(screening: Screening, class_names: list[str], policy: str, report: Pat
     ``error`` with bad files stops with their list; ``skip`` warns once.  A class
     left without usable images stops either way."""
     if announce and report is not None and (screening.bad or screening.ignored):
-        with atomic_path(report) as tmp:
-            tmp.write_text(f"# {len(screening.bad)} bad and {len(screening.ignored)} ignored files under "
-                           f"{screening.root}, not used for training (path<TAB>reason)\n"
-                           + "".join(line + "\n" for line in screening.lines()))
+        write_atomic(report, f"# {len(screening.bad)} bad and {len(screening.ignored)} ignored files under "
+                             f"{screening.root}, not used for training (path<TAB>reason)\n"
+                             + "".join(line + "\n" for line in screening.lines()))
     where = f" (all in {report})" if report is not None else ""
     if screening.bad and policy == "error":
         raise CrackLightningError(

@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from crack_lightning import CrackLightningError
 from crack_lightning.config_checks import check_fractions
 from crack_lightning.data.dataset import Sample
-from crack_lightning.files import atomic_path
+from crack_lightning.files import atomic_path, write_atomic
 
 SPLITS = ("train", "val", "test")
 
@@ -103,8 +103,7 @@ def write_splits(path: Path, splits: dict[str, list[Sample]], root: Path, class_
             name: {"images": len(part), "crack_share": round(sum(s.label for s in part) / max(1, len(part)), 4)}
             for name, part in splits.items()
         }
-        with atomic_path(split_info_path(path)) as tmp:
-            tmp.write_text(json.dumps({**info, "splits": summary}, indent=2) + "\n")
+        write_atomic(split_info_path(path), json.dumps({**info, "splits": summary}, indent=2) + "\n")
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"] + (["group"] if groups is not None else []))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from crack_lightning import find_user_error
-from crack_lightning.files import atomic_path
+from crack_lightning.files import write_atomic
 
 log = logging.getLogger("crack_lightning")
 
@@ -37,8 +37,7 @@ def one_line_reason(err: BaseException) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _multirun_job_dir() -> Path | None:
@@ -91,8 +90,7 @@ def tolerate_job_failure(task):
                 log.error("Job failed: %s", reason, exc_info=err)  # the traceback goes to train.log
             else:
                 log.error("Job failed: %s", reason)
-            with atomic_path(job_dir / ERROR_FILE) as tmp:
-                tmp.write_text(reason + "\n")
+            write_atomic(job_dir / ERROR_FILE, reason + "\n")
             return worst
         finally:
             record["wall_time_s"] = round(time.perf_counter() - start, 3)

@@ -13,7 +13,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from crack_lightning.files import atomic_path
+from crack_lightning.files import write_atomic
 
 REPORT = "report.md"
 # (file, heading) in the order they are shown; only the ones in the folder are embedded
@@ -110,6 +110,5 @@ def run_report(cfg: DictConfig, output_dir: Path) -> str:
 def write_run_report(cfg: DictConfig, output_dir: Path) -> Path:
     """Write ``<output_dir>/report.md`` (atomically) and return its path."""
     path = Path(output_dir) / REPORT
-    with atomic_path(path) as tmp:
-        tmp.write_text(run_report(cfg, output_dir))
+    write_atomic(path, run_report(cfg, output_dir))
     return path

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from crack_lightning.files import atomic_path
+from crack_lightning.files import write_atomic
 from crack_lightning.sweeps.job import ERROR_FILE, JOB_FILE
 
 SUMMARY_CSV = "summary.csv"
@@ -267,12 +267,9 @@ def write_summary(sweep_dir: Path, monitor: str | None = None, mode: str | None 
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    with atomic_path(sweep_dir / SUMMARY_CSV) as tmp:
-        tmp.write_text(buffer.getvalue())
-    with atomic_path(sweep_dir / SUMMARY_MD) as tmp:
-        tmp.write_text(summary_markdown(sweep_dir, jobs, monitor, mode))
-    with atomic_path(sweep_dir / SUMMARY_PNG) as tmp:
-        save_figure(summary_figure(jobs, monitor), tmp)
+    write_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue())
+    write_atomic(sweep_dir / SUMMARY_MD, summary_markdown(sweep_dir, jobs, monitor, mode))
+    save_figure(summary_figure(jobs, monitor), sweep_dir / SUMMARY_PNG)  # atomic too
     return jobs
 
 
