@@ -7,12 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from crack_lightning import CrackLightningError
+from crack_lightning.data.fingerprints import IMG_EXTENSIONS
 
 # Folder names taken to mean "crack" when data.positive_class is not set.
 POSITIVE_NAMES = ("positive", "crack", "cracks", "cracked", "defect", "defective")
@@ -100,6 +98,9 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
     # root and the class folders count as seen: a link back to them is a loop, and a link from
     # one class into the other must not relabel the other's images
     seen_dirs = {_dir_id(root), *(_dir_id(root / name) for name in class_names)}
+    # the folders really inside the class folders: a link to one of them is skipped, the folder is
+    # walked as itself (a link from class A into a sub-folder of B must not make B's images A's)
+    real_dirs = {_dir_id(Path(d)) for name in class_names for d, _, _ in os.walk(root / name)}
     for label, name in enumerate(class_names):
         top = root / name
         errors = []
@@ -113,7 +114,10 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
             for d in sorted(dirnames):
                 if is_system_name(d):
                     ignored.append((here / d, "hidden or system folder"))
-            dirnames[:] = sorted(d for d in dirnames if not is_system_name(d))
+                elif os.path.islink(here / d) and _dir_id(here / d) in real_dirs:
+                    ignored.append((here / d, "folder already scanned (symlink loop or second link)"))
+            dirnames[:] = sorted(d for d in dirnames if not is_system_name(d)
+                                 and not (os.path.islink(here / d) and _dir_id(here / d) in real_dirs))
             real_dir = Path(os.path.realpath(here))  # once per folder: resolving each file costs
             for f in sorted(filenames):
                 path = here / f
@@ -185,8 +189,10 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
     return img.convert("RGB")
 
 
-class ImageListDataset(Dataset):
-    """Images read with PIL from a list of samples, converted to RGB and transformed."""
+class ImageListDataset:
+    """Images read with PIL from a list of samples, converted to RGB and transformed. A map-style
+    dataset for DataLoader (``__len__``, ``__getitem__``) without torch's base class, so the
+    scanning rules above cost validate and make data no torch import."""
 
     def __init__(self, samples: list[Sample], transform=None):
         self.samples = samples
@@ -195,7 +201,7 @@ class ImageListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int):
         sample = self.samples[index]
         with Image.open(sample.path) as img:
             image = to_rgb(img)
