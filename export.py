@@ -10,12 +10,14 @@ from omegaconf import DictConfig
 
 from crack_lightning import exit_on_user_error
 from crack_lightning.cli import run
+from crack_lightning.inference.settings import check_export
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict:
-    from crack_lightning.inference.export import export  # after Hydra's checks: torch takes seconds
+    check_export(cfg)  # before torch is imported (seconds): a wrong setting or file is refused at once
+    from crack_lightning.inference.export import export
 
     return export(cfg)
 

@@ -10,12 +10,14 @@ from omegaconf import DictConfig
 
 from crack_lightning import exit_on_user_error
 from crack_lightning.cli import run
+from crack_lightning.inference.settings import check_predict
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict:
-    from crack_lightning.inference.predict import predict  # after Hydra's checks: torch takes seconds
+    check_predict(cfg)  # before torch is imported (seconds): a wrong setting or file is refused at once
+    from crack_lightning.inference.predict import predict
 
     return predict(cfg)
 

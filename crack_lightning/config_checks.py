@@ -18,35 +18,35 @@ NUMBER = "a number"
 COUNT = "a whole number"
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 # key -> (what the value must be, the test); None passes where the key is optional.
 RULES: dict[str, tuple[str, Callable[[Any], bool], bool]] = {
-    "seed": (COUNT, _count, True),
-    "model.lr": ("a number > 0", lambda v: _number(v) and v > 0, False),
-    "model.drop_rate": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1, False),
-    "model.label_smoothing": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1, False),
-    "data.batch_size": ("a whole number >= 1", lambda v: _count(v) and v >= 1, False),
-    "data.eval_batch_size": ("a whole number >= 1", lambda v: _count(v) and v >= 1, True),
+    "seed": (COUNT, is_count, True),
+    "model.lr": ("a number > 0", lambda v: is_number(v) and v > 0, False),
+    "model.drop_rate": ("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1, False),
+    "model.label_smoothing": ("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1, False),
+    "data.batch_size": ("a whole number >= 1", lambda v: is_count(v) and v >= 1, False),
+    "data.eval_batch_size": ("a whole number >= 1", lambda v: is_count(v) and v >= 1, True),
     "data.image_size": ("a whole number >= 8 or [height, width]", lambda v: (
-        (_count(v) and v >= 8) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(_count(x) and x >= 8 for x in v))
+        (is_count(v) and v >= 8) or (isinstance(v, (list, tuple)) and len(v) == 2 and all(is_count(x) and x >= 8 for x in v))
     ), True),
-    "trainer.max_epochs": ("a whole number >= 1 (or -1: no limit)", lambda v: _count(v) and (v >= 1 or v == -1), True),
-    "trainer.min_epochs": ("a whole number >= 0", lambda v: _count(v) and v >= 0, True),
-    "finetune.unfreeze_at_epoch": ("a whole number >= 0", lambda v: _count(v) and v >= 0, True),
-    "finetune.unfreeze_stages": ("null (the whole backbone) or a whole number >= 1", lambda v: _count(v) and v >= 1, True),
-    "data.num_workers": ("auto or a whole number >= 0", lambda v: v == "auto" or (_count(v) and v >= 0), False),
+    "trainer.max_epochs": ("a whole number >= 1 (or -1: no limit)", lambda v: is_count(v) and (v >= 1 or v == -1), True),
+    "trainer.min_epochs": ("a whole number >= 0", lambda v: is_count(v) and v >= 0, True),
+    "finetune.unfreeze_at_epoch": ("a whole number >= 0", lambda v: is_count(v) and v >= 0, True),
+    "finetune.unfreeze_stages": ("null (the whole backbone) or a whole number >= 1", lambda v: is_count(v) and v >= 1, True),
+    "data.num_workers": ("auto or a whole number >= 0", lambda v: v == "auto" or (is_count(v) and v >= 0), False),
     # best checkpoint, early stopping and the operating point all come from validation
     "trainer.limit_val_batches": ("a number > 0: the run needs validation (best checkpoint, early stopping, "
-                                  "operating point)", lambda v: _number(v) and v > 0, True),
-    "finetune.backbone_lr_ratio": ("a number >= 0", lambda v: _number(v) and v >= 0, True),
-    "eval.target_recall": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1, True),
+                                  "operating point)", lambda v: is_number(v) and v > 0, True),
+    "finetune.backbone_lr_ratio": ("a number >= 0", lambda v: is_number(v) and v >= 0, True),
+    "eval.target_recall": ("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1, True),
     "trainer.compile": ("false, true or inference", lambda v: v is False or v is True or v == "inference", True),
 }
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pickle
+import re
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from crack_lightning import CrackLightningError
 from crack_lightning.files import sha256_file
+from crack_lightning.inference.model_files import missing_preprocessing, require_model_file
 
 
 @dataclass
@@ -35,24 +39,41 @@ class LoadedClassifier:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict of ``path``, with a one-line error for a missing or foreign file."""
+    """The checkpoint dict of ``path``, with a one-line error for a missing, foreign or incomplete file."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CrackLightningError(f"ckpt={path}: no such file. Point it at <run>/checkpoints/best.ckpt of a train.py run.")
+    require_model_file(path, onnx_ok=False)
     try:
         # weights_only: tensors and plain containers only -- a crafted pickle cannot run code
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or objects a checkpoint must not hold
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except pickle.UnpicklingError as err:  # torch's text advises the unsafe way out: never relayed
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        which = f" ({found[1]})" if found else ""
         raise CrackLightningError(
-            f"ckpt={path}: refused, not a plain checkpoint ({type(err).__name__}: {first_line}). "
-            f"Only load checkpoints written by train.py."
-        ) from err
+            f"ckpt={path}: holds Python objects beyond tensors and plain containers{which}; "
+            f"refused, since loading it could run code. Use a checkpoint written by train.py."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - truncated or damaged inside its zip archive
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        detail = f": {first_line}" if first_line and "weights_only" not in first_line else ""
+        raise CrackLightningError(
+            f"ckpt={path}: damaged, PyTorch cannot read it ({type(err).__name__}{detail}). Copy it again, "
+            f"or use another checkpoint of the run."
+        ) from None
     extra = checkpoint.get("crack_lightning") if isinstance(checkpoint, dict) else None
     if not extra or not extra.get("config") or not extra.get("preprocessing"):
         raise CrackLightningError(
             f"ckpt={path}: not a crack-lightning checkpoint with its config and preprocessing "
             f"(written by an older version or another program); retrain with train.py."
+        )
+    state = checkpoint.get("state_dict")
+    lacks = [f"crack_lightning.preprocessing.{key}" for key in missing_preprocessing(extra["preprocessing"])]
+    lacks += [key for key, there in (("crack_lightning.class_names", extra.get("class_names")),
+                                     ("crack_lightning.config.model", extra["config"].get("model")),
+                                     ("state_dict", isinstance(state, dict) and state)) if not there]
+    if lacks:
+        raise CrackLightningError(
+            f"ckpt={path}: lacks {', '.join(lacks)}, needed to rebuild the model and prepare images as in "
+            f"training (an edited file, or one of another version). Use the checkpoint train.py wrote, or retrain."
         )
     return checkpoint
 
@@ -72,7 +93,11 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
         model_cfg.backbone.weights = None
     model = instantiate(model_cfg)
     model.on_load_checkpoint(checkpoint)  # fills defaults for keys older checkpoints lack
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        mismatch = weights_mismatch(model, checkpoint["state_dict"], model_cfg.backbone.get("name"))
+        raise CrackLightningError(f"ckpt={path}: {mismatch}") from err
     model.eval().to(device)
     return LoadedClassifier(
         model=model,
@@ -84,3 +109,17 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
         sha256=sha256_file(path),
         operating_point=dict(extra.get("operating_point") or {}),
     )
+
+
+def weights_mismatch(model: torch.nn.Module, state: dict, backbone: str | None = None) -> str:
+    """How a state dict differs from the model's: missing, unexpected and reshaped entries."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k} {list(getattr(state[k], 'shape', []))} in the file, {list(own[k].shape)} in the model"
+                for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    parts = [f"{len(keys)} {label} (e.g. {keys[0]})" for label, keys in (
+        ("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if keys]
+    return (f"its weights do not fit the model its config describes{f' ({backbone})' if backbone else ''}: "
+            f"{', '.join(parts) or 'see load_state_dict'}. The file was edited or mixed with another run's config; "
+            f"use the checkpoint train.py wrote.")

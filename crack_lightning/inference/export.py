@@ -15,31 +15,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.splits import read_splits
 from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier, read_checkpoint
 from crack_lightning.inference.onnx import export_onnx
+from crack_lightning.inference.settings import check_export
 from crack_lightning.inference.sources import ImageFiles, find_inputs
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx",)
 DEFAULT_CHECK_IMAGES = 8
 
 
 def export(cfg: DictConfig) -> dict:
     """Export ``cfg.ckpt`` to ``cfg.format``; returns where it went and the parity result."""
-    if cfg.format not in FORMATS:
-        raise CrackLightningError(f"format={cfg.format}: not supported; choose format={' or '.join(FORMATS)}.")
-    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
-        raise CrackLightningError("ckpt= is required: python export.py ckpt=<run>/checkpoints/best.ckpt format=onnx.")
-    ckpt = Path(cfg.ckpt).expanduser()
-    output = Path(cfg.output).expanduser() if cfg.get("output") else ckpt.with_suffix(".onnx")
-    if output.suffix.lower() != ".onnx":
-        raise CrackLightningError(f"output={output}: name it *.onnx (predict.py picks onnxruntime by that suffix).")
-    loaded = load_classifier(ckpt)
+    output = check_export(cfg)  # before the model is loaded: an existing output is refused in a second
+    loaded = load_classifier(cfg.ckpt)
 
     images, source = None, "no check"
     if cfg.check:

@@ -29,6 +29,7 @@ from crack_lightning import CrackLightningError, __version__
 from crack_lightning.files import atomic_path, sha256_file
 from crack_lightning.inference.backends import TorchBackend
 from crack_lightning.inference.checkpoint import LoadedClassifier
+from crack_lightning.inference.model_files import missing_preprocessing
 
 # torch's (dynamo) exporter writes opset 18 natively; other opsets go through a version
 # converter that fails quietly for some graphs, so the result is checked (export_onnx).
@@ -172,6 +173,9 @@ class OnnxBackend:
         self.metadata = meta
         self.class_names = list(json.loads(meta["class_names"]))
         self.preprocessing = dict(json.loads(meta["preprocessing"]))
+        if lacks := missing_preprocessing(self.preprocessing):
+            raise CrackLightningError(f"{self.path}: its metadata's preprocessing lacks {', '.join(lacks)}, needed to "
+                                      f"prepare images as in training; export the checkpoint again with export.py.")
         self.threshold = float(meta["threshold"])
         self.temperature = float(meta["temperature"])
         self.operating_point = json.loads(meta.get("operating_point") or "{}")

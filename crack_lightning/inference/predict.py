@@ -23,13 +23,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from crack_lightning import CrackLightningError
 from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.data.datamodule import auto_workers
 from crack_lightning.data.fingerprints import progress_bar
 from crack_lightning.files import atomic_path
 from crack_lightning.inference import tiling
 from crack_lightning.inference.backends import Backend, data_config, open_backend, patch_size
+from crack_lightning.inference.settings import check_predict
 from crack_lightning.inference.sources import ImageFiles, Inputs, find_inputs, reason
 
 log = logging.getLogger(__name__)
@@ -38,28 +38,11 @@ COLUMNS = ["path", "crack_probability", "label", "threshold", "model_hash", "err
 PHOTO_COLUMNS = ["crack_area_fraction", "tiles", "crack_tiles", "tiles_csv", "heatmap"]
 
 
-def _pair(value, default: tuple[int, int], key: str) -> tuple[int, int]:
-    """``null`` -> ``default``, ``227`` -> (227, 227), ``[h, w]`` -> (h, w); all positive."""
+def _pair(value, default: tuple[int, int]) -> tuple[int, int]:
+    """``null`` -> ``default``, ``227`` -> (227, 227), ``[h, w]`` -> (h, w) (checked by check_predict)."""
     if value is None:
         return tuple(int(v) for v in default)
-    pair = (int(value), int(value)) if isinstance(value, (int, float)) else tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise CrackLightningError(f"{key}={value}: give one positive size in pixels, or [height, width].")
-    return pair
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject a missing or impossible setting before the model is loaded."""
-    for key in ("ckpt", "input"):
-        if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
-            raise CrackLightningError(
-                f"{key}= is required: python predict.py ckpt=<run>/checkpoints/best.ckpt input=<image|folder|glob>"
-            )
-    if cfg.threshold is not None and not 0 <= float(cfg.threshold) <= 1:
-        raise CrackLightningError(
-            f"threshold={cfg.threshold}: a crack probability, between 0 and 1 (null: the model's).")
-    if cfg.batch_size != "auto" and (not str(cfg.batch_size).isdigit() or int(cfg.batch_size) < 1):
-        raise CrackLightningError(f"batch_size={cfg.batch_size}: a positive number of images, or auto.")
+    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
 
 
 def resolve_batch_size(batch_size, device: str) -> int:
@@ -77,7 +60,7 @@ def resolve_device(device: str) -> str:
 def predict(cfg: DictConfig) -> dict:
     """Predict every input, write ``predictions.csv`` (and ``metrics.json`` when the input
     folder has class sub-folders); return the summary that is also logged."""
-    check_config(cfg)
+    check_predict(cfg)  # predict.py checked already; here for in-process callers
     device = resolve_device(cfg.device)
     backend = open_backend(cfg.ckpt, device)
     batch_size = resolve_batch_size(cfg.batch_size, device)
@@ -165,8 +148,8 @@ def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs, batch_size:
 
 def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path, batch_size: int):
     """Whole-photo mode: per photo its verdict (max tile probability) and its artefacts."""
-    size = _pair(cfg.tile_size, patch_size(backend.preprocessing), "tile_size")
-    stride = _pair(cfg.tile_stride, tuple(max(1, s // 2) for s in size), "tile_stride")
+    size = _pair(cfg.tile_size, patch_size(backend.preprocessing))
+    stride = _pair(cfg.tile_stride, tuple(max(1, s // 2) for s in size))
     transform = eval_transform(data_config(backend.preprocessing))
     heatmap = OmegaConf.to_container(cfg.heatmap) if cfg.get("heatmap") else {}
     probs, errors, extra, used = np.full(len(inputs.files), np.nan), [], [], set()

@@ -221,6 +221,4 @@ def write_heatmap(preview: Image.Image, grid: TileGrid, result: PhotoResult, thr
     verdict = "CRACK" if result.verdict(threshold) else "no crack"
     ax.set_title(f"{verdict}: max {result.max_probability:.3f} (threshold {threshold:.3f}), "
                  f"{result.crack_area_fraction:.1%} of the area, {result.crack_tiles}/{result.tiles} tiles")
-    with atomic_path(path) as tmp:
-        save_figure(fig, tmp)
-    return path
+    return save_figure(fig, path)  # atomic: no half-written PNG if interrupted

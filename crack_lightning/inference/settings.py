@@ -1,0 +1,127 @@
+"""The settings of ``predict.py`` and ``export.py``, checked before torch is imported.
+
+Importing torch, timm and Lightning takes seconds; a typo (``threshold=abc``), an impossible
+value (``heatmap.max_side=0``, which used to fail after the first photo) or a wrong file
+(``ckpt=`` a text file, ``export.py ckpt=best.onnx``) is refused before that, in one line.
+The entry scripts call :func:`check_predict` / :func:`check_export` first; ``predict()`` and
+``export()`` call them too, for in-process callers. Only ``device=cuda`` needs torch, to ask
+whether there is a GPU.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from crack_lightning import CrackLightningError
+from crack_lightning.config_checks import is_count, is_number, check_types
+from crack_lightning.files import sha256_file
+from crack_lightning.inference.model_files import ONNX, export_origin, onnx_metadata, require_model_file, sniff
+
+FORMATS = ("onnx",)
+DEVICES = r"auto|cpu|cuda(:\d+)?"
+HEATMAP_SIDES = (64, 8192)  # px of the PNG: smaller is illegible; larger, a canvas of hundreds of MB per photo
+
+
+def _size(value) -> bool:
+    return (is_count(value) and value >= 1) or (
+        isinstance(value, (list, tuple)) and len(value) == 2 and all(is_count(v) and v >= 1 for v in value))
+
+
+def _colormap(value) -> bool:
+    import matplotlib  # here: only this check needs it (0.2 s)
+
+    return isinstance(value, str) and value in matplotlib.colormaps
+
+
+# key -> (what the value must be, the test, whether null passes): config_checks.check_types' table
+PREDICT_RULES = {
+    "threshold": ("a probability in [0, 1], or null: the model's", lambda v: is_number(v) and 0 <= v <= 1, True),
+    "batch_size": ("auto or a whole number >= 1", lambda v: v == "auto" or (is_count(v) and v >= 1), False),
+    "num_workers": ("auto or a whole number >= 0", lambda v: v == "auto" or (is_count(v) and v >= 0), False),
+    "device": ("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and bool(re.fullmatch(DEVICES, v)), False),
+    "gradcam": ("a whole number >= 0", lambda v: is_count(v) and v >= 0, False),
+    "tile": ("true or false", lambda v: isinstance(v, bool), False),
+    "tile_size": ("pixels: a whole number >= 1 or [height, width]; null: the training patch size", _size, True),
+    "tile_stride": ("pixels: a whole number >= 1 or [height, width]; null: half the window", _size, True),
+    "heatmap.max_side": (f"a whole number of pixels from {HEATMAP_SIDES[0]} to {HEATMAP_SIDES[1]}",
+                         lambda v: is_count(v) and HEATMAP_SIDES[0] <= v <= HEATMAP_SIDES[1], False),
+    "heatmap.alpha": ("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1, False),
+    "heatmap.cmap": ("a matplotlib colormap name, e.g. turbo or viridis", _colormap, False),
+}
+EXPORT_RULES = {
+    "opset": ("a whole number", is_count, False),
+    "check": ("true or false", lambda v: isinstance(v, bool), False),
+    "check_images": ("a whole number >= 1, or null: 8", lambda v: is_count(v) and v >= 1, True),
+    "atol": ("a number >= 0", lambda v: is_number(v) and v >= 0, False),
+    "overwrite": ("true or false", lambda v: isinstance(v, bool), False),
+}
+
+
+def _required(cfg: DictConfig, key: str, usage: str) -> None:
+    if OmegaConf.is_missing(cfg, key) or not cfg.get(key):
+        raise CrackLightningError(f"{key}= is required: {usage}")
+
+
+def check_predict(cfg: DictConfig) -> None:
+    """Refuse a missing or impossible predict.py setting, or a ckpt= that is no model file."""
+    for key in ("ckpt", "input"):
+        _required(cfg, key, "python predict.py ckpt=<run>/checkpoints/best.ckpt input=<image|folder|glob>")
+    check_types(cfg, PREDICT_RULES)
+    check_device(str(cfg.device))
+    require_model_file(cfg.ckpt, onnx_ok=True)
+
+
+def check_device(device: str) -> None:
+    """``cuda`` / ``cuda:N`` only where PyTorch sees that GPU (the one check that imports torch)."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise CrackLightningError(f"device={device}: PyTorch sees no CUDA GPU here (torch.cuda.is_available() is "
+                                  f"False). Use device=cpu, or device=auto (a GPU when there is one).")
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise CrackLightningError(f"device={device}: PyTorch sees {count} GPU(s) here, cuda:0 to cuda:{count - 1}. "
+                                  f"Use one of them, or device=auto.")
+
+
+def export_output(cfg: DictConfig) -> Path:
+    """The file export.py writes: ``output=``, or ``<ckpt stem>.onnx`` beside the checkpoint."""
+    ckpt = Path(cfg.ckpt).expanduser()
+    return Path(cfg.output).expanduser() if cfg.get("output") else ckpt.with_suffix(".onnx")
+
+
+def check_export(cfg: DictConfig) -> Path:
+    """Refuse a missing or impossible export.py setting, a ckpt= that is no PyTorch checkpoint, or
+    an output that exists (unless overwrite=true); return the output file."""
+    if cfg.format not in FORMATS:
+        raise CrackLightningError(f"format={cfg.format}: not supported; choose format={' or '.join(FORMATS)}.")
+    _required(cfg, "ckpt", "python export.py ckpt=<run>/checkpoints/best.ckpt format=onnx.")
+    check_types(cfg, EXPORT_RULES)
+    output = export_output(cfg)
+    if output.suffix.lower() != ".onnx":
+        raise CrackLightningError(f"output={output}: name it *.onnx (predict.py picks onnxruntime by that suffix).")
+    require_model_file(cfg.ckpt, onnx_ok=False)
+    key = f"output={output}" if cfg.get("output") else f"{output} (output=null: <ckpt stem>.onnx beside the checkpoint)"
+    if output.is_dir():
+        raise CrackLightningError(f"{key} is a folder: give the file to write, e.g. output={output / 'model.onnx'}.")
+    if output.exists() and not cfg.get("overwrite"):
+        raise CrackLightningError(f"{key} exists ({_describe(output, Path(cfg.ckpt).expanduser())}): export.py does "
+                                  f"not replace a file unasked. Choose another output=, or add overwrite=true.")
+    return output
+
+
+def _describe(output: Path, ckpt: Path) -> str:
+    """What an existing output file is: an export of this checkpoint, of another one, or else."""
+    kind, what = sniff(output)
+    meta = onnx_metadata(output) if kind == ONNX else None
+    origin = export_origin(meta)
+    if not origin:
+        return "an ONNX model export.py did not write" if meta is not None else what
+    which = "this very checkpoint" if meta["checkpoint_sha256"] == sha256_file(ckpt) else "another checkpoint"
+    return f"export.py's ONNX export of {which}: {origin}"
