@@ -29,7 +29,7 @@ from crack_lightning import CrackLightningError
 from crack_lightning.data import download
 from crack_lightning.data.archive import extract, safe_member
 from crack_lightning.data.download import fetch
-from crack_lightning.data.get import get_data
+from crack_lightning.data.get import LAYOUT_MARKER, get_data
 from tests.conftest import CONF, REPO
 from tests.rar4 import write_rar4
 
@@ -232,8 +232,14 @@ def test_get_data_end_to_end_then_idempotent(tmp_path, server, rar_bytes, small_
         get_data(_cfg(_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "force=true")))
     assert _files(root) == got
 
-    if write_card_stub is None:  # a dataset without its card (laid out by hand): the rerun adds it
+    if write_card_stub is None:  # our layout without its card (deleted, or it failed): the rerun adds it
         (root / CARD_MD).unlink()
+        other = _overrides(tmp_path, server.url("dataset.rar"), rar_bytes)
+        other[3] = f"source.sha256={_sha(b'another release')}"
+        caplog.clear()
+        with caplog.at_level(logging.INFO):  # ... but only for the archive it was laid out from
+            get_data(_cfg(other))
+        assert "not from source mendeley: no card written" in caplog.text and not (root / CARD_MD).exists()
         get_data(cfg)
         assert (root / CARD_MD).is_file() and len(server.requests) == 1
 
@@ -355,7 +361,7 @@ def test_zip_mirror_nested_folder_without_libarchive(tmp_path, server, monkeypat
         root = get_data(_cfg(_overrides(tmp_path, server.url("mirror.zip"), data,
                                         "source.filename=mirror.zip", "card=false")))
     assert "Extracting mirror.zip with zipfile" in caplog.text
-    assert sorted(p.name for p in root.iterdir()) == ["Negative", "Positive"]
+    assert sorted(p.name for p in root.iterdir()) == [LAYOUT_MARKER, "Negative", "Positive"]
     assert (root / "Positive" / "00003.jpg").read_bytes() == entries["Concrete Crack Images/Positive/00003.jpg"]
     assert not list((tmp_path / "data").glob(".*"))
 

@@ -21,7 +21,7 @@ import torch
 
 from crack_lightning import CrackLightningError
 from crack_lightning.evaluation import choose_threshold, degenerate
-from crack_lightning.files import _HOST
+from crack_lightning.files import HOST
 from tests.conftest import REPO, compose_cfg, error_lines, run_py, run_train_py, snapshot
 
 FAST = ["debug=fast", "backbone=custom_cnn", "backbone.pretrained=false"]
@@ -61,8 +61,8 @@ def test_demo_recipe_on_your_folder_trains_on_it_and_leaves_it_as_it_was(tmp_pat
     Image.open(tiny_data / "Positive" / "00001.jpg").save(user / "Positive" / "site_a.png")
     cache = tmp_path / "data" / "cache"
     cache.mkdir(parents=True)
-    stale = cache / f".decoded-32x32-0123.{_HOST}-{_dead_pid()}.partial.npy"  # a SIGKILLed build's
-    alive = cache / f".decoded-32x32-4567.{_HOST}-{os.getpid()}.partial.npy"  # a build still running
+    stale = cache / f".decoded-32x32-0123.{HOST}-{_dead_pid()}.partial.npy"  # a SIGKILLed build's
+    alive = cache / f".decoded-32x32-4567.{HOST}-{os.getpid()}.partial.npy"  # a build still running
     for partial in (stale, alive):
         partial.write_bytes(b"\0" * 1024)
     before = snapshot(user)

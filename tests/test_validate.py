@@ -223,7 +223,8 @@ def test_every_planted_problem_is_found_under_its_heading(dirty_report):
     assert _pairs(r["near_duplicates"]["within_class"]) == {("Positive/00005.jpg", "Positive/00005_near.jpg")}
     assert _pairs(r["near_duplicates"]["across_classes"]) == {("Negative/00006_near.jpg", "Positive/00006.jpg")}
     counts = r["summary"]["counts"]
-    assert counts == {"empty": 1, "not_image": 1, "truncated": 1, "unreadable": 0, "non_image_files": 1,
+    assert counts == {"class_folders": 0, "empty": 1, "not_image": 1, "truncated": 1, "unreadable": 0,
+                      "broken": 0, "non_image_files": 1,
                       "empty_classes": 0, "exact_within_class": 1, "exact_across_classes": 1,
                       "near_within_class": 1, "near_across_classes": 1}
     assert r["summary"]["clean"] is False

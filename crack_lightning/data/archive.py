@@ -16,10 +16,14 @@ Safety: entries with absolute paths or ``..``, and links that point outside the
 destination, are refused (the whole extraction fails, nothing lands at ``dest``). The
 archive is extracted into a temporary folder next to ``dest`` and renamed to ``dest``
 only once complete, so a killed extraction never leaves half a dataset at ``dest``.
+
+:func:`temporary_folder` is that folder, also ``make data``'s staging area: a unique
+name, a marker file inside naming this host and process, so a leftover is deleted only
+when it is ours and its process is dead (:func:`remove_stale_folders`), never a
+folder of the user's that happens to have a similar name.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import posixpath
@@ -28,18 +32,19 @@ import shutil
 import stat
 import subprocess
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from crack_lightning import CrackLightningError
+from crack_lightning.files import temporary_folder
 
 log = logging.getLogger(__name__)
 
 BLOCK = 1 << 20
 PARTIAL = ".partial-"   # infix of the temporary extraction folders: .<dest name>.partial-XXXX
+# Inside every temporary folder we make: who made it. Without it a folder is not ours.
 
 NO_EXTRACTOR = (
     "Cannot extract {archive}: it is a RAR archive and nothing here reads RAR. Install one "
@@ -59,8 +64,6 @@ def extract(archive: Path, dest: Path) -> Path:
         raise CrackLightningError(
             f"Cannot extract into {dest}: it exists and is not an empty folder; "
             f"move it away or extract elsewhere")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(dest)
 
     kind = sniff(archive)
     backends = [b for b in BACKENDS if kind in b.formats or (kind == "unknown" and b.generic)]
@@ -74,22 +77,21 @@ def extract(archive: Path, dest: Path) -> Path:
 
     failures = []
     for backend, handle in available:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{PARTIAL}", dir=dest.parent))
-        try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; dest is a normal folder
-            log.info("Extracting %s with %s", archive.name, backend.name)
-            backend.extract(handle, archive, tmp)
-            _check_links(tmp)
-            os.replace(tmp, dest)  # atomic: dest appears complete or not at all
-            return dest
-        except CrackLightningError:
-            raise  # unsafe entry: another backend would not make the archive safe
-        except Exception as err:  # noqa: BLE001 - try the next backend, report them all
-            failures.append(f"{backend.name}: {err}")
-            log.warning("%s could not extract %s: %s", backend.name, archive.name, err)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        # the files go one level down, so the marker never lands in dest
+        with temporary_folder(dest.parent, f".{dest.name}{PARTIAL}") as tmp:
+            out = tmp / "content"
+            out.mkdir()
+            try:
+                log.info("Extracting %s with %s", archive.name, backend.name)
+                backend.extract(handle, archive, out)
+                _check_links(out)
+                os.replace(out, dest)  # atomic: dest appears complete or not at all
+                return dest
+            except CrackLightningError:
+                raise  # unsafe entry: another backend would not make the archive safe
+            except Exception as err:  # noqa: BLE001 - try the next backend, report them all
+                failures.append(f"{backend.name}: {err}")
+                log.warning("%s could not extract %s: %s", backend.name, archive.name, err)
     hint = (" It does not look like an archive (an HTML error page instead of the file?): "
             "check source.url." if kind == "unknown" else
             " The archive may be damaged: delete it and rerun to download it again.")
@@ -340,18 +342,3 @@ BACKENDS = [
     _Backend("zipfile", ("zip",), False, lambda: zipfile, _zip_extract),
     _Backend("tarfile", ("tar",), False, lambda: tarfile, _tar_extract),
 ]
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _remove_stale_partials(dest: Path) -> None:
-    """Remove what a killed extraction into ``dest`` left (folders only this module names)."""
-    for stale in dest.parent.glob(f".{glob.escape(dest.name)}{PARTIAL}*"):
-        if stale.is_dir() and not stale.is_symlink():
-            log.info("Removing %s, left by an interrupted extraction", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-

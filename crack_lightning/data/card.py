@@ -9,7 +9,9 @@
 * ``dataset_examples.png``: one row of seeded random examples per class.
 
 The three files sit in ``root`` itself, not in a class folder, so they never
-become training images and the validator does not check them.
+become training images and the validator does not check them. Each is written
+atomically (a killed run leaves no half card). ``make data`` writes a card only into
+a folder it laid out itself: a user's dataset is never written into.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from crack_lightning.files import atomic_path, remove_stale_partials, write_atomic
 
 CARD_MD = "dataset_card.md"
 CARD_JSON = "dataset_card.json"
@@ -34,15 +38,16 @@ def _font(size: int):
 
 def example_grid(root: Path, report: dict, per_class: int = 8, seed: int = 0, tile: int = 112) -> Image.Image:
     """One row per class of ``per_class`` readable images, picked with ``seed``."""
+    from crack_lightning.data.dataset import scan_files  # training's rule for which files are images
+
     root = Path(root)
     bad = {p["path"] for kind in report["problems"].values() for p in kind}
+    samples, _, _ = scan_files(root, report["classes"])
+    base = root.resolve()
     rows = []
-    for cls in report["classes"]:
-        files = sorted(
-            p.relative_to(root).as_posix() for p in (root / cls).rglob("*")
-            if p.suffix.lower() in tuple(report["settings"]["image_extensions"]) and p.is_file()
-        )
-        files = [f for f in files if f not in bad]
+    for label, cls in enumerate(report["classes"]):
+        files = [rel for s in samples if s.label == label
+                 and (rel := s.path.relative_to(base).as_posix()) not in bad]
         rows.append((cls, random.Random(f"{seed}/{cls}").sample(files, min(per_class, len(files)))))
     title_h, row_title_h, gap = 34, 22, 4
     cols = max([per_class] + [len(f) for _, f in rows])
@@ -141,8 +146,8 @@ def write_card(root: Path, report: dict | None = None, per_class: int = 8, seed:
         from crack_lightning.data.validate import validate
 
         report = validate(root)
-    (root / CARD_JSON).write_text(json.dumps(report, indent=2) + "\n")
-    example_grid(root, report, per_class=per_class, seed=seed).save(root / EXAMPLES_PNG, optimize=True)
-    md = root / CARD_MD
-    md.write_text(_markdown(report, root, licence))
-    return md
+    remove_stale_partials(root, "dataset_*")  # what a killed card writer left
+    write_atomic(root / CARD_JSON, json.dumps(report, indent=2) + "\n")
+    with atomic_path(root / EXAMPLES_PNG) as tmp:
+        example_grid(root, report, per_class=per_class, seed=seed).save(tmp, "PNG", optimize=True)
+    return write_atomic(root / CARD_MD, _markdown(report, root, licence))  # last: says the card is whole

@@ -61,11 +61,8 @@ def fetch(url: str, dest: Path, size: int | None, sha256: str | None, progress: 
     """
     dest = Path(dest).expanduser()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sha256 = str(sha256).strip().lower() if sha256 else None  # Hydra may hand over a number
+    sha256 = sha256_setting(sha256)
     size = int(size) if size is not None else None
-    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
-        raise CrackLightningError(
-            f"source.sha256={sha256!r} is not a SHA-256 (64 hex digits): fix it or set source.sha256=null")
 
     if dest.exists():
         if _verify_existing(dest, size, sha256):
@@ -95,6 +92,15 @@ def fetch(url: str, dest: Path, size: int | None, sha256: str | None, progress: 
 
 
 # --------------------------------------------------------------------------- checks
+
+def sha256_setting(value) -> str | None:
+    """``source.sha256`` as lower-case hex, or None (no check); one line if it is not one."""
+    sha256 = str(value).strip().lower() if value else None  # Hydra may hand over a number
+    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise CrackLightningError(
+            f"source.sha256={sha256!r} is not a SHA-256 (64 hex digits): fix it or set source.sha256=null")
+    return sha256
+
 
 def _verify_existing(dest: Path, size: int | None, sha256: str | None) -> bool:
     """True if ``dest`` is already the expected file; an unexpected one is kept and reported."""

@@ -5,19 +5,20 @@
     python -m crack_lightning.data.get source.url=<mirror URL>       # same size and SHA-256
 
 Steps: fetch the archive into ``download_dir`` (resumable, size and SHA-256 checked) ->
-extract it next to ``root`` (all-or-nothing) -> find the folder holding the class folders
-(``source.classes``, possibly nested) -> move it to ``root`` -> compare the image counts
-with ``source.expect`` (a warning, not an error) -> write the dataset card -> summary.
+extract it into a staging folder next to ``root`` (all-or-nothing) -> find the folder holding
+the class folders (``source.classes``, possibly nested) -> mark it as laid out by us
+(:data:`LAYOUT_MARKER`) and move it to ``root`` -> compare the image counts with
+``source.expect`` (a warning, not an error) -> write the dataset card -> summary.
 
 A ``root`` that already holds the class folders with images is left alone (rerunning is a
-no-op); nothing here ever deletes a dataset or a file the user had. Config:
-``conf/get_data.yaml`` and ``conf/source/``.
+no-op; only a folder this command laid out gets a missing card); nothing here ever deletes
+a dataset or a file the user had. Config: ``conf/get_data.yaml`` and ``conf/source/``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,12 +27,16 @@ from omegaconf import DictConfig
 
 from crack_lightning import CrackLightningError, exit_on_user_error
 from crack_lightning.data.archive import extract
-from crack_lightning.data.download import fetch
+from crack_lightning.data.download import fetch, sha256_setting
 from crack_lightning.data.fingerprints import IMG_EXTENSIONS
+from crack_lightning.files import remove_stale_folders, sha256_file, temporary_folder, write_atomic
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = set(IMG_EXTENSIONS)
+# Written into the dataset folder by the layout step, before it moves to root: "make data laid
+# this folder out from this archive". Only such a folder is ever written into (a missing card).
+LAYOUT_MARKER = ".crack_lightning_source.json"
 
 
 def get_data(cfg: DictConfig) -> Path:
@@ -42,6 +47,10 @@ def get_data(cfg: DictConfig) -> Path:
     classes = [str(c) for c in cfg.source.classes]
     expect = dict(cfg.source.expect) if cfg.source.get("expect") else None
 
+    staging = f".{root.name}.unpacked-"  # next to root: same disk, atomic move
+    if root.parent.is_dir():  # what a killed run left, if it was ours
+        remove_stale_folders(root.parent, staging)
+
     counts = class_counts(root, classes)
     if counts and all(counts.values()):
         if cfg.force:
@@ -49,11 +58,7 @@ def get_data(cfg: DictConfig) -> Path:
                 f"force=true: {root} already holds the dataset ({_fmt(counts)}) and this command "
                 f"never deletes data; to rebuild it, move or delete {root} yourself and rerun, "
                 f"or lay out a fresh copy elsewhere with root=<folder>")
-        log.info("%s already holds %s: nothing to do (to rebuild it, move it away and rerun)",
-                 root, _fmt(counts))
-        _check_counts(counts, expect)
-        if cfg.card and not _card_exists(root):  # laid out by hand, or the card failed last time
-            _write_card(root, cfg.source)
+        _existing_dataset(root, counts, cfg, expect)
         return root
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         what = ", ".join(sorted(p.name for p in root.iterdir())[:5]) if root.is_dir() else "a file"
@@ -63,30 +68,29 @@ def get_data(cfg: DictConfig) -> Path:
             f"rerun, or choose another folder with root=<folder>")
 
     src = cfg.source
-    archive = fetch(src.url, Path(cfg.download_dir).expanduser() / src.filename,
-                    src.size, src.sha256, progress=cfg.progress, timeout=cfg.timeout_s,
-                    retries=cfg.retries)
+    archive = Path(cfg.download_dir).expanduser() / src.filename
+    had_archive = archive.exists()  # then it may be the user's: keep_archive=false keeps it
+    archive = fetch(src.url, archive, src.size, src.sha256, progress=cfg.progress,
+                    timeout=cfg.timeout_s, retries=cfg.retries)
 
-    staging = root.parent / f".{root.name}.unpacked"  # next to root: same disk, atomic move
-    if staging.exists():
-        log.info("Removing %s, left by an interrupted run", staging)
-        shutil.rmtree(staging)
-    extract(archive, staging)
-    try:
-        found = find_dataset(staging, classes)
+    with temporary_folder(root.parent, staging) as work:
+        unpacked = extract(archive, work / "unpacked")
+        found = find_dataset(unpacked, classes)
         if found is None:
             raise CrackLightningError(
                 f"{archive} holds no folder with {' and '.join(f'{c}/' for c in classes)} "
-                f"(top level: {', '.join(sorted(p.name for p in staging.iterdir())[:8]) or 'nothing'}): "
+                f"(top level: {', '.join(sorted(p.name for p in unpacked.iterdir())[:8]) or 'nothing'}): "
                 f"is source.url the right archive? (source.classes names the class folders)")
+        layout = {"source": src.get("name"), "archive": src.filename,
+                  "sha256": sha256_setting(src.sha256) or sha256_file(archive)}
+        write_atomic(found / LAYOUT_MARKER, json.dumps(layout, indent=2) + "\n")  # root never appears without it
         os.replace(found, root)  # root is absent or an empty folder
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
     counts = class_counts(root, classes)
     _check_counts(counts, expect)
-    if not cfg.keep_archive:
+    if not cfg.keep_archive and had_archive:
+        log.info("Kept %s (keep_archive=false deletes only an archive this run downloaded)", archive)
+    elif not cfg.keep_archive:
         archive.unlink()
         log.info("Deleted %s (keep_archive=false)", archive)
 
@@ -99,6 +103,40 @@ def get_data(cfg: DictConfig) -> Path:
     if src.get("citation"):
         log.info("License %s; please cite: %s", src.get("license", "see the source"), src.citation)
     return root
+
+
+def _existing_dataset(root: Path, counts: dict[str, int], cfg: DictConfig, expect: dict | None) -> None:
+    """Rerun on a dataset already at root: never write into a folder make data did not lay out."""
+    layout = laid_out_by(root)
+    if layout is None:
+        log.info("%s holds %s and was not laid out by make data: left as it is (no card written); "
+                 "`make validate ROOT=%s` checks it", root, _fmt(counts), root)
+        return
+    log.info("%s already holds %s: nothing to do (to rebuild it, move it away and rerun)",
+             root, _fmt(counts))
+    _check_counts(counts, expect)
+    if not cfg.card or _card_exists(root):
+        return
+    src = cfg.source
+    sha256 = sha256_setting(src.sha256)
+    if layout.get("source") != src.get("name") or (sha256 and layout.get("sha256") != sha256):
+        log.info("%s was laid out from %s (SHA-256 %s), not from source %s: no card written for it",
+                 root, layout.get("archive"), layout.get("sha256"), src.get("name"))
+        return
+    _write_card(root, src)  # the card failed or was deleted after our layout
+
+
+def laid_out_by(root: Path) -> dict | None:
+    """What :data:`LAYOUT_MARKER` in ``root`` records (source, archive, sha256), or None when
+    this command did not lay ``root`` out."""
+    marker = root / LAYOUT_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        layout = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return layout if isinstance(layout, dict) else None
 
 
 def class_counts(root: Path, classes: list[str]) -> dict[str, int]:

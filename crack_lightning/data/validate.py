@@ -1,17 +1,25 @@
 """Validate an ImageFolder dataset: counts, sizes, broken files, duplicates, split leaks.
 
-``python -m crack_lightning.data.validate ROOT [--splits splits.csv] [--json report.json]``
+``python -m crack_lightning.data.validate ROOT [--splits splits.csv] [--json report.json]
+[--positive-class FOLDER]``
 
-Every sub-folder of ROOT is a class (files directly in ROOT, such as
-``synthetic.json`` or the dataset card, are listed but not checked).  The report
-(terminal table + JSON, paths relative to ROOT) holds:
+Which files are images of which class is training's rule, not a second one:
+:func:`crack_lightning.data.dataset.scan_files` over
+:func:`~crack_lightning.data.dataset.class_folders` (hidden and system folders such as
+``__MACOSX`` are no class; symbolic links are followed, to files outside ROOT too).
+Files directly in ROOT, such as ``synthetic.json`` or the dataset card, are listed but
+not checked.  The report (terminal table + JSON, paths relative to ROOT) holds:
 
+* class folders training would refuse (not exactly two, or no recognisable crack class
+  without ``--positive-class``), with training's own one-line reason;
 * images per class, image sizes, modes and formats;
 * problem files by kind: ``empty`` (zero bytes), ``not_image`` (an image extension
   but not an image, e.g. a text file named ``.jpg``), ``truncated`` (PIL stops early,
-  or a JPEG has no end-of-image marker), ``unreadable`` (any other decode error);
+  or a JPEG has no end-of-image marker), ``unreadable`` (any other decode error),
+  ``broken`` (a dangling or looping link, an unreadable folder);
 * non-image files: files in class folders without an image extension (what
-  ImageFolder would silently skip);
+  training silently skips); what training ignores on purpose (hidden and system
+  files, a second path to one file) is listed apart, not as a problem;
 * exact duplicates (same SHA-256), within one class or across classes;
 * near-duplicates: perceptual hashes within ``--near-distance`` bits *and* a pixel
   check (band-passed grayscale correlation over shifts up to 2 px, see
@@ -21,6 +29,7 @@ Every sub-folder of ROOT is a class (files directly in ROOT, such as
   splits (a leak between train and test), files listed but missing, image files
   not listed, files listed twice, and labels that disagree with the class folder.
 
+It writes nothing but the ``--json`` report (checked before the scan; never inside ROOT).
 Exit status: 0 clean, 1 problems found, 2 a user error (one line on stderr).
 """
 
@@ -33,6 +42,7 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -49,6 +59,7 @@ from crack_lightning.data.fingerprints import (
     near_pairs,
     verify_pairs,
 )
+from crack_lightning.files import is_within, write_atomic
 
 REPORT_VERSION = 1
 # Hamming distance of 64-bit perceptual hashes up to which a pair is checked at pixel
@@ -62,10 +73,12 @@ PROBLEM_KINDS = tuple(k for k in KINDS if k != "ok")
 
 # Summary headings in display order: (key, title). A report is clean when all are 0.
 HEADINGS = (
+    ("class_folders", "class folders training would refuse"),
     ("empty", "zero-byte files"),
     ("not_image", "not images (image extension, other content)"),
     ("truncated", "truncated images"),
     ("unreadable", "unreadable images"),
+    ("broken", "broken links and unreadable folders"),
     ("non_image_files", "non-image files (by extension)"),
     ("empty_classes", "class folders without images"),
     ("exact_within_class", "exact duplicates within a class (groups)"),
@@ -84,37 +97,65 @@ HEADINGS = (
 # --- scanning ---------------------------------------------------------------------------
 
 
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
+# scan_files' reason for a file without an image extension (the others are not findings)
+_NOT_IMAGE = "not an image file name"
 
 
-def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[tuple[str, str]], list[str]]:
-    """Walk ``root`` like ImageFolder: ``(classes, image_files, other_files, root_files)``.
+@dataclass
+class Scan:
+    classes: list[str]               # class folders: training's [negative, positive] when it accepts them
+    images: list[tuple[str, Path]]   # (path relative to ROOT, posix; path to read) of each image file
+    non_image: list[str]             # files without an image extension in class folders
+    broken: list[dict]               # {"path", "reason"}: dangling links, unreadable folders
+    ignored: list[dict]              # {"path", "reason"}: what training leaves out on purpose
+    root_files: list[str]            # files directly in ROOT: listed, not checked
+    refusal: str | None              # training's reason for refusing the class folders
 
-    File entries are ``(class, path relative to root, posix)``, sorted.
-    """
+
+def scan(root: Path, positive_class: str | None = None) -> Scan:
+    """Take the class folders and image files of ``root`` as training does (dataset.py)."""
+    # imported here, not at module level: the argument checks must not wait for it
+    from crack_lightning.data.dataset import class_folders, resolve_class_names, scan_files
+
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "no such folder"
         raise CrackLightningError(
             f"{root}: {what}. Pass the ImageFolder root that holds one sub-folder per class "
             f"(e.g. Positive/ and Negative/)."
         )
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    classes = [e.name for e in entries if e.is_dir()]
-    root_files = [e.name for e in entries if not e.is_dir()]
+    classes = class_folders(root)
     if not classes:
         raise CrackLightningError(
             f"{root}: no class sub-folders. Pass the ImageFolder root that holds one sub-folder "
             f"per class (e.g. Positive/ and Negative/), not a class folder itself."
         )
-    images, others = [], []
-    for cls in classes:
-        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
-            dirnames.sort()
-            rel_dir = Path(dirpath).relative_to(root).as_posix()
-            for name in sorted(filenames):
-                (images if _is_image_name(name) else others).append((cls, f"{rel_dir}/{name}"))
-    return classes, images, others, root_files
+    if positive_class is not None and positive_class not in classes:
+        raise CrackLightningError(
+            f"--positive-class {positive_class}: not a class folder of {root}; choose one of {classes}.")
+    refusal = None
+    try:
+        classes = resolve_class_names(root, positive_class)  # labelled as training labels them
+    except CrackLightningError as err:  # a finding: the rest is still scanned and reported
+        refusal = str(err)
+    samples, broken, ignored = scan_files(root, classes)
+    base = root.resolve()  # scan_files' paths lie under the resolved root
+
+    def rel(path: Path) -> str:
+        path = Path(path)
+        return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
+
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    return Scan(
+        classes=classes,
+        images=[(rel(s.path), s.path) for s in samples],
+        non_image=sorted(rel(p) for p, why in ignored if why.startswith(_NOT_IMAGE)),
+        broken=sorted(({"path": rel(p), "reason": why} for p, why in broken), key=lambda b: b["path"]),
+        ignored=sorted([{"path": rel(p), "reason": why} for p, why in ignored if not why.startswith(_NOT_IMAGE)]
+                       + [{"path": e.name, "reason": "hidden or system folder: not a class"}
+                          for e in entries if e.is_dir() and e.name not in classes], key=lambda i: i["path"]),
+        root_files=[e.name for e in entries if not e.is_dir()],
+        refusal=refusal,
+    )
 
 
 # --- splits.csv -------------------------------------------------------------------------
@@ -125,6 +166,14 @@ def read_split_rows(csv_path: Path, root: Path) -> list[dict]:
     normalised to posix paths relative to ``root``; each row has its line number."""
     if not csv_path.is_file():
         raise CrackLightningError(f"--splits {csv_path}: no such file. Pass the splits.csv a training run wrote.")
+    try:
+        return _read_split_rows(csv_path, root)
+    except (OSError, UnicodeDecodeError) as err:
+        raise CrackLightningError(
+            f"--splits {csv_path}: cannot read it ({err}). Pass a readable splits.csv.") from None
+
+
+def _read_split_rows(csv_path: Path, root: Path) -> list[dict]:
     rows = []
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -138,9 +187,9 @@ def read_split_rows(csv_path: Path, root: Path) -> list[dict]:
         for line, row in enumerate(reader, start=2):
             raw = (row.get("path") or "").strip()
             p = Path(raw)
-            if p.is_absolute():
+            if p.is_absolute():  # its folder resolved, not the file: a link stays a path under root
                 try:
-                    p = p.resolve().relative_to(root_abs)
+                    p = (Path(os.path.realpath(p.parent)) / p.name).relative_to(root_abs)
                 except ValueError:
                     pass
             rel = PurePosixPath(os.path.normpath(p.as_posix())).as_posix() if raw else ""
@@ -199,43 +248,53 @@ def _class_of(rel: str) -> str:
 
 
 def validate(root, splits_csv=None, workers: int | None = None, near_distance: int = NEAR_DISTANCE,
-             progress: bool = False, min_correlation: float = MIN_CORRELATION) -> dict:
+             progress: bool = False, min_correlation: float = MIN_CORRELATION,
+             positive_class: str | None = None) -> dict:
     """Scan the ImageFolder at ``root`` and return the report (JSON-ready dict).
 
     ``report["summary"]["clean"]`` is True when no heading of :data:`HEADINGS` has
     a finding. Raises :class:`CrackLightningError` for a missing root or splits file.
+    ``positive_class``: the crack folder, as ``data.positive_class`` tells training.
     """
     t0 = time.perf_counter()
     root = Path(root)
-    classes, images, others, root_files = scan(root)
     rows = read_split_rows(Path(splits_csv), root) if splits_csv is not None else None
+    found = scan(root, positive_class)
+    classes = found.classes
     workers = available_cores() if workers is None else max(1, int(workers))
     t_scan = time.perf_counter()
 
-    rel_paths = [rel for _, rel in images]
-    fps = fingerprint_files([root / rel for rel in rel_paths], workers=workers, progress=progress)
+    rel_paths = [rel for rel, _ in found.images]
+    fps = fingerprint_files([path for _, path in found.images], workers=workers, progress=progress)
     t_fp = time.perf_counter()
 
     per_class = {c: {"images": 0, "bytes": 0, "problem_files": 0, "non_image_files": 0} for c in classes}
     problems: dict[str, list[dict]] = {k: [] for k in PROBLEM_KINDS}
     sizes, modes, formats = Counter(), Counter(), Counter()
     ok_idx = []
-    for k, ((cls, rel), fp) in enumerate(zip(images, fps)):
-        per_class[cls]["bytes"] += fp.nbytes
+    for k, (rel, fp) in enumerate(zip(rel_paths, fps)):
+        cls = per_class[_class_of(rel)]
+        cls["bytes"] += fp.nbytes
         if fp.kind == "ok":
             ok_idx.append(k)
-            per_class[cls]["images"] += 1
+            cls["images"] += 1
             sizes[f"{fp.size[0]}x{fp.size[1]}"] += 1
             modes[fp.mode] += 1
             formats[fp.format] += 1
         else:
-            per_class[cls]["problem_files"] += 1
+            cls["problem_files"] += 1
             problems[fp.kind].append({"path": rel, "error": fp.error, "nbytes": fp.nbytes})
+    for b in found.broken:
+        if _class_of(b["path"]) in per_class:
+            per_class[_class_of(b["path"])]["problem_files"] += 1
     non_image = []
-    for cls, rel in others:
-        nbytes = (root / rel).stat().st_size if (root / rel).exists() else 0
-        per_class[cls]["non_image_files"] += 1
-        per_class[cls]["bytes"] += nbytes
+    for rel in found.non_image:
+        try:
+            nbytes = (root / rel).stat().st_size
+        except OSError:
+            nbytes = 0
+        per_class[_class_of(rel)]["non_image_files"] += 1
+        per_class[_class_of(rel)]["bytes"] += nbytes
         non_image.append({"path": rel, "nbytes": nbytes})
 
     # Exact duplicates: readable images with the same bytes.
@@ -281,7 +340,9 @@ def validate(root, splits_csv=None, workers: int | None = None, near_distance: i
     splits = _split_report(rows, Path(splits_csv), rel_paths, groups, near_flat) if rows is not None else None
 
     counts = {
+        "class_folders": int(found.refusal is not None),
         **{k: len(problems[k]) for k in PROBLEM_KINDS},
+        "broken": len(found.broken),
         "non_image_files": len(non_image),
         "empty_classes": sum(1 for c in classes if per_class[c]["images"] == 0),
         "exact_within_class": len(exact["within_class"]),
@@ -304,23 +365,28 @@ def validate(root, splits_csv=None, workers: int | None = None, near_distance: i
         "root": str(root.resolve()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "settings": {"near_distance": int(near_distance), "min_correlation": float(min_correlation),
-                     "max_shift": MAX_SHIFT, "workers": workers, "image_extensions": list(IMG_EXTENSIONS)},
+                     "max_shift": MAX_SHIFT, "workers": workers, "image_extensions": list(IMG_EXTENSIONS),
+                     "positive_class": positive_class},
         "summary": {"clean": not any(counts.values()), "counts": counts},
         "classes": classes,
+        # what training would do with these class folders: [negative, positive], or its refusal
+        "training": {"classes": None if found.refusal else classes, "refused": found.refusal},
         "per_class": per_class,
-        "totals": {"images": len(ok_idx), "files": len(images) + len(others),
+        "totals": {"images": len(ok_idx), "files": len(rel_paths) + len(non_image) + len(found.broken),
                    "bytes": sum(c["bytes"] for c in per_class.values())},
         "sizes": dict(sizes.most_common()),
         "modes": dict(modes.most_common()),
         "formats": dict(formats.most_common()),
         "problems": problems,
+        "broken": found.broken,
         "non_image_files": non_image,
+        "ignored": found.ignored,
         "empty_classes": [c for c in classes if per_class[c]["images"] == 0],
         "exact_duplicates": exact,
         "near_duplicates": near,
         "near_candidates_checked": int(len(cand)),
         "splits": splits,
-        "root_files": root_files,
+        "root_files": found.root_files,
         "seconds": {"scan": round(t_scan - t0, 3), "fingerprint": round(t_fp - t_scan, 3),
                     "near_duplicates": round(t_near - t_fp, 3), "total": round(t_end - t0, 3)},
     }
@@ -334,8 +400,12 @@ def _examples(report: dict, key: str) -> list[str]:
     def pair(p):
         return f"{p['a']} ~ {p['b']} (phash {p['phash_distance']}, corr {p['correlation']:.2f})"
 
+    if key == "class_folders":
+        return [report["training"]["refused"]] if report["training"]["refused"] else []
     if key in PROBLEM_KINDS:
         return [f"{p['path']}: {p['error']}" for p in report["problems"][key]]
+    if key == "broken":
+        return [f"{b['path']}: {b['reason']}" for b in report["broken"]]
     if key == "non_image_files":
         return [p["path"] for p in report["non_image_files"]]
     if key == "empty_classes":
@@ -401,10 +471,39 @@ def print_report(report: dict, console=None, max_examples: int = 3) -> None:
         ex = _examples(report, key)[:max_examples] if n else []
         checks.add_row(title, f"[red]{n}[/red]" if n else "[green]0[/green]", "\n".join(ex))
     console.print(checks)
+    if report["ignored"]:  # not findings: training leaves them out the same way
+        ex = "; ".join(f"{i['path']} ({i['reason']})" for i in report["ignored"][:max_examples])
+        console.print(f"left out, as training does: {len(report['ignored'])} (first {max_examples}: {ex})")
     s = report["seconds"]
     verdict = "[green]clean[/green]" if report["summary"]["clean"] else "[red]problems found[/red]"
     console.print(f"{verdict}: {t['images']:,} images checked in {s['total']:.1f} s "
                   f"({report['near_candidates_checked']} near-duplicate candidates checked at pixel level)")
+
+
+def check_report_path(path: Path, root: Path) -> None:
+    """Refuse, before the scan, a ``--json`` path that cannot be written or lies inside ROOT."""
+    if path.is_dir():
+        raise CrackLightningError(f"--json {path}: is a folder; give a file name, e.g. {path / 'report.json'}.")
+    if root.is_dir() and is_within(path.parent, root):
+        raise CrackLightningError(
+            f"--json {path}: inside the dataset {root}, which validate only reads; write the report elsewhere.")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CrackLightningError(
+            f"--json {path}: cannot be written, {folder} is a file, not a folder; give a path in a folder.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CrackLightningError(
+            f"--json {path}: cannot be written, {folder} is not writable for you; give another path.")
+
+
+def write_report(report: dict, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(report, indent=2) + "\n")  # a killed run leaves no half report
+    except OSError as err:
+        raise CrackLightningError(f"--json {path}: cannot be written ({err}); give another path.") from None
 
 
 def main(argv=None) -> int:
@@ -413,7 +512,10 @@ def main(argv=None) -> int:
         description="Check an ImageFolder dataset: counts, sizes, broken files, duplicates, split leaks.")
     p.add_argument("root", help="dataset folder with one sub-folder per class")
     p.add_argument("--splits", help="a splits.csv (path,label,split) to check for leaks between splits")
-    p.add_argument("--json", help="write the full report here (paths relative to ROOT)")
+    p.add_argument("--json", help="write the full report here (paths relative to ROOT; not inside ROOT)")
+    p.add_argument("--positive-class", metavar="FOLDER", default=None,
+                   help="the crack class folder, as data.positive_class tells training (default: "
+                        "recognised by name: Positive, crack, cracked, ...)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all available cores)")
     p.add_argument("--near-distance", type=int, default=NEAR_DISTANCE,
                    help=f"max perceptual-hash distance (of 64 bits) checked for near-duplicates (default {NEAR_DISTANCE})")
@@ -430,12 +532,12 @@ def main(argv=None) -> int:
             raise CrackLightningError(f"--near-distance {a.near_distance}: give a number of bits from 0 to 64.")
         if a.workers is not None and a.workers < 1:
             raise CrackLightningError(f"--workers {a.workers}: give at least 1.")
+        if a.json:  # before the scan, which may take minutes
+            check_report_path(Path(a.json), Path(a.root))
         report = validate(a.root, a.splits, workers=a.workers, near_distance=a.near_distance,
-                          progress=console.is_terminal)
+                          progress=console.is_terminal, positive_class=a.positive_class)
         if a.json:
-            out = Path(a.json)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, indent=2) + "\n")
+            write_report(report, Path(a.json))
     except CrackLightningError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
