@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
 from crack_lightning.files import atomic_path
+from crack_lightning.inference.model_files import require_model_file
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ def resume_point(cfg: DictConfig) -> ResumePoint:
     new run folder unless ``resume`` names the run), else the newest checkpoint of the
     ``resume`` run, else nothing (a fresh run)."""
     resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
+    if ckpt_path:  # one line for a missing or foreign file, not Lightning's trace from inside fit
+        require_model_file(ckpt_path, onnx_ok=False, key="ckpt_path")
     if resume is None:
         return ResumePoint(ckpt_path)
     run = Path(resume)
@@ -65,7 +68,7 @@ def newest_checkpoint(folder: Path, exclude: str | None = None) -> Path:
         try:
             ranked.append(((_global_step(path), path.stat().st_mtime_ns), path))
         except Exception as err:  # not written by AtomicCheckpointIO: may be truncated
-            log.warning("Skipping unreadable checkpoint %s: %s", path, err)
+            log.warning("Skipping %s: not a checkpoint this run wrote whole (%s)", path, type(err).__name__)
     if not ranked:
         raise CrackLightningError(
             f"resume={folder.parent}: no checkpoint in {folder} (the run stopped before its first one); "

@@ -82,6 +82,9 @@ class OwnFolders(Callback):
         run_dir = Path(str(config.hydra.run.dir)).expanduser().absolute()
         resume = _value(config, "resume")
         if resume is not None:
+            if not any((Path(resume) / name).is_dir() for name in (".hydra", "checkpoints")):  # Hydra would write there
+                fail(f"resume={resume}: not a train.py run folder (no .hydra/ or checkpoints/ in it); give the folder "
+                     f"of the run to continue, outputs/<task>/runs/<run>.")
             if not (is_within(run_dir, resume) and is_within(resume, run_dir)):
                 fail(f"resume={resume} continues that run in its own folder; drop hydra.run.dir={run_dir}.")
         else:
@@ -96,7 +99,8 @@ class OwnFolders(Callback):
     @staticmethod
     def _check_new(folder: Path, key: str, resumable: bool = False) -> None:
         if folder.exists() and (not folder.is_dir() or _held_files(folder)):
-            held = f"holds {', '.join(_held_files(folder))}, ..." if folder.is_dir() else "is a file"
+            names = _held_files(folder, limit=4)
+            held = f"holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if folder.is_dir() else "is a file"
             way = " Continue a stopped training run with resume=<its folder>." if resumable else ""
             fail(f"{key}={folder} {held}: a new run only writes into a new or empty folder. Choose another "
                  f"one, or leave {key} unset for a fresh one.{way}")

@@ -102,10 +102,18 @@ def test_used_folders_and_folders_inside_the_data_are_refused_before_anything_is
         ([f"hydra.run.dir={tiny_data / 'runs' / 'new'}"], ("lies inside data.root=",)),
         ([f"data.cache_dir={tiny_data / 'cache'}"], ("data.cache_dir=", "lies inside data.root=")),
         ([f"data.cache_dir={a_file / 'cache'}"], ("data.cache_dir=", "cannot write")),
+        ([f"resume={tmp_path / 'no_such_run'}"], ("resume=", "not a train.py run folder")),  # Hydra made it
+        ([f"resume={tiny_data}"], ("resume=", "not a train.py run folder")),
     ):
         _refused(run_train_py([*FAST, f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", *args]), *words)
     assert snapshot(tiny_data) == data_before and snapshot(trained_run) == run_before
-    assert not (tmp_path / "train").exists(), "no run folder was even created"
+    assert not (tmp_path / "train").exists() and not (tmp_path / "no_such_run").exists(), "no folder was even created"
+
+    # ckpt_path= of a file that is no checkpoint: one line, not Lightning's trace from inside fit
+    from crack_lightning.resume import resume_point
+
+    with pytest.raises(CrackLightningError, match=r"ckpt_path=.*a_file: not a PyTorch checkpoint \(a text file\)"):
+        resume_point(compose_cfg(tmp_path, tiny_data, [f"ckpt_path={a_file}"]))
 
 
 def test_two_runs_started_together_get_a_folder_each(tmp_path, tiny_data):

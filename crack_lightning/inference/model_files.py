@@ -75,15 +75,15 @@ def export_origin(meta: dict[str, str] | None) -> str:
     return f"{meta.get('checkpoint', 'a checkpoint')}, sha256 {meta['checkpoint_sha256'][:12]}"
 
 
-def require_model_file(path: str | Path, onnx_ok: bool) -> str:
-    """Refuse, in one line saying what it is, a ``ckpt=`` that is not a file of the kind it must be:
-    a PyTorch checkpoint, or with ``onnx_ok`` (predict.py) also an ONNX model named ``*.onnx``.
-    Returns TORCH or ONNX."""
+def require_model_file(path: str | Path, onnx_ok: bool, key: str = "ckpt") -> str:
+    """Refuse, in one line saying what it is, a ``ckpt=`` (or ``key=``) that is not a file of the
+    kind it must be: a PyTorch checkpoint, or with ``onnx_ok`` (predict.py) also an ONNX model
+    named ``*.onnx``. Returns TORCH or ONNX."""
     path = Path(path).expanduser()
     also = ", or an .onnx file written by export.py" if onnx_ok else ""
     if not path.is_file():
         state = "is a folder, not a file" if path.is_dir() else "no such file"
-        raise CrackLightningError(f"ckpt={path}: {state}. Point it at {_TRAINED}{also}.")
+        raise CrackLightningError(f"{key}={path}: {state}. Point it at {_TRAINED}{also}.")
     kind, what = sniff(path)
     named_onnx = path.suffix.lower() == ".onnx"
     if onnx_ok and named_onnx != (kind == ONNX):
@@ -96,10 +96,11 @@ def require_model_file(path: str | Path, onnx_ok: bool) -> str:
     if kind == ONNX and not onnx_ok:
         origin = export_origin(onnx_metadata(path))
         raise CrackLightningError(
-            f"ckpt={path} is an ONNX model (exported already{f' from {origin}' if origin else ''}): export.py needs "
-            f"the training checkpoint (.ckpt) it came from; predict.py runs .onnx files directly.")
+            f"{key}={path} is an ONNX model (exported already{f' from {origin}' if origin else ''}): "
+            f"{'export.py' if key == 'ckpt' else 'training'} needs the training checkpoint (.ckpt) it came from; "
+            f"predict.py runs .onnx files directly.")
     if kind == OTHER:
-        raise CrackLightningError(f"ckpt={path}: not a PyTorch checkpoint ({what}). Point it at {_TRAINED}{also}.")
+        raise CrackLightningError(f"{key}={path}: not a PyTorch checkpoint ({what}). Point it at {_TRAINED}{also}.")
     return kind
 
 
