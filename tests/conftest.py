@@ -71,6 +71,19 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line or "Error" in line]
 
 
+def refused(result: subprocess.CompletedProcess, *words: str) -> str:
+    """Assert a one-line refusal: exit 2, no traceback, torch's "weights_only=False" advice never
+    relayed, exactly one error line, and it says ``words``; return that line."""
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and "weights_only=False" not in output, output[-3000:]
+    lines = error_lines(result)
+    assert len(lines) == 1, output[-3000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
 def run_py(script: str, args: list[str], cwd: Path = REPO, timeout: int = 240) -> subprocess.CompletedProcess:
     """Run the real `python <script> ...` (train.py, predict.py, export.py) in a subprocess."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

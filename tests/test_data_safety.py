@@ -17,27 +17,10 @@ from pathlib import Path
 from crack_lightning.files import TEMP_MARKER
 from crack_lightning.data.get import LAYOUT_MARKER
 from crack_lightning.files import HOST
-from tests.conftest import REPO
+from tests.conftest import REPO, snapshot
 from tests.test_download import _jpeg, _overrides, no_proxy, rar_bytes, server  # noqa: F401 - fixtures
 
 CARD = ("dataset_card.md", "dataset_card.json", "dataset_examples.png")
-
-
-def _snapshot(folder: Path) -> dict[str, object]:
-    """Every entry under ``folder`` (links not followed): kind, size and SHA-256 of files."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = p.relative_to(folder).as_posix()
-            if p.is_symlink():
-                out[rel] = ("link", os.readlink(p))
-            elif p.is_dir():
-                out[rel] = ("dir",)
-            else:
-                data = p.read_bytes()
-                out[rel] = ("file", len(data), hashlib.sha256(data).hexdigest())
-    return out
 
 
 def _run(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -94,13 +77,13 @@ def test_make_data_removes_only_its_own_dead_temporary_folders(tmp_path, server,
             (data / name / "Positive" / "mine.jpg").write_bytes(_jpeg(1))
             (data / name / "notes.txt").write_text("my own work\n")
     stale = _marker_folder(data / ".concrete_crack.unpacked-x7q", HOST, dead.pid)
-    before = {name: _snapshot(data / name) for name in kept}
+    before = {name: snapshot(data / name) for name in kept}
 
     server.files["dataset.rar"] = rar_bytes
     proc = _run("get", *_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert {name: _snapshot(data / name) for name in kept} == before
+    assert {name: snapshot(data / name) for name in kept} == before
     assert not stale.exists() and f"Removing {stale}, left by an interrupted run" in proc.stdout
     root = data / "concrete_crack"
     assert sorted(p.name for p in data.iterdir()) == sorted([*kept, "concrete_crack", "downloads"])
@@ -115,7 +98,7 @@ def test_make_data_never_writes_into_a_users_dataset(tmp_path):
     force=true refuses in one line. The folder is byte-identical afterwards."""
     root = _dataset(tmp_path / "data" / "concrete_crack")
     (root / "README.txt").write_text("photos from site 4, not for redistribution\n")
-    before = _snapshot(root)
+    before = snapshot(root)
     overrides = [f"paths.data_dir={tmp_path / 'data'}", "source.url=http://127.0.0.1:9/unused"]
 
     proc = _run("get", *overrides)
@@ -124,10 +107,10 @@ def test_make_data_never_writes_into_a_users_dataset(tmp_path):
     line = [ln for ln in out.splitlines() if "not laid out by make data" in ln]
     assert len(line) == 1 and str(root) in line[0] and f"make validate ROOT={root}" in line[0], out
     assert "left as it is" in line[0] and "Writing the dataset card" not in out
-    assert _snapshot(root) == before and not any((root / name).exists() for name in CARD)
+    assert snapshot(root) == before and not any((root / name).exists() for name in CARD)
 
     _one_error_line(_run("get", *overrides, "force=true"), "force=true", str(root), "never deletes data")
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
 
 
 # --------------------------------------------------------------------------- validate
@@ -147,7 +130,7 @@ def test_validate_takes_training_view_of_a_linked_three_class_dataset(tmp_path):
     (root / "Negative" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (root / "__MACOSX" / "Positive").mkdir(parents=True)
     (root / "__MACOSX" / "Positive" / "._00000.jpg").write_bytes(b"\0\5\26\7")
-    before = {p: _snapshot(p) for p in (root, originals)}
+    before = {p: snapshot(p) for p in (root, originals)}
 
     report_path = tmp_path / "reports" / "linked.json"
     proc = _run("validate", root, "--json", report_path, "--workers", "1")
@@ -165,7 +148,7 @@ def test_validate_takes_training_view_of_a_linked_three_class_dataset(tmp_path):
     assert {i["path"] for i in r["ignored"]} == {"Negative/.DS_Store", "__MACOSX"}
     assert {k for k, v in r["summary"]["counts"].items() if v} == {"class_folders", "broken", "non_image_files"}
     assert "class folders training would refuse" in proc.stdout and "Negative/gone.jpg" in proc.stdout
-    assert {p: _snapshot(p) for p in (root, originals)} == before
+    assert {p: snapshot(p) for p in (root, originals)} == before
 
 
 def test_validate_agrees_with_training_on_classes_and_images(tmp_path, capsys):
@@ -210,7 +193,7 @@ def test_validate_refuses_an_unwritable_report_before_scanning(tmp_path):
     no_torch.mkdir(parents=True)
     (no_torch / "__init__.py").write_text("raise ImportError('validate imported torch before its checks')\n")
     env = {"PYTHONPATH": os.pathsep.join([str(no_torch.parent), str(REPO)])}
-    before = _snapshot(root)
+    before = snapshot(root)
 
     report = tmp_path / "afile" / "report.json"
     _one_error_line(_run("validate", root, "--json", report, env=env), f"--json {report}", "is a file")
@@ -218,5 +201,5 @@ def test_validate_refuses_an_unwritable_report_before_scanning(tmp_path):
     _one_error_line(_run("validate", root, "--json", inside, env=env), f"--json {inside}", "only reads")
     splits = tmp_path / "afile" / "splits.csv"
     _one_error_line(_run("validate", root, "--splits", splits, env=env), f"--splits {splits}", "no such file")
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
     shutil.rmtree(no_torch.parent)

@@ -30,21 +30,9 @@ from crack_lightning.inference.checkpoint import load_classifier
 from crack_lightning.inference.model_files import ONNX, OTHER, TORCH, sniff
 from crack_lightning.inference.predict import predict
 from crack_lightning.inference.settings import check_export
-from tests.conftest import REPO, error_lines, run_py, snapshot
+from tests.conftest import REPO, refused, run_py, snapshot
 from tests.test_export import export_cfg
 from tests.test_predict import compose_predict
-
-
-def refused(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Assert a one-line refusal (exit 2) that says ``words``; return the line."""
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output[-3000:]
-    assert "Traceback" not in output and "weights_only=False" not in output, output[-3000:]
-    lines = error_lines(result)
-    assert len(lines) == 1, output[-3000:]
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 def refused_in_process(task, cfg, caplog, *words: str) -> str:

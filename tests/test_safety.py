@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,21 +21,9 @@ import torch
 from crack_lightning import CrackLightningError
 from crack_lightning.evaluation import choose_threshold, degenerate
 from crack_lightning.files import HOST
-from tests.conftest import REPO, compose_cfg, error_lines, run_py, run_train_py, snapshot
+from tests.conftest import REPO, compose_cfg, refused, run_py, run_train_py, snapshot
 
 FAST = ["debug=fast", "backbone=custom_cnn", "backbone.pretrained=false"]
-
-
-def _refused(result: subprocess.CompletedProcess, *words: str) -> str:
-    """Assert a one-line refusal (exit 2) that says ``words``; return the line."""
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output[-3000:]
-    assert "Traceback" not in output, output[-3000:]
-    lines = error_lines(result)
-    assert len(lines) == 1, output[-3000:]
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
 
 
 def _dead_pid() -> int:
@@ -105,7 +92,7 @@ def test_used_folders_and_folders_inside_the_data_are_refused_before_anything_is
         ([f"resume={tmp_path / 'no_such_run'}"], ("resume=", "not a train.py run folder")),  # Hydra made it
         ([f"resume={tiny_data}"], ("resume=", "not a train.py run folder")),
     ):
-        _refused(run_train_py([*FAST, f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", *args]), *words)
+        refused(run_train_py([*FAST, f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", *args]), *words)
     assert snapshot(tiny_data) == data_before and snapshot(trained_run) == run_before
     assert not (tmp_path / "train").exists() and not (tmp_path / "no_such_run").exists(), "no folder was even created"
 
@@ -146,8 +133,8 @@ def test_hydra_and_config_refusals_are_one_line_exit_2(tmp_path, tiny_data):
     if not torch.cuda.is_available():
         cases.append((["trainer=gpu"], ("no CUDA GPU", "trainer=cpu")))
     for args, words in cases:
-        _refused(run_train_py([*base, *args]), *words)
-    line = _refused(run_py("predict.py", ["ckpt=x.ckpt", "input=/x/照片"]), "non-ASCII")
+        refused(run_train_py([*base, *args]), *words)
+    line = refused(run_py("predict.py", ["ckpt=x.ckpt", "input=/x/照片"]), "non-ASCII")
     assert "\"input='/x/照片'\"" in line
     quoted = run_train_py([*base, "data.positive_class='裂缝'", "--cfg", "job"])  # the advice composes
     assert quoted.returncode == 0 and "positive_class: 裂缝" in quoted.stdout
@@ -167,7 +154,7 @@ def test_ctrl_c_before_training_is_one_line_and_143(tmp_path, tiny_data):
     assert "Traceback" not in out + err and "Interrupted" in err
 
 
-def test_splits_that_cannot_support_the_metrics_are_refused(tmp_path, tiny_data):
+def test_splits_that_cannot_support_the_metrics_arerefused(tmp_path, tiny_data):
     """Item 8: one crack image trained, chose a 'recall >= 0.99' threshold on a validation
     split without cracks and reported test AUROC 0.0 (undefined), exit 0."""
     from crack_lightning.train import train
@@ -182,7 +169,7 @@ def test_splits_that_cannot_support_the_metrics_are_refused(tmp_path, tiny_data)
     assert not (tmp_path / "run" / "checkpoints").exists(), "refused before training"
 
 
-def test_more_unfreeze_stages_than_the_backbone_has_are_refused(tmp_path, tiny_data):
+def test_more_unfreeze_stages_than_the_backbone_has_arerefused(tmp_path, tiny_data):
     """Item 10: finetune.unfreeze_stages=99 was accepted and unfroze the whole backbone."""
     from crack_lightning.train import train
 
