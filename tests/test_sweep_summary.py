@@ -104,3 +104,7 @@ def test_summary_sorts_by_monitor_mode_and_handles_jobs_without_results(tmp_path
     assert (tmp_path / "summary.png").is_file()
     assert main([str(tmp_path)]) == 1
     assert main([str(tmp_path / "nope")]) == 2
+    elsewhere = tmp_path / "not_a_sweep"  # a folder without job folders gets no summary files
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("mine\n")
+    assert main([str(elsewhere)]) == 2 and sorted(p.name for p in elsewhere.iterdir()) == ["notes.txt"]

@@ -258,6 +258,8 @@ def write_summary(sweep_dir: Path, monitor: str | None = None, mode: str | None 
 
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir)
+    if not jobs:  # no sweep here: write nothing into someone's folder
+        return []
     monitor = monitor or next((j.monitor for j in jobs if j.monitor), None) or "val/loss"
     mode = mode or next((j.monitor_mode for j in jobs if j.monitor_mode), None) or "min"
     jobs = sort_jobs(jobs, mode)
