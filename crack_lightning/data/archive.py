@@ -17,10 +17,10 @@ destination, are refused (the whole extraction fails, nothing lands at ``dest``)
 archive is extracted into a temporary folder next to ``dest`` and renamed to ``dest``
 only once complete, so a killed extraction never leaves half a dataset at ``dest``.
 
-:func:`temporary_folder` is that folder, also ``make data``'s staging area: a unique
-name, a marker file inside naming this host and process, so a leftover is deleted only
-when it is ours and its process is dead (:func:`remove_stale_folders`), never a
-folder of the user's that happens to have a similar name.
+That folder is a :func:`crack_lightning.files.temporary_folder` (as is ``make data``'s
+staging area): a unique name and a marker inside naming this host and process, so a
+leftover is deleted only when it is ours and its process is dead, never a folder of the
+user's that happens to have a similar name.
 """
 from __future__ import annotations
 
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 BLOCK = 1 << 20
 PARTIAL = ".partial-"   # infix of the temporary extraction folders: .<dest name>.partial-XXXX
-# Inside every temporary folder we make: who made it. Without it a folder is not ours.
 
 NO_EXTRACTOR = (
     "Cannot extract {archive}: it is a RAR archive and nothing here reads RAR. Install one "

@@ -16,6 +16,8 @@ from crack_lightning.data.fingerprints import IMG_EXTENSIONS
 POSITIVE_NAMES = ("positive", "crack", "cracks", "cracked", "defect", "defective")
 # Folders that archives and file managers leave behind: never classes, never scanned.
 SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information")
+# scan_files' reason for a file without an image extension (validate reports those as findings)
+NOT_AN_IMAGE_NAME = "not an image file name"
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
                 if is_system_name(f):
                     ignored.append((path, "hidden or system file (e.g. .DS_Store, ._* AppleDouble)"))
                 elif not f.lower().endswith(IMG_EXTENSIONS):
-                    ignored.append((path, f"not an image file name (extensions {', '.join(IMG_EXTENSIONS)})"))
+                    ignored.append((path, f"{NOT_AN_IMAGE_NAME} (extensions {', '.join(IMG_EXTENSIONS)})"))
                 elif not os.path.islink(path):
                     found.append((False, path, real_dir / f, label))
                 else:

@@ -49,6 +49,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from crack_lightning import CrackLightningError
+from crack_lightning.data.dataset import NOT_AN_IMAGE_NAME, class_folders, resolve_class_names, scan_files
 from crack_lightning.data.fingerprints import (
     IMG_EXTENSIONS,
     KINDS,
@@ -97,8 +98,6 @@ HEADINGS = (
 # --- scanning ---------------------------------------------------------------------------
 
 
-# scan_files' reason for a file without an image extension (the others are not findings)
-_NOT_IMAGE = "not an image file name"
 
 
 @dataclass
@@ -114,9 +113,6 @@ class Scan:
 
 def scan(root: Path, positive_class: str | None = None) -> Scan:
     """Take the class folders and image files of ``root`` as training does (dataset.py)."""
-    # imported here, not at module level: the argument checks must not wait for it
-    from crack_lightning.data.dataset import class_folders, resolve_class_names, scan_files
-
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "no such folder"
         raise CrackLightningError(
@@ -148,9 +144,9 @@ def scan(root: Path, positive_class: str | None = None) -> Scan:
     return Scan(
         classes=classes,
         images=[(rel(s.path), s.path) for s in samples],
-        non_image=sorted(rel(p) for p, why in ignored if why.startswith(_NOT_IMAGE)),
+        non_image=sorted(rel(p) for p, why in ignored if why.startswith(NOT_AN_IMAGE_NAME)),
         broken=sorted(({"path": rel(p), "reason": why} for p, why in broken), key=lambda b: b["path"]),
-        ignored=sorted([{"path": rel(p), "reason": why} for p, why in ignored if not why.startswith(_NOT_IMAGE)]
+        ignored=sorted([{"path": rel(p), "reason": why} for p, why in ignored if not why.startswith(NOT_AN_IMAGE_NAME)]
                        + [{"path": e.name, "reason": "hidden or system folder: not a class"}
                           for e in entries if e.is_dir() and e.name not in classes], key=lambda i: i["path"]),
         root_files=[e.name for e in entries if not e.is_dir()],
