@@ -154,27 +154,23 @@ def test_ctrl_c_before_training_is_one_line_and_143(tmp_path, tiny_data):
     assert "Traceback" not in out + err and "Interrupted" in err
 
 
-def test_splits_that_cannot_support_the_metrics_arerefused(tmp_path, tiny_data):
+def test_splits_that_cannot_support_the_metrics_are_refused(tmp_path, tiny_data):
     """Item 8: one crack image trained, chose a 'recall >= 0.99' threshold on a validation
     split without cracks and reported test AUROC 0.0 (undefined), exit 0."""
-    from crack_lightning.train import train
-
     root = tmp_path / "one_crack"
     shutil.copytree(tiny_data, root)
     for extra in sorted((root / "Positive").glob("*.jpg"))[1:]:
         extra.unlink()
-    with pytest.raises(CrackLightningError, match=r"split has no 'Positive' image \(usable images per class: "
-                                                  r"Negative 12, Positive 1\)"):
-        train(compose_cfg(tmp_path, root, ["backbone=custom_cnn"]))
-    assert not (tmp_path / "run" / "checkpoints").exists(), "refused before training"
+    refused(run_train_py([*FAST, f"data.root={root}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}"]),
+            "split has no 'Positive' image (usable images per class: Negative 12, Positive 1)")
+    [run] = (tmp_path / "train" / "runs").iterdir()
+    assert not (run / "checkpoints").exists() and not (run / "metrics.json").exists(), "refused before training"
 
 
-def test_more_unfreeze_stages_than_the_backbone_has_arerefused(tmp_path, tiny_data):
+def test_more_unfreeze_stages_than_the_backbone_has_are_refused(tmp_path, tiny_data):
     """Item 10: finetune.unfreeze_stages=99 was accepted and unfroze the whole backbone."""
-    from crack_lightning.train import train
-
-    with pytest.raises(CrackLightningError, match=r"finetune.unfreeze_stages=99: this backbone has \d+ stages"):
-        train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn", "finetune.unfreeze_stages=99"]))
+    refused(run_train_py([*FAST, f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}",
+                          "finetune.unfreeze_stages=99"]), "finetune.unfreeze_stages=99: this backbone has", "stages")
 
 
 def test_a_degenerate_operating_point_is_called_so():
