@@ -89,3 +89,22 @@ def test_dataset_shape_problems_have_clear_messages(tmp_path):
     names = resolve_class_names(tmp_path / "one", None)
     with pytest.raises(CrackLightningError, match="has no images"):
         scan_samples(tmp_path / "one", names)
+
+
+def test_links_into_the_other_class_never_relabel_its_images(tiny_data, tmp_path):
+    """A link from Negative/ to a sub-folder or a file of Positive/ (walked first or not): the
+    images stay Positive, the links are left out; a link to a folder outside is followed."""
+    root = tmp_path / "linked"
+    shutil.copytree(tiny_data / "Negative", root / "Negative")
+    (root / "Positive" / "site").mkdir(parents=True)
+    for image in sorted((tiny_data / "Positive").glob("*.jpg")):
+        shutil.copy(image, root / "Positive" / "site" / image.name)
+    (root / "Negative" / "a_link").symlink_to(root / "Positive" / "site")  # sorts before the real folder
+    (root / "Negative" / "b.jpg").symlink_to(root / "Positive" / "site" / "00001.jpg")
+    (root / "Negative" / "elsewhere").symlink_to(tiny_data / "Negative")  # outside: followed
+    samples = scan_samples(root, ["Negative", "Positive"])
+    positives = {s.path.name for s in samples if s.label == 1}
+    assert positives == {p.name for p in (tiny_data / "Positive").glob("*.jpg")}
+    assert not any("a_link" in s.path.parts or s.path.name == "b.jpg" for s in samples)
+    assert sum("elsewhere" in s.path.parts and s.label == 0 for s in samples) == 12  # the originals, by link
+    assert sum(s.label == 0 for s in samples) == 24

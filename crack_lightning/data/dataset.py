@@ -97,18 +97,17 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
     """
     root = Path(root).resolve()
     found, broken, ignored = [], [], []  # found: (is_link, path under root, real path, label)
-    # root and the class folders count as seen: a link back to them is a loop, and a link from
-    # one class into the other must not relabel the other's images
-    seen_dirs = {_dir_id(root), *(_dir_id(root / name) for name in class_names)}
-    # the folders really inside the class folders: a link to one of them is skipped, the folder is
-    # walked as itself (a link from class A into a sub-folder of B must not make B's images A's)
-    real_dirs = {_dir_id(Path(d)) for name in class_names for d, _, _ in os.walk(root / name)}
-    for label, name in enumerate(class_names):
-        top = root / name
+    seen_dirs = {_dir_id(root)}
+    # One walk. The folders really in the class folders come first, the folders links lead to
+    # after: a link to a folder already walked (a loop, or a link from class A into a sub-folder
+    # of B) is then skipped, and never makes B's images A's.
+    real, linked = [(root / name, label) for label, name in enumerate(class_names)], []
+    while real or linked:
+        top, label = real.pop(0) if real else linked.pop(0)
         errors = []
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=errors.append):
+        for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append):
             here = Path(dirpath)
-            if here != top and _dir_id(here) in seen_dirs:
+            if _dir_id(here) in seen_dirs:
                 ignored.append((here, "folder already scanned (symlink loop or second link)"))
                 dirnames[:] = []
                 continue
@@ -116,10 +115,9 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
             for d in sorted(dirnames):
                 if is_system_name(d):
                     ignored.append((here / d, "hidden or system folder"))
-                elif os.path.islink(here / d) and _dir_id(here / d) in real_dirs:
-                    ignored.append((here / d, "folder already scanned (symlink loop or second link)"))
-            dirnames[:] = sorted(d for d in dirnames if not is_system_name(d)
-                                 and not (os.path.islink(here / d) and _dir_id(here / d) in real_dirs))
+                elif os.path.islink(here / d):
+                    linked.append((here / d, label))
+            dirnames[:] = sorted(d for d in dirnames if not is_system_name(d) and not os.path.islink(here / d))
             real_dir = Path(os.path.realpath(here))  # once per folder: resolving each file costs
             for f in sorted(filenames):
                 path = here / f
