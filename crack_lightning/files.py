@@ -65,7 +65,7 @@ def is_alive(pid: int) -> bool:
 
 
 def remove_stale_partials(folder: Path, pattern: str = "*") -> list[Path]:
-    """Delete the temporary files :func:`atomic_path` left in ``folder`` (matching ``pattern``)
+    """Delete the temporary files :func:`atomic_path` left in ``folder`` (those of ``pattern``)
     when their writer, a process of this host, is dead -- what a SIGKILL mid-write leaves. Only
     call it on folders we own (caches, run folders). Returns what was removed."""
     removed = []

@@ -29,9 +29,9 @@ from crack_lightning.cli import fail
 from crack_lightning.files import is_within
 
 
-def _held_files(folder: Path, limit: int = 3) -> list[str]:
+def _held_files(folder: Path) -> list[str]:
     try:
-        return sorted(p.name for p in folder.iterdir())[:limit]
+        return sorted(p.name for p in folder.iterdir())
     except OSError:
         return []
 
@@ -49,7 +49,7 @@ def _value(config: DictConfig, key: str) -> str | None:
 def _folder_of(spec: str) -> Path:
     """The folder a path or glob reads: ``photos/**/*.jpg`` -> ``photos``; a file -> itself."""
     parts = Path(spec).expanduser().parts
-    plain = [p for p in parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]]
+    plain = parts[: next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))]
     return Path(*plain) if plain else Path(".")
 
 
@@ -98,9 +98,9 @@ class OwnFolders(Callback):
 
     @staticmethod
     def _check_new(folder: Path, key: str, resumable: bool = False) -> None:
-        if folder.exists() and (not folder.is_dir() or _held_files(folder)):
-            names = _held_files(folder, limit=4)
-            held = f"holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if folder.is_dir() else "is a file"
+        names = _held_files(folder) if folder.is_dir() else []
+        if folder.exists() and (not folder.is_dir() or names):
+            held = f"holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else "is a file"
             way = " Continue a stopped training run with resume=<its folder>." if resumable else ""
             fail(f"{key}={folder} {held}: a new run only writes into a new or empty folder. Choose another "
                  f"one, or leave {key} unset for a fresh one.{way}")
