@@ -37,8 +37,8 @@ def run(main: Callable[[], Any], command: str = "python train.py") -> None:
     try:
         main()
     except KeyboardInterrupt:
-        fail("Interrupted (Ctrl+C) before any checkpoint was written; nothing to resume: start the command "
-             "again.", SIGTERM_EXIT)
+        fail("Interrupted (Ctrl+C). A training run continues from its newest checkpoint with resume=<its run "
+             "folder>; one stopped before its first checkpoint starts again without it.", SIGTERM_EXIT)
     except Exception as err:  # noqa: BLE001 - only Hydra's and OmegaConf's refusals are translated
         message = hydra_error(err, command)
         if message is None or os.environ.get(_USER_FULL_ERROR) == "1":

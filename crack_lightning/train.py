@@ -62,7 +62,12 @@ def train(cfg: DictConfig) -> float | None:
 
 
 def _fit_and_test(cfg, trainer, model, datamodule, ckpt_path, output_dir: Path) -> float | None:
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit as stop:  # Lightning ends a Ctrl+C outside the training loop with exit(1), after a trace-less
+        if trainer.interrupted and stop.code == 1:  # message; the command says it in one line, status 143
+            raise KeyboardInterrupt from None
+        raise
     checkpoint = trainer.checkpoint_callback
     best_ckpt = checkpoint.best_model_path if checkpoint else ""
 

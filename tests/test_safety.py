@@ -154,6 +154,21 @@ def test_ctrl_c_before_training_is_one_line_and_143(tmp_path, tiny_data):
     assert "Traceback" not in out + err and "Interrupted" in err
 
 
+def test_ctrl_c_while_the_data_is_prepared_saves_nothing_and_says_so(tmp_path, tiny_data, monkeypatch):
+    """Inside fit, before training: Lightning turned the Ctrl+C into exit(1), and the interrupt
+    callback saved an untrained interrupted.ckpt for resume= to pick."""
+    from crack_lightning.data.datamodule import CrackDataModule
+    from crack_lightning.train import train
+
+    def ctrl_c(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CrackDataModule, "prepare_data", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):  # cli.run: one line, status 143
+        train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn"]))
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
 def test_splits_that_cannot_support_the_metrics_are_refused(tmp_path, tiny_data):
     """Item 8: one crack image trained, chose a 'recall >= 0.99' threshold on a validation
     split without cracks and reported test AUROC 0.0 (undefined), exit 0."""

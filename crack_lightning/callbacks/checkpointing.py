@@ -12,9 +12,10 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from crack_lightning.cli import SIGTERM_EXIT
+
 log = logging.getLogger(__name__)
 
-SIGTERM_EXIT = 128 + signal.SIGTERM  # the shell's status for "ended by SIGTERM"
 
 
 class InterruptCheckpoint(Checkpoint):
@@ -45,10 +46,12 @@ class InterruptCheckpoint(Checkpoint):
         self.ckpt_path = os.path.join(dirpath, f"{filename}.ckpt")
         self.run_dir = run_dir
         self._previous_sigint: Any = None
+        self._training = False  # from on_train_start on: before it there is no state worth saving
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # on_train_start: Lightning's SIGTERM handler is in place from here to the end of fit
         self._previous_sigint = signal.getsignal(signal.SIGINT)
+        self._training = True
 
         def first_ctrl_c(signum, frame):
             log.warning("Ctrl+C: stopping after this batch and saving a checkpoint (Ctrl+C again to stop at once)")
@@ -64,10 +67,14 @@ class InterruptCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_sigint()
+        self._training = False
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.state.fn != TrainerFn.FITTING:
+        training, self._training = self._training, False
+        # a Ctrl+C while the data is prepared would save an untrained model for resume= to pick
+        if not training or not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) \
+                or trainer.state.fn != TrainerFn.FITTING:
             return
         trainer.save_checkpoint(self.ckpt_path)
         resume = f"; continue with: python train.py <the same overrides> resume={self.run_dir}" if self.run_dir else ""
