@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from crack_lightning.data.dataset import scan_files  # training's rule for which files are images
 from crack_lightning.files import atomic_path, remove_stale_partials, write_atomic
 
 CARD_MD = "dataset_card.md"
@@ -38,8 +39,6 @@ def _font(size: int):
 
 def example_grid(root: Path, report: dict, per_class: int = 8, seed: int = 0, tile: int = 112) -> Image.Image:
     """One row per class of ``per_class`` readable images, picked with ``seed``."""
-    from crack_lightning.data.dataset import scan_files  # training's rule for which files are images
-
     root = Path(root)
     bad = {p["path"] for kind in report["problems"].values() for p in kind}
     samples, _, _ = scan_files(root, report["classes"])
