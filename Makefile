@@ -30,13 +30,13 @@ demo: $(STAMP)
 # The real dataset (Mendeley, 233 MB RAR4): resumable download, SHA-256 check, extraction
 # to data/concrete_crack and a dataset card.  Overrides: make data ARGS="source.url=<mirror>"
 data: $(STAMP)
-	$(PY) -m crack_lightning.data.get $(ARGS)
+	$(PY) -m crack_lightning.cli.data $(ARGS)
 
 # Check an ImageFolder: broken files, duplicates, near-duplicates, split leaks.
 #   make validate ROOT=data/concrete_crack ARGS="--splits outputs/<run>/splits.csv"
 ROOT ?= data/concrete_crack
 validate: $(STAMP)
-	$(PY) -m crack_lightning.data.validate $(ROOT) $(ARGS)
+	$(PY) -m crack_lightning.cli.validate $(ROOT) $(ARGS)
 
 # Framework vs plain PyTorch loop, data path and inference throughput per backbone;
 # appends a table to BENCHMARKS.md.  Run it on a quiet machine.  make bench ARGS="--image-size 224"

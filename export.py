@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from crack_lightning import exit_on_user_error
-from crack_lightning.cli import run
+from crack_lightning.cli.entry import run
 from crack_lightning.inference.settings import check_export
 
 
@@ -17,7 +17,7 @@ from crack_lightning.inference.settings import check_export
 @exit_on_user_error
 def main(cfg: DictConfig) -> dict:
     check_export(cfg)  # before torch is imported (seconds): a wrong setting or file is refused at once
-    from crack_lightning.inference.export import export
+    from crack_lightning.export.run import export
 
     return export(cfg)
 

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from crack_lightning import exit_on_user_error
-from crack_lightning.cli import run
+from crack_lightning.cli.entry import run
 from crack_lightning.inference.settings import check_predict
 
 

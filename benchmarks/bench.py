@@ -41,8 +41,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from crack_lightning.bench_records import append_record
-from crack_lightning.data.synthetic import generate
+from records import append_record
+from crack_lightning.data.synthetic.generate import generate
 from crack_lightning.trainer import build_trainer, compile_if_asked
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -40,8 +40,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from crack_lightning.bench_records import append_record
-from crack_lightning.data.synthetic import generate
+from records import append_record
+from crack_lightning.data.synthetic.generate import generate
 from crack_lightning.train import train
 from crack_lightning.trainer import resolve_precision
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from crack_lightning.data import CrackDataModule
-from crack_lightning.data.scenes import split_leak
-from crack_lightning.data.synthetic import generate
+from crack_lightning.data.synthetic.scenes import split_leak
+from crack_lightning.data.synthetic.generate import generate
 
 DATA_CONFIG = {"input_size": (3, 227, 227), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
 

@@ -5,7 +5,7 @@
 
 Generates (or reuses, when complete) ``--per-class`` synthetic images per class under
 ``--root`` (default ``data/bench_validate``, git-ignored), then times
-``crack_lightning.data.validate.validate`` on it and prints images/s, the seconds of
+``crack_lightning.data.quality.validate.validate`` on it and prints images/s, the seconds of
 each stage and what machine it ran on. The target is 40,000 images in at most
 2 minutes on a 2-core CPU. Run it on a quiet machine: other load skews it.
 Files just generated (or read by an earlier repeat) are in the OS page cache.
@@ -40,7 +40,7 @@ def machine_info() -> dict:
         ih = imagehash.__version__
     except Exception:  # noqa: BLE001
         ih = None
-    from crack_lightning.data.fingerprints import available_cores
+    from crack_lightning.utils.parallel import available_cores
 
     return {
         "cpu": cpu or platform.processor(),
@@ -68,8 +68,8 @@ def main(argv=None) -> dict:
     p.add_argument("--json", type=Path, help="also write the results here")
     a = p.parse_args(argv)
 
-    from crack_lightning.data.synthetic import generate
-    from crack_lightning.data.validate import NEAR_DISTANCE, validate
+    from crack_lightning.data.synthetic.generate import generate
+    from crack_lightning.data.quality.validate import NEAR_DISTANCE, validate
 
     info = machine_info()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)

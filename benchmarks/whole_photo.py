@@ -4,7 +4,7 @@
     python benchmarks/whole_photo.py --image-size 224        # the backbone's own input size
     python benchmarks/whole_photo.py --ckpt <run>/checkpoints/best.ckpt --size 1008x756
 
-Renders a synthetic wall photo (:func:`crack_lightning.data.scenes.render_scene`, cropped
+Renders a synthetic wall photo (:func:`crack_lightning.data.synthetic.scenes.render_scene`, cropped
 to ``--size``) and, unless ``--ckpt`` is given, writes an *untrained* MobileNetV2
 checkpoint built with ``pretrained=false`` the way ``train.py`` saves one (weights do not
 change the time). Then it times what ``predict.py tile=true`` does per photo -- load the
@@ -31,9 +31,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from crack_lightning.bench_records import append_record
+from records import append_record
 from crack_lightning.data.augmentation import eval_transform
-from crack_lightning.data.scenes import render_scene
+from crack_lightning.data.synthetic.scenes import render_scene
 from crack_lightning.inference import tiling
 from crack_lightning.inference.backends import data_config, open_backend, patch_size
 

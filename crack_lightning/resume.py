@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
-from crack_lightning.files import atomic_path
+from crack_lightning.utils.files import atomic_path
 from crack_lightning.inference.model_files import require_model_file
 
 log = logging.getLogger(__name__)

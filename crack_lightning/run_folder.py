@@ -25,8 +25,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from crack_lightning.cli import fail
-from crack_lightning.files import is_within
+from crack_lightning.cli.entry import fail
+from crack_lightning.utils.files import is_within
 
 
 def _held_files(folder: Path) -> list[str]:

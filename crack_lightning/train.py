@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning.callbacks import OperatingPoint
 from crack_lightning.config_checks import check_config
-from crack_lightning.files import write_atomic
+from crack_lightning.utils.files import write_atomic
 from crack_lightning.resume import continue_logs, resume_point
-from crack_lightning.sweeps.report import write_run_report
+from crack_lightning.reports.run_report import write_run_report
 from crack_lightning.trainer import build_trainer, compile_if_asked
 from crack_lightning.trainer.checkpoint_io import AtomicCheckpointIO
 from crack_lightning.trainer.strategies import release_processes

@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from crack_lightning.data.synthetic import generate
+from crack_lightning.data.synthetic.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -15,9 +15,11 @@ import pytest
 from PIL import Image
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data import CrackDataModule, fingerprints, screening
-from crack_lightning.data.dataset import ImageListDataset, resolve_class_names, scan_samples, to_rgb
-from crack_lightning.data.synthetic import render_sample
+from crack_lightning.data import CrackDataModule
+from crack_lightning.data.quality import fingerprints, screening
+from crack_lightning.data.dataset import ImageListDataset, to_rgb
+from crack_lightning.data.imagefolder import resolve_class_names, scan_samples
+from crack_lightning.data.synthetic.render import render_sample
 from tests.conftest import compose_cfg
 
 DATA_CONFIG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3}

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data import CrackDataModule, decoded
+from crack_lightning.data import CrackDataModule
+from crack_lightning.data import decoded_cache as decoded
 from crack_lightning.data.augmentation import FlipRotate, to_resized_image
-from crack_lightning.data.synthetic import render_sample
+from crack_lightning.data.synthetic.render import render_sample
 
 DATA_CONFIG = {"input_size": (3, 48, 48), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
                "std": (0.229, 0.224, 0.225)}

@@ -9,7 +9,7 @@ import pytest
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data import CrackDataModule
-from crack_lightning.data.dataset import Sample, resolve_class_names, scan_samples
+from crack_lightning.data.imagefolder import Sample, resolve_class_names, scan_samples
 from crack_lightning.data.splits import read_splits, stratified_split, write_splits
 
 DATA_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3}

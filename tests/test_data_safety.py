@@ -1,5 +1,5 @@
-"""Input data is read-only, through the real commands (`python -m crack_lightning.data.get`,
-`python -m crack_lightning.data.validate` as subprocesses): make data deletes only its own
+"""Input data is read-only, through the real commands (`python -m crack_lightning.cli.data`,
+`python -m crack_lightning.cli.validate` as subprocesses): make data deletes only its own
 dead temporary folders and never writes into a dataset it did not lay out; validate takes
 images and classes by training's rule, reports what training would refuse, and refuses an
 unwritable --json before it scans. Every user folder is compared byte for byte afterwards.
@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from crack_lightning.files import TEMP_MARKER
-from crack_lightning.data.get import LAYOUT_MARKER
-from crack_lightning.files import HOST
+from crack_lightning.utils.files import TEMP_MARKER
+from crack_lightning.data.sources.install import LAYOUT_MARKER
+from crack_lightning.utils.files import HOST
 from tests.conftest import REPO, snapshot
 from tests.test_download import _jpeg, _overrides, no_proxy, rar_bytes, server  # noqa: F401 - fixtures
 
@@ -23,7 +23,7 @@ CARD = ("dataset_card.md", "dataset_card.json", "dataset_examples.png")
 
 
 def _run(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"crack_lightning.data.{module}", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", f"crack_lightning.cli.{module}", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})})
 
@@ -79,7 +79,7 @@ def test_make_data_removes_only_its_own_dead_temporary_folders(tmp_path, server,
     before = {name: snapshot(data / name) for name in kept}
 
     server.files["dataset.rar"] = rar_bytes
-    proc = _run("get", *_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false"))
+    proc = _run("data", *_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert {name: snapshot(data / name) for name in kept} == before
@@ -100,7 +100,7 @@ def test_make_data_never_writes_into_a_users_dataset(tmp_path):
     before = snapshot(root)
     overrides = [f"paths.data_dir={tmp_path / 'data'}", "source.url=http://127.0.0.1:9/unused"]
 
-    proc = _run("get", *overrides)
+    proc = _run("data", *overrides)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in out, out
     line = [ln for ln in out.splitlines() if "not laid out by make data" in ln]
@@ -108,7 +108,7 @@ def test_make_data_never_writes_into_a_users_dataset(tmp_path):
     assert "left as it is" in line[0] and "Writing the dataset card" not in out
     assert snapshot(root) == before and not any((root / name).exists() for name in CARD)
 
-    _one_error_line(_run("get", *overrides, "force=true"), "force=true", str(root), "never deletes data")
+    _one_error_line(_run("data", *overrides, "force=true"), "force=true", str(root), "never deletes data")
     assert snapshot(root) == before
 
 
@@ -154,8 +154,9 @@ def test_validate_agrees_with_training_on_classes_and_images(tmp_path, capsys):
     """In process (training's own functions to compare with): the same image files, the same
     refusal text, and --positive-class naming the crack folder as data.positive_class does."""
     from crack_lightning import CrackLightningError
-    from crack_lightning.data.dataset import resolve_class_names, scan_files
-    from crack_lightning.data.validate import main, validate
+    from crack_lightning.data.imagefolder import resolve_class_names, scan_files
+    from crack_lightning.cli.validate import main
+    from crack_lightning.data.quality.validate import validate
 
     root = _dataset(tmp_path / "site", classes=("Damaged", "Intact"), per_class=2)
     (root / "Intact" / "nested").mkdir()

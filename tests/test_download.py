@@ -26,10 +26,10 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data import download
-from crack_lightning.data.archive import extract, safe_member
-from crack_lightning.data.download import fetch
-from crack_lightning.data.get import LAYOUT_MARKER, get_data
+from crack_lightning.data.sources import download
+from crack_lightning.data.sources.archive import extract, safe_member
+from crack_lightning.data.sources.download import fetch
+from crack_lightning.data.sources.install import LAYOUT_MARKER, get_data
 from tests.conftest import CONF, REPO
 from tests.rar4 import write_rar4
 
@@ -160,16 +160,16 @@ def small_chunks(monkeypatch):
 
 @pytest.fixture
 def write_card_stub(monkeypatch):
-    """Record write_card calls when crack_lightning.data.card is not there (yet)."""
+    """Record write_card calls when crack_lightning.data.quality.card is not there (yet)."""
     try:
-        import crack_lightning.data.card  # noqa: F401
+        import crack_lightning.data.quality.card  # noqa: F401
         yield None
     except ImportError:
         import types
         calls = []
-        module = types.ModuleType("crack_lightning.data.card")
+        module = types.ModuleType("crack_lightning.data.quality.card")
         module.write_card = lambda root: calls.append(root)
-        monkeypatch.setitem(sys.modules, "crack_lightning.data.card", module)
+        monkeypatch.setitem(sys.modules, "crack_lightning.data.quality.card", module)
         yield calls
 
 
@@ -213,7 +213,7 @@ def test_get_data_end_to_end_then_idempotent(tmp_path, server, rar_bytes, small_
     assert progress[-1].startswith("Downloading Concrete Crack Images for Classification.rar: 100 %")
     assert "verified" in caplog.text and "Dataset ready at" in caplog.text
     assert "Image counts differ from source.expect: Positive: 3 (expected 20,000)" in caplog.text
-    CARD_MD = "dataset_card.md"  # noqa: N806 - crack_lightning.data.card.CARD_MD
+    CARD_MD = "dataset_card.md"  # noqa: N806 - crack_lightning.data.quality.card.CARD_MD
     if write_card_stub is None:  # the real card, with the source's licence and citation
         card = (root / CARD_MD).read_text()
         assert "CC BY 4.0" in card and "10.17632/5y9wdsg2zt.2" in card and "ISARC 2018" in card
@@ -285,7 +285,7 @@ def test_retries_resume_in_process_and_range_ignored_restarts(tmp_path, server, 
 
 
 def test_checksum_fail_subprocess_keeps_everything(tmp_path, server, rar_bytes):
-    """The real `python -m crack_lightning.data.get`: exit 2, one line, nothing deleted."""
+    """The real `python -m crack_lightning.cli.data`: exit 2, one line, nothing deleted."""
     server.files["dataset.rar"] = rar_bytes
     data = tmp_path / "data"
     mine = {data / "downloads" / "notes.txt": b"mine", data / "other" / "x.jpg": _jpeg(7)}
@@ -295,7 +295,7 @@ def test_checksum_fail_subprocess_keeps_everything(tmp_path, server, rar_bytes):
     wrong = _sha(b"another release")
     overrides = _overrides(tmp_path, server.url("dataset.rar"), rar_bytes)
     overrides[3] = f"source.sha256={wrong}"
-    proc = subprocess.run([sys.executable, "-m", "crack_lightning.data.get", *overrides],
+    proc = subprocess.run([sys.executable, "-m", "crack_lightning.cli.data", *overrides],
                           cwd=tmp_path, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     out = proc.stdout + proc.stderr

@@ -24,11 +24,12 @@ from PIL import Image
 
 from crack_lightning import CrackLightningError, exit_on_user_error
 from crack_lightning.data.augmentation import eval_transform
-from crack_lightning.files import sha256_file
+from crack_lightning.utils.files import sha256_file
 from crack_lightning.inference.backends import TorchBackend, data_config, open_backend
 from crack_lightning.inference.checkpoint import load_classifier
-from crack_lightning.inference.export import check_batch, export
-from crack_lightning.inference.onnx import OnnxBackend, ParityError, parity_check
+from crack_lightning.export.run import check_batch, export
+from crack_lightning.export.onnx import ParityError, parity_check
+from crack_lightning.inference.onnx_backend import OnnxBackend
 from tests.conftest import CONF, REPO, compose_cfg
 
 ATOL = 1e-4

@@ -10,11 +10,11 @@ import pytest
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data import CrackDataModule
-from crack_lightning.data.dataset import Sample
-from crack_lightning.data.grouping import border_profiles, group_ids
-from crack_lightning.data.scenes import read_scenes, render_scene, split_leak
+from crack_lightning.data.imagefolder import Sample
+from crack_lightning.data.quality.grouping import border_profiles, group_ids
+from crack_lightning.data.synthetic.scenes import read_scenes, render_scene, split_leak
 from crack_lightning.data.splits import grouped_split
-from crack_lightning.data.synthetic import generate
+from crack_lightning.data.synthetic.generate import generate
 
 DATA_CONFIG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.5,) * 3}
 
@@ -108,7 +108,7 @@ def test_saved_split_records_strategy_and_refuses_the_other(scene_data, tmp_path
 def test_groups_are_cached_by_file_list(scene_data, tmp_path, monkeypatch):
     _make_split(scene_data, tmp_path, "grouped")
     assert len(list((tmp_path / "cache").glob("groups-*.npy"))) == 1
-    import crack_lightning.data.grouping as grouping
+    import crack_lightning.data.quality.grouping as grouping
 
     monkeypatch.setattr(grouping, "group_files", lambda *a, **k: pytest.fail("groups recomputed"))
     (tmp_path / "grouped" / "splits.csv").unlink()

@@ -219,7 +219,7 @@ from pathlib import Path
 import numpy as np
 # what submitit does in every job process (submitit/core/job_environment.py, _handle_signals)
 signal.signal(signal.SIGTERM, lambda *_: print("a worker kept running after SIGTERM", flush=True))
-from crack_lightning.data.fingerprints import fingerprint_files
+from crack_lightning.data.quality.fingerprints import fingerprint_files
 
 def probe(rgb):  # runs in the pool's worker processes
     return np.array([os.getpid(), signal.getsignal(signal.SIGTERM) == signal.SIG_DFL])

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from crack_lightning import CrackLightningError
-from crack_lightning.files import sha256_file
+from crack_lightning.utils.files import sha256_file
 from crack_lightning.inference.predict import predict
 from crack_lightning.inference.sources import find_inputs
 from tests.conftest import CONF, REPO

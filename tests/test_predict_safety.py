@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from crack_lightning import CrackLightningError, exit_on_user_error
-from crack_lightning.files import sha256_file
+from crack_lightning.utils.files import sha256_file
 from crack_lightning.inference.checkpoint import load_classifier
 from crack_lightning.inference.model_files import ONNX, OTHER, TORCH, sniff
 from crack_lightning.inference.predict import predict

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data.synthetic import generate
+from crack_lightning.data.synthetic.generate import generate
 from crack_lightning.resume import newest_checkpoint, resume_point
 from crack_lightning.trainer.checkpoint_io import AtomicCheckpointIO
 from tests.conftest import REPO, compose_cfg, run_train_py

@@ -20,7 +20,7 @@ import torch
 
 from crack_lightning import CrackLightningError
 from crack_lightning.evaluation import choose_threshold, degenerate
-from crack_lightning.files import HOST
+from crack_lightning.utils.files import HOST
 from tests.conftest import REPO, compose_cfg, refused, run_py, run_train_py, snapshot
 
 FAST = ["debug=fast", "backbone=custom_cnn", "backbone.pretrained=false"]
@@ -69,7 +69,7 @@ def test_demo_recipe_on_your_folder_trains_on_it_and_leaves_it_as_it_was(tmp_pat
     assert isinstance(json.loads((run / "operating_point.json").read_text())["warnings"], list)
 
     # the generator's own command refuses your folder, in one line
-    gen = subprocess.run([sys.executable, "-m", "crack_lightning.data.synthetic", "--out", str(user)],
+    gen = subprocess.run([sys.executable, "-m", "crack_lightning.cli.synth", "--out", str(user)],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert gen.returncode == 2 and "did not write" in gen.stderr and len(gen.stderr.splitlines()) == 1, gen.stderr
     assert snapshot(user) == before

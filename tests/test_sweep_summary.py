@@ -8,7 +8,7 @@ import csv
 
 import yaml
 
-from crack_lightning.sweeps.summary import main
+from crack_lightning.cli.sweep_summary import main
 from tests.conftest import error_lines, run_train_py, snapshot
 from tests.test_train import check_run_folder
 
@@ -56,7 +56,7 @@ def test_sweep_through_train_py_with_a_failing_job(tmp_path, tiny_data):
     assert "2 failed" in md and "Bad setting: model.lr=-1" in md and "summary.png" in md
     assert (sweep / "summary.png").stat().st_size > 1000
 
-    # the command (`python -m crack_lightning.sweeps.summary <dir>`) rebuilds the same
+    # the command (`python -m crack_lightning.cli.sweep_summary <dir>`) rebuilds the same
     # summary from the folder alone, and reports the failures too
     first = (sweep / "summary.csv").read_text()
     (sweep / "summary.csv").unlink()

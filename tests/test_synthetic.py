@@ -7,8 +7,11 @@ import os
 import numpy as np
 from PIL import Image
 
-from crack_lightning.data import synthetic
-from crack_lightning.data.synthetic import CLASSES, generate, main, render_sample
+from crack_lightning.cli.synth import main
+from crack_lightning.data.synthetic import generate as generate_module
+from crack_lightning.data.synthetic import render
+from crack_lightning.data.synthetic.generate import generate
+from crack_lightning.data.synthetic.render import CLASSES, render_sample
 
 
 def _files(root):
@@ -78,7 +81,7 @@ def test_output_does_not_depend_on_render_order(tmp_path):
     (tmp_path / "rev" / "Negative").mkdir()
     for cls_idx in (1, 0):
         for i in (2, 1, 0):
-            synthetic._render_to((str(tmp_path / "rev"), cls_idx, i, 3, 227))
+            generate_module._render_to((str(tmp_path / "rev"), cls_idx, i, 3, 227))
     fwd, rev = _files(tmp_path / "fwd"), _files(tmp_path / "rev")
     assert [p.read_bytes() for p in fwd] == [p.read_bytes() for p in rev]
 
@@ -122,7 +125,7 @@ def test_changed_params_or_missing_file_regenerate(tmp_path):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli"
-    main(["--out", str(out), "--per-class", "2", "--seed", "5", "--size", "227"])
+    assert main(["--out", str(out), "--per-class", "2", "--seed", "5", "--size", "227"]) == 0
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and "generated" in line
     assert len(_files(out)) == 4
@@ -146,17 +149,17 @@ def test_global_statistics_do_not_separate_classes(tmp_path):
 
 
 def test_stats_probe_detects_leaky_generator(tmp_path, monkeypatch):
-    real_render = synthetic.render_sample
-    real_distract = synthetic._distract
+    real_render = render.render_sample
+    real_distract = render.distract
 
     def leaky_render(rng, crack, size=227):
         # Negatives become plain concrete: no joints/edges/stains/shadows/scratches.
-        synthetic._distract = real_distract if crack else (lambda rng, s, lum, kinds: lum)
+        render.distract = real_distract if crack else (lambda rng, s, lum, kinds: lum)
         try:
             return real_render(rng, crack, size)
         finally:
-            synthetic._distract = real_distract
+            render.distract = real_distract
 
-    monkeypatch.setattr(synthetic, "render_sample", leaky_render)
+    monkeypatch.setattr(generate_module, "render_sample", leaky_render)
     generate(tmp_path / "leaky", per_class=200, seed=0)
     assert _stats_cv_accuracy(tmp_path / "leaky") > STATS_BOUND

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from crack_lightning.data import fingerprints as fpm
-from crack_lightning.data.card import CARD_JSON, CARD_MD, EXAMPLES_PNG, LICENCE_PLACEHOLDER, write_card
-from crack_lightning.data.synthetic import generate
-from crack_lightning.data.validate import HEADINGS, main, validate
+from crack_lightning.data.quality import fingerprints as fpm
+from crack_lightning.data.quality.card import CARD_JSON, CARD_MD, EXAMPLES_PNG, LICENCE_PLACEHOLDER, write_card
+from crack_lightning.data.synthetic.generate import generate
+from crack_lightning.cli.validate import main
+from crack_lightning.data.quality.validate import HEADINGS, validate
 
 PER_CLASS = 30
 SPLIT_KEYS = {k for k, _ in HEADINGS if k.startswith("split_")}

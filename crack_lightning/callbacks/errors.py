@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from crack_lightning.callbacks.figures import publish_figure
 from crack_lightning.evaluation.gradcam import gradcam_figure
-from crack_lightning.plots import denormalize, image_grid_figure
+from crack_lightning.reports.plots import denormalize, image_grid_figure
 from crack_lightning.trainer.distributed import gather_objects
 
 

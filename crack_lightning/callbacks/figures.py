@@ -12,9 +12,9 @@ from matplotlib.figure import Figure
 from sklearn.metrics import classification_report
 
 from crack_lightning.evaluation import calibration_error
-from crack_lightning.files import write_atomic
+from crack_lightning.utils.files import write_atomic
 from crack_lightning.trainer.distributed import gather_uneven
-from crack_lightning.plots import (
+from crack_lightning.reports.plots import (
     confusion_matrix_figure,
     curves_figure,
     denormalize,

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from crack_lightning.evaluation import calibration_error, choose_threshold, degenerate, fit_temperature
-from crack_lightning.files import atomic_path, write_atomic
+from crack_lightning.utils.files import atomic_path, write_atomic
 from crack_lightning.trainer.distributed import gather_uneven
 
 log = logging.getLogger(__name__)

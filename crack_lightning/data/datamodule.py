@@ -11,11 +11,12 @@ from torch.utils.data import DataLoader
 
 from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_transform
 from crack_lightning import CrackLightningError
-from crack_lightning.data import screening
-from crack_lightning.data.dataset import ImageListDataset, resolve_class_names
-from crack_lightning.data.decoded import DecodedImages, ResidentImages, collate_gathered, for_splits, split_datasets
-from crack_lightning.data.fingerprints import available_cores
-from crack_lightning.files import atomic_path, files_key
+from crack_lightning.data.quality import screening
+from crack_lightning.data.dataset import ImageListDataset
+from crack_lightning.data.imagefolder import resolve_class_names
+from crack_lightning.data.decoded_cache import DecodedImages, ResidentImages, collate_gathered, for_splits, split_datasets
+from crack_lightning.utils.parallel import auto_workers, available_cores
+from crack_lightning.utils.files import atomic_path, files_key
 from crack_lightning.trainer.distributed import eval_sampler
 from crack_lightning.config_checks import check_fractions
 from crack_lightning.data.splits import (
@@ -40,15 +41,15 @@ class CrackDataModule(L.LightningDataModule):
         augmentation: a :class:`~crack_lightning.data.augmentation.FlipRotate` (training
             randomness, per image or per batch); ``None`` trains on the evaluation transform.
         cache: decode every image once into a memory-mapped uint8 array in ``cache_dir``
-            (:mod:`~crack_lightning.data.decoded`) and augment whole batches on the
+            (:mod:`~crack_lightning.data.decoded_cache`) and augment whole batches on the
             device; ``"auto"``: on when ``cache_dir`` is set. ``False``: read JPEGs each epoch.
         cache_on_device: copy the whole decoded cache to the training device once and send
-            only row numbers per batch (:class:`~crack_lightning.data.decoded.ResidentImages`);
+            only row numbers per batch (:class:`~crack_lightning.data.decoded_cache.ResidentImages`);
             ``"auto"``: on a CUDA device when the cache takes at most 40% of its free memory.
         positive_class: the crack folder's name; inferred from common names when ``None``.
         split: ``"random"`` (stratified by image) or ``"grouped"``: patches that look
             cut from the same photo (matching borders, near-duplicates; see
-            :mod:`~crack_lightning.data.grouping`) go to one split together.
+            :mod:`~crack_lightning.data.quality.grouping`) go to one split together.
         grouping: options of the grouped split (``ratio``, ``phash_distance``, ``bin``,
             ``workers``); groups are cached in ``cache_dir`` keyed by the file list.
         split_fractions: train/val/test fractions, stratified by class.
@@ -61,7 +62,7 @@ class CrackDataModule(L.LightningDataModule):
             these arguments (``per_class``, ``seed``) unless it is already there; a ``root``
             holding other data is trained on as it is, never written into.
         on_bad_file: what to do with image files that fail the check before training
-            (:mod:`~crack_lightning.data.screening`: empty, truncated, not an image, too
+            (:mod:`~crack_lightning.data.quality.screening`: empty, truncated, not an image, too
             large or too small): ``"skip"`` them with a warning, or ``"error"``: stop.
         min_image_side / max_image_pixels: images smaller on a side, or whose header
             claims more pixels (decompression bombs), are bad files.
@@ -180,7 +181,7 @@ class CrackDataModule(L.LightningDataModule):
     def _generate_synthetic(self) -> None:
         """``data.synthetic``: fill ``root`` with the synthetic set, unless it holds other data --
         then that is what the recipe trains on (``experiment=demo data.root=<your data>``)."""
-        from crack_lightning.data.synthetic import NotGeneratedHere, generate
+        from crack_lightning.data.synthetic.generate import NotGeneratedHere, generate
 
         try:
             generate(self.root, **self.synthetic)
@@ -220,7 +221,7 @@ class CrackDataModule(L.LightningDataModule):
         return self.trainer is None or self.trainer.is_global_zero
 
     def _usable(self, class_names: list[str]) -> list:
-        """The samples that passed the image check (:mod:`~crack_lightning.data.screening`),
+        """The samples that passed the image check (:mod:`~crack_lightning.data.quality.screening`),
         cached in ``cache_dir``; the first call in a process reports the others."""
         announce = self._screening is None and self._is_first()
         if self._screening is None:
@@ -308,7 +309,7 @@ class CrackDataModule(L.LightningDataModule):
         """Group index per sample, from the cache when the files have not changed."""
         import numpy as np
 
-        from crack_lightning.data.grouping import group_files
+        from crack_lightning.data.quality.grouping import group_files
 
         paths = [s.path for s in samples]
         options = {k: v for k, v in self.grouping.items() if k != "workers"}
@@ -358,8 +359,3 @@ class CrackDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_dataset, train=False)
-
-
-def auto_workers() -> int:
-    # Leave one core to the training process; more than 8 decoders rarely pays off.
-    return max(0, min(8, available_cores() - 1))

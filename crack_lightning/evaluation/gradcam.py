@@ -54,7 +54,7 @@ def gradcam(model: nn.Module, images: torch.Tensor, target: int = 1) -> torch.Te
 def gradcam_figure(model: nn.Module, images: torch.Tensor, mean, std, titles=None, colors=None, suptitle: str | None = None):
     """A grid of ``images`` (normalised, (N, 3, H, W)) with the crack class's Grad-CAM
     map blended over each: red where the model sees evidence for a crack."""
-    from crack_lightning.plots import denormalize, image_grid_figure, overlay_heatmap
+    from crack_lightning.reports.plots import denormalize, image_grid_figure, overlay_heatmap
 
     device = next(model.parameters()).device
     maps = gradcam(model, images.to(device).contiguous(memory_format=torch.channels_last))

@@ -66,7 +66,7 @@ def open_backend(path: str | Path, device: str | torch.device = "cpu") -> Backen
     """A backend for ``path``: ``.onnx`` runs in onnxruntime, anything else is a checkpoint."""
     path = Path(path).expanduser()
     if path.suffix.lower() == ".onnx":
-        from crack_lightning.inference.onnx import OnnxBackend
+        from crack_lightning.inference.onnx_backend import OnnxBackend
 
         return OnnxBackend(path)
     return TorchBackend(load_classifier(path), device=device)

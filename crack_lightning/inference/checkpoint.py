@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from crack_lightning import CrackLightningError
-from crack_lightning.files import sha256_file
+from crack_lightning.utils.files import sha256_file
 from crack_lightning.inference.model_files import missing_preprocessing, require_model_file
 
 

@@ -24,9 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from crack_lightning.data.augmentation import eval_transform
-from crack_lightning.data.datamodule import auto_workers
-from crack_lightning.data.fingerprints import progress_bar
-from crack_lightning.files import atomic_path
+from crack_lightning.utils.parallel import auto_workers, progress_bar
+from crack_lightning.utils.files import atomic_path
 from crack_lightning.inference import tiling
 from crack_lightning.inference.backends import Backend, data_config, open_backend, patch_size
 from crack_lightning.inference.settings import check_predict
@@ -112,7 +111,7 @@ def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: lis
     """``gradcam=N``: Grad-CAM of the crack class over the N images with the highest
     crack probability (a checkpoint only: an ONNX file has no gradients)."""
     from crack_lightning.evaluation.gradcam import gradcam_figure
-    from crack_lightning.plots import save_figure
+    from crack_lightning.reports.plots import save_figure
 
     model = getattr(backend, "model", None)
     if model is None:

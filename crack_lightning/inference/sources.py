@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.augmentation import eval_transform
-from crack_lightning.data.dataset import IMG_EXTENSIONS, class_folders as sub_folders, is_system_name, resolve_class_names, to_rgb
+from crack_lightning.data.imagefolder import IMG_EXTENSIONS, class_folders as sub_folders, is_system_name, resolve_class_names
+from crack_lightning.data.dataset import to_rgb
 from crack_lightning.inference.backends import data_config
 
 

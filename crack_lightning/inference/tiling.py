@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
 from crack_lightning.data.dataset import to_rgb
-from crack_lightning.files import atomic_path
-from crack_lightning.plots import DPI, overlay_heatmap, save_figure
+from crack_lightning.utils.files import atomic_path
+from crack_lightning.reports.plots import DPI, overlay_heatmap, save_figure
 
 ORIENTATION = 0x0112  # EXIF tag
 TILE_COLUMNS = ["top", "left", "height", "width", "crack_probability"]

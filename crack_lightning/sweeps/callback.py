@@ -32,7 +32,7 @@ class SweepSummary(Callback):
             jobs = write_summary(sweep_dir, monitor=config.get("monitor"), mode=config.get("monitor_mode"))
         except Exception:
             log.exception("Could not write the sweep summary of %s "
-                          "(rebuild it with: python -m crack_lightning.sweeps.summary %s)", sweep_dir, sweep_dir)
+                          "(rebuild it with: python -m crack_lightning.cli.sweep_summary %s)", sweep_dir, sweep_dir)
             if self.exit_on_failure:
                 sys.exit(1)
             return

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from crack_lightning import find_user_error
-from crack_lightning.files import write_atomic
+from crack_lightning.utils.files import write_atomic
 
 log = logging.getLogger("crack_lightning")
 

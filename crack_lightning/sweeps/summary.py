@@ -3,7 +3,7 @@
 Written by :class:`crack_lightning.sweeps.callback.SweepSummary` when a multirun ends, and
 rebuilt from the folder alone (after a crash, or for an old sweep) with::
 
-    python -m crack_lightning.sweeps.summary <sweep folder>
+    python -m crack_lightning.cli.sweep_summary <sweep folder>
 
 Everything is read from the job folders (``.hydra/``, ``metrics.json``, ``csv/metrics.csv``,
 ``job.json``, ``error.txt``), so the rebuild gives the same ``summary.csv`` as the sweep did.
@@ -16,13 +16,12 @@ import csv
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from crack_lightning.files import write_atomic
+from crack_lightning.utils.files import write_atomic
 from crack_lightning.sweeps.job import ERROR_FILE, JOB_FILE
 
 SUMMARY_CSV = "summary.csv"
@@ -254,7 +253,7 @@ def write_summary(sweep_dir: Path, monitor: str | None = None, mode: str | None 
     """Write summary.csv, summary.md and summary.png into ``sweep_dir``; return the jobs, best first.
 
     ``monitor``/``mode`` default to the jobs' own ``monitor``/``monitor_mode`` (else val/loss, min)."""
-    from crack_lightning.plots import save_figure
+    from crack_lightning.reports.plots import save_figure
 
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir)
@@ -273,28 +272,3 @@ def write_summary(sweep_dir: Path, monitor: str | None = None, mode: str | None 
     write_atomic(sweep_dir / SUMMARY_MD, summary_markdown(sweep_dir, jobs, monitor, mode))
     save_figure(summary_figure(jobs, monitor), sweep_dir / SUMMARY_PNG)  # atomic too
     return jobs
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m crack_lightning.sweeps.summary <sweep folder>``: rebuild the summary; 1 if a job failed."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print(__doc__.strip().splitlines()[0] + "\nusage: python -m crack_lightning.sweeps.summary <sweep folder>")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    sweep_dir = Path(argv[0])
-    if not sweep_dir.is_dir():
-        print(f"No sweep folder at {sweep_dir}: give the folder that holds the job folders (hydra.sweep.dir).", file=sys.stderr)
-        return 2
-    jobs = write_summary(sweep_dir)
-    if not jobs:
-        print(f"No job folders (with .hydra/overrides.yaml) under {sweep_dir}.", file=sys.stderr)
-        return 2
-    failed = [j for j in jobs if not j.ok]
-    print(f"{sweep_dir / SUMMARY_MD}: {len(jobs)} jobs, {len(failed)} failed")
-    for j in failed:
-        print(f"  job {j.job} {j.status}: {j.error}")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

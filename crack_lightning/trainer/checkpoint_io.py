@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from crack_lightning.files import atomic_path
+from crack_lightning.utils.files import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -11,7 +11,7 @@ so a changed dataset builds a new one.  It is written to a temporary file and
 renamed when complete: a killed build never leaves a cache that looks valid.
 
 The data module only hands it files that passed the screening
-(:mod:`~crack_lightning.data.screening`); a decode failure here means a file
+(:mod:`~crack_lightning.data.quality.screening`); a decode failure here means a file
 changed since, and still stops the build with the list rather than store zeros.
 """
 
@@ -27,8 +27,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data.fingerprints import new_pool
-from crack_lightning.files import atomic_path, files_key, remove_stale_partials
+from crack_lightning.utils.parallel import parallel_map
+from crack_lightning.utils.files import atomic_path, files_key, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,7 @@ def build(paths: list[Path], file: Path, size: tuple[int, int], interpolation: s
         step = max(1, min(512, len(paths) // max(1, 4 * workers)))
         jobs = [(str(tmp), s, [str(p) for p in paths[s:s + step]], tuple(size), interpolation)
                 for s in range(0, len(paths), step)]
-        if workers > 1:
-            with new_pool(workers) as pool:
-                failed = [f for part in pool.imap(_decode_rows, jobs) for f in part]
-        else:
-            failed = [f for job in jobs for f in _decode_rows(job)]
+        failed = [f for part in parallel_map(_decode_rows, jobs, workers, chunk=1) for f in part]
         if failed:
             shown = "; ".join(f"{p} ({e})" for p, e in failed[:5])
             raise CrackLightningError(

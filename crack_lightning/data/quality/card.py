@@ -1,7 +1,7 @@
 """Dataset card: a short report written next to the data by ``make data``.
 
 ``write_card(root)`` validates the ImageFolder at ``root`` (or takes a report from
-:func:`crack_lightning.data.validate.validate`) and writes, in ``root``:
+:func:`crack_lightning.data.quality.validate.validate`) and writes, in ``root``:
 
 * ``dataset_card.md``: counts per class, image sizes and modes, bytes, what the
   validator found, the date, and a licence/citation placeholder;
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from crack_lightning.data.dataset import scan_files  # training's rule for which files are images
-from crack_lightning.files import atomic_path, remove_stale_partials, write_atomic
+from crack_lightning.data.imagefolder import scan_files  # training's rule for which files are images
+from crack_lightning.utils.files import atomic_path, remove_stale_partials, write_atomic
 
 CARD_MD = "dataset_card.md"
 CARD_JSON = "dataset_card.json"
@@ -74,13 +74,13 @@ LICENCE_PLACEHOLDER = "_Fill in: where the data comes from, its licence, and how
 
 
 def _markdown(report: dict, root: Path, licence: str | None = None) -> str:
-    from crack_lightning.data.validate import HEADINGS, _examples
+    from crack_lightning.data.quality.validate import HEADINGS, examples
 
     t = report["totals"]
     lines = [
         f"# Dataset card: {root.name}",
         "",
-        f"Generated {report['created']} by `crack_lightning.data.card` from `{report['root']}`.",
+        f"Generated {report['created']} by `crack_lightning.data.quality.card` from `{report['root']}`.",
         f"Full validation report: [`{CARD_JSON}`]({CARD_JSON}).",
         "",
         "## Contents",
@@ -116,7 +116,7 @@ def _markdown(report: dict, root: Path, licence: str | None = None) -> str:
         lines += ["| check | found | examples |", "|---|---:|---|"]
         for key, title in HEADINGS:
             if counts.get(key):
-                ex = "; ".join(f"`{e}`" for e in _examples(report, key)[:3])
+                ex = "; ".join(f"`{e}`" for e in examples(report, key)[:3])
                 more = f" (+{counts[key] - 3} more)" if counts[key] > 3 else ""
                 lines.append(f"| {title} | {counts[key]} | {ex}{more} |")
     lines += [
@@ -142,7 +142,7 @@ def write_card(root: Path, report: dict | None = None, per_class: int = 8, seed:
     :data:`LICENCE_PLACEHOLDER` line, to be filled in)."""
     root = Path(root)
     if report is None:
-        from crack_lightning.data.validate import validate
+        from crack_lightning.data.quality.validate import validate
 
         report = validate(root)
     remove_stale_partials(root, "dataset_*")  # what a killed card writer left

@@ -21,23 +21,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from crack_lightning.data import synthetic
-from crack_lightning.data.fingerprints import new_pool
+from crack_lightning.data.synthetic.render import CLASSES, background, crack_mask, develop, distract
+from crack_lightning.utils.parallel import new_pool
 
-SCENES_CSV = synthetic.SCENES_CSV
+SCENES_CSV = "synthetic_scenes.csv"  # ground truth of layout="scenes": path -> scene
 
 
 def render_scene(rng: np.random.Generator, tiles: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """One wall photo of ``tiles * size`` px square: (uint8 RGB, crack mask in [0, 1))."""
     s = tiles * size
-    lum = synthetic._background(rng, s, scale=tiles)
+    lum = background(rng, s, scale=tiles)
     kinds = [k for k, p in (("stain", 0.5), ("shadow", 0.4), ("joint", 0.3), ("scratch", 0.3)) if rng.random() < p]
-    lum = synthetic._distract(rng, s, lum, kinds)
+    lum = distract(rng, s, lum, kinds)
     mask = np.zeros((s, s), np.float32)
     if rng.random() < 0.75:  # a quarter of the photos show no crack at all
         for _ in range(1 + int(rng.random() < 0.3)):
-            mask = np.maximum(mask, synthetic._crack_mask(rng, s))
-    return synthetic.develop(rng, lum * (1 - mask)), mask
+            mask = np.maximum(mask, crack_mask(rng, s))
+    return develop(rng, lum * (1 - mask)), mask
 
 
 def _tile_label(mask: np.ndarray) -> int | None:
@@ -106,7 +106,7 @@ def generate_scenes(root: Path, per_class: int, seed: int, size: int, tiles: int
     names = {label: iter(rng.permutation(per_class) + 1) for label in (0, 1)}
     table = []
     for label, scene, r, c, data in rows:
-        rel = f"{synthetic.CLASSES[1 - label]}/{next(names[label]):05d}.jpg"  # CLASSES[0] = Positive
+        rel = f"{CLASSES[1 - label]}/{next(names[label]):05d}.jpg"  # CLASSES[0] = Positive
         (root / rel).write_bytes(data)
         table.append((rel, scene, r, c))
     with (root / SCENES_CSV).open("w", newline="") as f:

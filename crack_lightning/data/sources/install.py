@@ -1,8 +1,8 @@
 """`make data`: download, verify, extract and lay out "Concrete Crack Images for Classification".
 
-    python -m crack_lightning.data.get                               # -> data/concrete_crack
-    python -m crack_lightning.data.get root=/data/concrete_crack     # then train.py data.root=...
-    python -m crack_lightning.data.get source.url=<mirror URL>       # same size and SHA-256
+    python -m crack_lightning.cli.data                               # -> data/concrete_crack
+    python -m crack_lightning.cli.data root=/data/concrete_crack     # then train.py data.root=...
+    python -m crack_lightning.cli.data source.url=<mirror URL>       # same size and SHA-256
 
 Steps: fetch the archive into ``download_dir`` (resumable, size and SHA-256 checked) ->
 extract it into a staging folder next to ``root`` (all-or-nothing) -> find the folder holding
@@ -19,17 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from crack_lightning import CrackLightningError, exit_on_user_error
-from crack_lightning.data.archive import extract
-from crack_lightning.data.download import fetch, sha256_setting
-from crack_lightning.data.fingerprints import IMG_EXTENSIONS
-from crack_lightning.files import remove_stale_folders, sha256_file, temporary_folder, write_atomic
+from crack_lightning import CrackLightningError
+from crack_lightning.data.sources.archive import extract
+from crack_lightning.data.sources.download import fetch, sha256_setting
+from crack_lightning.data.imagefolder import IMG_EXTENSIONS
+from crack_lightning.utils.files import remove_stale_folders, sha256_file, temporary_folder, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +163,8 @@ def find_dataset(top: Path, classes: list[str], depth: int = 2) -> Path | None:
 
 
 def _write_card(root: Path, src: DictConfig) -> Path:
-    """The dataset card (crack_lightning.data.card) with the source's licence and citation."""
-    from crack_lightning.data.card import write_card  # noqa: PLC0415 - decodes every image
+    """The dataset card (crack_lightning.data.quality.card) with the source's licence and citation."""
+    from crack_lightning.data.quality.card import write_card  # noqa: PLC0415 - decodes every image
 
     log.info("Writing the dataset card: every image is decoded and checked (about a minute "
              "for 40,000 images on 2 cores)")
@@ -179,7 +177,7 @@ def _write_card(root: Path, src: DictConfig) -> Path:
 
 
 def _card_exists(root: Path) -> bool:
-    from crack_lightning.data.card import CARD_MD  # noqa: PLC0415
+    from crack_lightning.data.quality.card import CARD_MD  # noqa: PLC0415
 
     return (root / CARD_MD).is_file()
 
@@ -196,18 +194,3 @@ def _check_counts(counts: dict[str, int], expect: dict | None) -> None:
 
 def _fmt(counts: dict[str, int]) -> str:
     return ", ".join(f"{c}/ {n:,} images" for c, n in counts.items())
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="get_data")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    try:
-        get_data(cfg)
-    except KeyboardInterrupt:
-        logging.getLogger("crack_lightning").error(
-            "Interrupted; a partial download is kept as <archive>.part: rerun to resume")
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Deterministic synthetic stand-in for "Concrete Crack Images for Classification".
+"""Rendering of the synthetic stand-in for "Concrete Crack Images for Classification".
 
 The public dataset (Özgenel, 2018) holds 227x227 RGB JPEGs of concrete walls in
 ``Positive/`` (crack) and ``Negative/`` (no crack).  CI cannot download it, so
@@ -26,23 +26,13 @@ Design
 """
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from crack_lightning import CrackLightningError
-
-CLASSES = ("Positive", "Negative")
-VERSION = 2  # bump whenever rendering changes, so cached datasets are regenerated
-META = "synthetic.json"
-SCENES_CSV = "synthetic_scenes.csv"  # ground truth of layout="scenes": path -> scene
+CLASSES = ("Positive", "Negative")  # class folders; label 0 (the first) is the crack class
 
 
 @functools.lru_cache(maxsize=64)
@@ -85,7 +75,7 @@ def _grid(s):
     return tuple(np.mgrid[0:s, 0:s].astype(np.float32))
 
 
-def _background(rng, s, scale=1):
+def background(rng, s, scale=1):
     """Luminance field (~1.0 on average) of a bare concrete surface.
 
     ``scale``: the field spans ``scale`` x ``scale`` patches (a scene); texture
@@ -158,7 +148,7 @@ def _stroke(d, pts, widths, fill):
             d.ellipse((q[0] - w / 2, q[1] - w / 2, q[0] + w / 2, q[1] + w / 2), fill=fill)
 
 
-def _crack_mask(rng, s):
+def crack_mask(rng, s):
     """Darkening mask in [0, 1) of a crack system: main path, branches, maybe a 2nd crack."""
     m = Image.new("L", (s, s), 0)
     d = ImageDraw.Draw(m)
@@ -185,7 +175,7 @@ def _crack_mask(rng, s):
     return _blur121(np.asarray(m, np.float32) / 255)  # soft edges: a groove, not a pen stroke
 
 
-def _line_mask(rng, s, width):
+def line_mask(rng, s, width):
     """Full-length, nearly axis-aligned straight line (joint or formwork seam)."""
     m = Image.new("L", (s, s), 0)
     ang = rng.choice([0.0, math.pi / 2]) + rng.normal(0, 0.05)
@@ -195,15 +185,15 @@ def _line_mask(rng, s, width):
     return _blur121(np.asarray(m, np.float32) / 255), (cx, cy, ang)
 
 
-def _distract(rng, s, lum, kinds):
+def distract(rng, s, lum, kinds):
     """Apply non-crack defects to a luminance field."""
     yy, xx = _grid(s)
     for kind in kinds:
         if kind == "joint":  # sawn/formed joint: straight, uniform, lighter than a crack
-            m, _ = _line_mask(rng, s, rng.uniform(2, 8))
+            m, _ = line_mask(rng, s, rng.uniform(2, 8))
             lum = lum * (1 - rng.uniform(0.1, 0.3) * m)
         elif kind == "edge":  # formwork edge: brightness step along a straight seam
-            m, (cx, cy, ang) = _line_mask(rng, s, rng.uniform(1, 3))
+            m, (cx, cy, ang) = line_mask(rng, s, rng.uniform(1, 3))
             side = ((xx - cx) * math.sin(ang) - (yy - cy) * math.cos(ang)) > 0
             step = np.where(side, np.float32(rng.uniform(0.65, 0.9)), np.float32(1))
             lum = lum * step * (1 - rng.uniform(0.1, 0.3) * m)
@@ -230,10 +220,10 @@ def _distract(rng, s, lum, kinds):
 def render_sample(rng: np.random.Generator, crack: bool, size: int = 227) -> tuple[Image.Image, int]:
     """Render one image; returns (RGB image, JPEG quality to save it with)."""
     s = size
-    lum = _background(rng, s)
+    lum = background(rng, s)
     if crack:
         kinds = [k for k, p in (("stain", 0.25), ("shadow", 0.35)) if rng.random() < p]
-        lum = _distract(rng, s, lum, kinds) * (1 - _crack_mask(rng, s))
+        lum = distract(rng, s, lum, kinds) * (1 - crack_mask(rng, s))
     else:
         if rng.random() < 0.1:  # plain surface, now and then a stain or shadow
             kinds = [k for k, p in (("stain", 0.15), ("shadow", 0.15)) if rng.random() < p]
@@ -242,7 +232,7 @@ def render_sample(rng: np.random.Generator, crack: bool, size: int = 227) -> tup
             if rng.random() < 0.5:  # both: offsets the stains/shadows positives also get
                 kinds.append("shadow" if kinds[0] == "stain" else "stain")
             kinds.append(str(rng.choice(["joint", "edge", "scratch", "-"], p=[0.3, 0.25, 0.15, 0.3])))  # "-": none
-        lum = _distract(rng, s, lum, kinds)
+        lum = distract(rng, s, lum, kinds)
     return Image.fromarray(develop(rng, lum), "RGB"), int(rng.integers(60, 96))
 
 
@@ -263,129 +253,3 @@ def develop(rng: np.random.Generator, lum: np.ndarray) -> np.ndarray:
     v = np.where(v < 0.85, v, 0.85 + 0.15 * np.tanh((v - 0.85) / 0.15))
     lut = np.clip(v * 255 + 0.5, 0, 255).astype(np.uint8)
     return np.take(lut, np.clip(lum * 2048, 0, 4095).astype(np.intp), axis=0)
-
-
-def _render_to(job):
-    root, cls_idx, i, seed, size = job
-    rng = np.random.default_rng([seed, cls_idx, i])  # per-image seed: order-independent
-    img, quality = render_sample(rng, crack=(cls_idx == 0), size=size)
-    img.save(Path(root) / CLASSES[cls_idx] / f"{i + 1:05d}.jpg", "JPEG", quality=quality)
-
-
-class NotGeneratedHere(CrackLightningError):
-    """The output folder holds files the generator did not write: it is someone's data."""
-
-
-def _read_meta(root: Path) -> dict | None:
-    try:
-        meta = json.loads((root / META).read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and "per_class" in meta else None
-
-
-def _written_by(meta: dict) -> set[str]:
-    """The files (relative paths) a generation with ``meta``'s parameters writes, marker included:
-    the generator's names are fixed by its parameters, so they are known before it starts."""
-    n = int(meta["per_class"])
-    files = {f"{c}/{i:05d}.jpg" for c in CLASSES for i in range(1, n + 1)} | {META}
-    return files | {SCENES_CSV} if meta.get("layout") == "scenes" else files
-
-
-def _foreign_files(root: Path, meta: dict | None) -> list[str]:
-    """Files under ``root`` the generator did not write (all of them when it has no marker)."""
-    if not root.is_dir():
-        return []
-    ours = _written_by(meta) if meta else set()
-    return sorted(rel for p in root.rglob("*") if (p.is_file() or p.is_symlink())
-                  and (rel := p.relative_to(root).as_posix()) not in ours)
-
-
-def _is_complete(root: Path, meta: dict | None, params: dict) -> bool:
-    # markers written before "complete" existed were written last, so they mean complete
-    if meta is None or {k: v for k, v in meta.items() if k != "complete"} != params or not meta.get("complete", True):
-        return False
-    return all((root / rel).is_file() for rel in _written_by(params))
-
-
-def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwrite: bool = False,
-             workers: int = 1, layout: str = "independent", tiles: int = 4) -> dict:
-    """Write ``per_class`` JPEGs to ``root/{Positive,Negative}``; return a summary dict.
-
-    ``layout="independent"`` renders every image on its own; ``"scenes"`` cuts them
-    from shared ``tiles`` x ``tiles`` wall scenes like the real dataset (see
-    :mod:`crack_lightning.data.scenes`).  Skips all work if ``root`` holds a complete
-    dataset with the same parameters (``synthetic.json``) unless ``overwrite``.
-    Output is identical for any ``workers``.
-
-    It writes only into a new or empty folder, or one it generated before (its marker,
-    ``synthetic.json``, is written first), and deletes only files it wrote itself: a folder
-    holding any other file raises :class:`NotGeneratedHere` and is left untouched."""
-    root = Path(root)
-    if layout not in ("independent", "scenes"):
-        raise CrackLightningError(f"layout={layout!r}: choose 'independent' or 'scenes'")
-    if root.exists() and not root.is_dir():
-        raise NotGeneratedHere(f"{root} is a file; the synthetic generator writes into a new or empty folder.")
-    params = {"version": VERSION, "per_class": int(per_class), "seed": int(seed), "size": int(size)}
-    if layout == "scenes":  # independent datasets keep their old synthetic.json (no regeneration)
-        params.update(layout=layout, tiles=int(tiles))
-    summary = {"root": str(root), "counts": {c: int(per_class) for c in CLASSES}, **params}
-    old = _read_meta(root)
-    foreign = _foreign_files(root, old)
-    if foreign:
-        raise NotGeneratedHere(
-            f"{root} holds {len(foreign)} file(s) the synthetic generator did not write ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); it only writes into a new or empty folder, or one it "
-            f"generated, and nothing there was changed. Choose another output folder.")
-    if not overwrite and _is_complete(root, old, params):
-        return {**summary, "generated": False, "seconds": 0.0}
-    t0 = time.perf_counter()
-    for rel in sorted(_written_by(old)) if old else []:  # our own files of a run with other parameters
-        (root / rel).unlink(missing_ok=True)
-    for c in CLASSES:
-        (root / c).mkdir(parents=True, exist_ok=True)
-    # the marker first: an interrupted run leaves a folder that is still recognisably ours
-    (root / META).write_text(json.dumps({**params, "complete": False}, indent=2) + "\n")
-    if layout == "scenes":
-        from crack_lightning.data.scenes import generate_scenes
-
-        generate_scenes(root, int(per_class), int(seed), int(size), int(tiles), workers)
-    else:
-        jobs = [(str(root), k, i, int(seed), int(size)) for k in range(len(CLASSES)) for i in range(per_class)]
-        if workers > 1:
-            from crack_lightning.data.fingerprints import new_pool
-
-            with new_pool(workers) as pool:
-                pool.map(_render_to, jobs, chunksize=32)
-        else:
-            for job in jobs:
-                _render_to(job)
-    (root / META).write_text(json.dumps({**params, "complete": True}, indent=2) + "\n")
-    return {**summary, "generated": True, "seconds": round(time.perf_counter() - t0, 3)}
-
-
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description="Generate a synthetic concrete-crack dataset.")
-    p.add_argument("--out", required=True, help="output folder (Positive/ and Negative/ are created)")
-    p.add_argument("--per-class", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=227)
-    p.add_argument("--workers", type=int, default=1, help="processes; output is identical for any value")
-    p.add_argument("--overwrite", action="store_true", help="regenerate even if a complete dataset exists (only files it wrote are replaced)")
-    p.add_argument("--layout", choices=["independent", "scenes"], default="independent",
-                   help="scenes: cut patches from shared wall scenes, like the real dataset")
-    p.add_argument("--tiles", type=int, default=4, help="scenes are tiles x tiles patches")
-    a = p.parse_args(argv)
-    try:
-        r = generate(a.out, a.per_class, a.seed, a.size, a.overwrite, a.workers, a.layout, a.tiles)
-    except CrackLightningError as err:
-        print(f"synthetic: {err}", file=sys.stderr)
-        sys.exit(2)
-    what = "generated" if r["generated"] else "already complete, skipped"
-    print(f"synthetic: {what} {r['per_class']}/class x {len(CLASSES)} classes, {r['size']}px, "
-          f"seed {r['seed']} -> {r['root']} ({r['seconds']:.1f}s)")
-    return r
-
-
-if __name__ == "__main__":
-    main()

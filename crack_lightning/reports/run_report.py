@@ -13,7 +13,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from crack_lightning.files import write_atomic
+from crack_lightning.utils.files import write_atomic
 
 REPORT = "report.md"
 # (file, heading) in the order they are shown; only the ones in the folder are embedded

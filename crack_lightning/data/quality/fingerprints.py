@@ -24,10 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing as mp
-import os
-import signal
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +32,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from crack_lightning.utils.parallel import parallel_map, resolve_workers
+
 KINDS = ("ok", "empty", "not_image", "truncated", "unreadable")
 
-# Same as torchvision.datasets.folder.IMG_EXTENSIONS (what ImageFolder and our data
-# module load), kept here so this module does not import torch.
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # --- perceptual hash ------------------------------------------------------------------
 
@@ -71,10 +66,6 @@ def _phash_gray(gray: Image.Image) -> int:
     low = _DCT @ small @ _DCT_T
     bits = low > np.median(low)
     return int.from_bytes(np.packbits(bits.ravel()).tobytes(), "big")
-
-
-def hamming(a: int, b: int) -> int:
-    return (int(a) ^ int(b)).bit_count()
 
 
 def near_pairs(hashes: np.ndarray, max_distance: int, rows: int = 64, cols: int = 8192) -> np.ndarray:
@@ -191,59 +182,9 @@ def fingerprint_file(path, extra: Callable[[np.ndarray], np.ndarray] | None = No
 # --- many files -----------------------------------------------------------------------
 
 
-def available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def pool_context():
-    # fork: workers inherit the parent's imports (spawn would re-import the package,
-    # and with it Lightning, ~15 s per worker). Elsewhere only spawn is safe.
-    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-
-
-def _reset_sigterm() -> None:
-    # Pool.terminate() (the end of `with Pool()`) stops workers with SIGTERM. Under
-    # submitit (local or SLURM jobs) a forked worker inherits a handler that only logs
-    # SIGTERM, so the job waited forever on its own pool (helper-10 found it).
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def new_pool(workers: int):
-    """A process pool of ``workers`` (see :func:`pool_context`) that ``terminate()`` can end."""
-    return pool_context().Pool(workers, initializer=_reset_sigterm)
-
-
 def _fingerprint_job(job):
     path, extra = job
     return fingerprint_file(path, extra)
-
-
-def _chunksize(n: int, workers: int) -> int:
-    # Big enough to amortise IPC (one message per chunk), small enough that a slow
-    # chunk near the end does not leave the other cores idle for long.
-    return max(1, min(256, n // (workers * 8)))
-
-
-def progress_bar(total: int, description: str, enabled: bool):
-    """A rich progress bar (or a no-op) used as ``with ... as advance: advance(k)``."""
-    import contextlib
-
-    if not enabled:
-        return contextlib.nullcontext(lambda k=1: None)
-
-    @contextlib.contextmanager
-    def bar():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), transient=True) as prog:
-            task = prog.add_task(description, total=total)
-            yield lambda k=1: prog.advance(task, k)
-
-    return bar()
 
 
 def fingerprint_files(paths: Iterable, workers: int | None = None,
@@ -255,26 +196,9 @@ def fingerprint_files(paths: Iterable, workers: int | None = None,
     this process.
     """
     paths = [Path(p) for p in paths]
-    workers = available_cores() if workers is None else max(1, int(workers))
-    workers = min(workers, max(1, len(paths) // 16))
-    if workers == 1:
-        out = []
-        with progress_bar(len(paths), "fingerprinting", progress) as advance:
-            for p in paths:
-                out.append(fingerprint_file(p, extra))
-                advance()
-        return out
-    chunk = _chunksize(len(paths), workers)
-    # The pool forks before any progress-bar thread starts: forking a process that
-    # runs threads can deadlock the children.
-    with new_pool(workers) as pool:
-        results = pool.imap(_fingerprint_job, [(p, extra) for p in paths], chunksize=chunk)
-        out = []
-        with progress_bar(len(paths), "fingerprinting", progress) as advance:
-            for fp in results:
-                out.append(fp)
-                advance()
-    return out
+    workers = min(resolve_workers(workers), max(1, len(paths) // 16))
+    return list(parallel_map(_fingerprint_job, [(p, extra) for p in paths], workers,
+                             progress="fingerprinting" if progress else None))
 
 
 # --- pixel-level check of candidate pairs ----------------------------------------------
@@ -396,21 +320,10 @@ def verify_pairs(paths: Sequence, pairs: np.ndarray, workers: int | None = None,
     todo = [(objs[int(i)], objs[int(j)]) for i, j in pairs[order]]
     step = 32
     jobs = [(todo[s:s + step], max_shift) for s in range(0, len(todo), step)]
-    workers = available_cores() if workers is None else max(1, int(workers))
-    workers = min(workers, len(jobs))
     results = []
-    if workers == 1:
-        with progress_bar(len(pairs), "checking near-duplicate candidates", progress) as advance:
-            for job in jobs:
-                results.extend(_verify_chunk(job))
-                advance(len(job[0]))
-    else:
-        with new_pool(workers) as pool:
-            it = pool.imap(_verify_chunk, jobs)
-            with progress_bar(len(pairs), "checking near-duplicate candidates", progress) as advance:
-                for res in it:
-                    results.extend(res)
-                    advance(len(res))
+    for res in parallel_map(_verify_chunk, jobs, resolve_workers(workers), chunk=1, total=len(pairs),
+                            progress="checking near-duplicate candidates" if progress else None, weight=len):
+        results.extend(res)
     out = np.empty((len(pairs), 3))
     out[order] = np.asarray(results, dtype=np.float64).reshape(-1, 3)
     return out

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from crack_lightning import CrackLightningError
 from crack_lightning.data.splits import read_splits
 from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier, read_checkpoint
-from crack_lightning.inference.onnx import export_onnx
+from crack_lightning.export.onnx import export_onnx
 from crack_lightning.inference.settings import check_export
 from crack_lightning.inference.sources import ImageFiles, find_inputs
 

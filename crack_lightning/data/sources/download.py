@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from crack_lightning import CrackLightningError, __version__
-from crack_lightning.files import sha256_file
+from crack_lightning.utils.files import sha256_file
 
 log = logging.getLogger(__name__)
 

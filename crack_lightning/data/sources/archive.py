@@ -17,7 +17,7 @@ destination, are refused (the whole extraction fails, nothing lands at ``dest``)
 archive is extracted into a temporary folder next to ``dest`` and renamed to ``dest``
 only once complete, so a killed extraction never leaves half a dataset at ``dest``.
 
-That folder is a :func:`crack_lightning.files.temporary_folder` (as is ``make data``'s
+That folder is a :func:`crack_lightning.utils.files.temporary_folder` (as is ``make data``'s
 staging area): a unique name and a marker inside naming this host and process, so a
 leftover is deleted only when it is ours and its process is dead, never a folder of the
 user's that happens to have a similar name.
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from crack_lightning import CrackLightningError
-from crack_lightning.files import temporary_folder
+from crack_lightning.utils.files import temporary_folder
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A DataLoader worker that meets a truncated JPEG kills the run mid-epoch, maybe
 hours in.  So before any split is made, every image file is checked once, with
 the validator's per-file check
-(:func:`~crack_lightning.data.fingerprints.fingerprint_file`: full decode with
+(:func:`~crack_lightning.data.quality.fingerprints.fingerprint_file`: full decode with
 ``LOAD_TRUNCATED_IMAGES`` off, so zero-byte, truncated, unreadable files and
 text files named ``.jpg`` are caught), after two header checks that need no decode:
 
@@ -16,7 +16,7 @@ text files named ``.jpg`` are caught), after two header checks that need no deco
 Real images in other modes (alpha, grayscale, 16-bit, CMYK) pass: they are
 converted by :func:`~crack_lightning.data.dataset.to_rgb` when loaded.  The
 verdicts are cached in ``cache_dir`` keyed by the file list (names, sizes,
-mtimes; :func:`~crack_lightning.files.files_key`), like the decoded images and
+mtimes; :func:`~crack_lightning.utils.files.files_key`), like the decoded images and
 the groups: 40,000 files take about half a minute to check on 2 cores, once.
 
 Only files that pass reach the split, the decoded cache and the loaders.  What
@@ -36,9 +36,9 @@ from pathlib import Path
 from PIL import Image
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data.dataset import Sample, check_classes, scan_files
-from crack_lightning.data.fingerprints import fingerprint_files
-from crack_lightning.files import files_key, write_atomic
+from crack_lightning.data.imagefolder import Sample, check_classes, scan_files
+from crack_lightning.data.quality.fingerprints import fingerprint_files
+from crack_lightning.utils.files import files_key, write_atomic
 
 log = logging.getLogger(__name__)
 

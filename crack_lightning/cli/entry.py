@@ -1,4 +1,9 @@
-"""How every Hydra command starts and ends: a setting the user typed wrong is one line and exit 2.
+"""How every command starts and ends: a setting the user typed wrong is one line and exit 2.
+
+Two kinds of command share it. The Hydra commands (``train.py``, ``predict.py``, ``export.py``,
+``crack-data``) compose ``conf/`` (:data:`CONF_DIR`) and are started by :func:`run`; the tools
+(``crack-validate``, ``crack-synth``, ``crack-sweep-summary``) take ``argparse`` options, return
+their exit status from ``main(argv) -> int`` and are wrapped by :func:`command`.
 
 Our own refusals (:class:`~crack_lightning.CrackLightningError`) are turned into that line
 inside the task by :func:`~crack_lightning.exit_on_user_error`. Hydra's refusals come earlier,
@@ -14,18 +19,49 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 SIGTERM_EXIT = 128 + signal.SIGTERM  # the documented status of an interrupted command
 # The user's own HYDRA_FULL_ERROR, kept for the processes a command starts (DDP ranks inherit
 # the environment, where HYDRA_FULL_ERROR is then ours).
 _USER_FULL_ERROR = "CRACK_LIGHTNING_HYDRA_FULL_ERROR"
+# The one conf/ of the checkout, absolute: a command finds it from any working directory.
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+INTERRUPTED = "Interrupted (Ctrl+C)."
 
 
 def fail(message: str, status: int = 2) -> None:
     """Print one line on stderr and exit: for refusals before Hydra has set up logging."""
     print(f"[crack_lightning][ERROR] - {' '.join(str(message).split())}", file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def command(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Decorate an argparse command's ``main(argv) -> int``: a problem the user can fix
+    (:class:`~crack_lightning.CrackLightningError`, a bad option) returns 2 after one line on
+    stderr, Ctrl+C 143; ``--help`` returns 0. Its console script exits with what it returns."""
+    import functools
+
+    from crack_lightning import find_user_error
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except SystemExit as exc:  # argparse: --help 0, a bad option 2 (its usage line is printed)
+            return exc.code if isinstance(exc.code, int) else 2
+        except KeyboardInterrupt:
+            print(f"error: {INTERRUPTED}", file=sys.stderr, flush=True)
+            return SIGTERM_EXIT
+        except Exception as err:  # noqa: BLE001 - only our own refusals are one line
+            user_error = find_user_error(err)
+            if user_error is None:
+                raise
+            print(f"error: {' '.join(str(user_error).split())}", file=sys.stderr, flush=True)
+            return 2
+
+    return wrapper
 
 
 def run(main: Callable[[], Any], command: str = "python train.py") -> None:
@@ -37,7 +73,7 @@ def run(main: Callable[[], Any], command: str = "python train.py") -> None:
     try:
         main()
     except KeyboardInterrupt:
-        fail("Interrupted (Ctrl+C). A training run continues from its newest checkpoint with resume=<its run "
+        fail(f"{INTERRUPTED} A training run continues from its newest checkpoint with resume=<its run "
              "folder>; one stopped before its first checkpoint starts again without it.", SIGTERM_EXIT)
     except Exception as err:  # noqa: BLE001 - only Hydra's and OmegaConf's refusals are translated
         message = hydra_error(err, command)

@@ -30,7 +30,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.neighbors import NearestNeighbors
 
-from crack_lightning.data.fingerprints import MIN_CORRELATION, fingerprint_files, near_pairs, verify_pairs
+from crack_lightning.data.quality.fingerprints import MIN_CORRELATION, fingerprint_files, near_pairs, verify_pairs
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,170 @@
+"""The one owner of what an ImageFolder is: image extensions, system names, class folders, scanning.
+
+Training, ``crack-validate``, ``crack-data`` and ``predict.py`` all ask this module which files of
+a folder are images of which class, so they can never disagree (timm's
+``timm/data/readers/img_extensions.py`` owns its extension list the same way). Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from crack_lightning import CrackLightningError
+
+# Same as torchvision.datasets.folder.IMG_EXTENSIONS (what ImageFolder loads), without torch.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Folder names taken to mean "crack" when data.positive_class is not set.
+POSITIVE_NAMES = ("positive", "crack", "cracks", "cracked", "defect", "defective")
+# Folders that archives and file managers leave behind: never classes, never scanned.
+SYSTEM_FOLDERS = ("__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information")
+# scan_files' reason for a file without an image extension (validate reports those as findings)
+NOT_AN_IMAGE_NAME = "not an image file name"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path  # absolute, under the dataset root (a link there may point elsewhere)
+    label: int  # 1 = crack (positive class), 0 = no crack
+
+
+def is_system_name(name: str) -> bool:
+    """Hidden (``.DS_Store``, ``._x.jpg`` AppleDouble files, ``.ipynb_checkpoints``) or an
+    archive/file-manager leftover: not part of the dataset, whatever its extension."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class sub-folders of ``root`` (sorted), hidden and system folders left out."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not is_system_name(e.name))
+
+
+def resolve_class_names(root: Path, positive_class: str | None) -> list[str]:
+    """Return ``[negative_name, positive_name]`` for the two class folders under ``root``.
+
+    Label indices follow this order, so label 1 is always the crack class whatever
+    the folders are called (ImageFolder's alphabetical order would not guarantee it).
+    Each refusal is one line naming ``data.root`` / ``data.positive_class`` and the fix.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "no such folder"
+        raise CrackLightningError(
+            f"data.root={root}: {what}. Point data.root at an ImageFolder with one "
+            f"sub-folder per class (e.g. Positive/ and Negative/), or run `make data`."
+        )
+    classes = class_folders(root)
+    binary = "crack-lightning trains a binary crack / no-crack classifier and needs exactly two class folders"
+    if len(classes) < 2:
+        inner = [c for c in classes if len(class_folders(root / c)) == 2]
+        hint = (f"Did you mean data.root={root / inner[0]}?" if inner else
+                "Add the missing class folder (e.g. Positive/ for cracks and Negative/ for the rest), "
+                "with images in each.")
+        raise CrackLightningError(
+            f"data.root={root} holds {len(classes)} class folder(s) {classes}; {binary}. {hint}")
+    if len(classes) > 2:
+        raise CrackLightningError(
+            f"data.root={root} holds {len(classes)} class folders {classes}; {binary} (crack and "
+            f"no crack). Move the other folders out of data.root, or merge them into those two.")
+    if positive_class is None:
+        matches = [c for c in classes if c.lower() in POSITIVE_NAMES]
+        if len(matches) != 1:
+            raise CrackLightningError(
+                f"data.root={root}: cannot tell which of {classes} is the crack class. "
+                f"Set data.positive_class=<one of {classes}>."
+            )
+        positive_class = matches[0]
+    if positive_class not in classes:
+        raise CrackLightningError(
+            f"data.positive_class={positive_class} is not a class folder of {root}; "
+            f"choose one of {classes}."
+        )
+    negative = next(c for c in classes if c != positive_class)
+    return [negative, positive_class]
+
+
+def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[tuple[Path, str]], list[tuple[Path, str]]]:
+    """Walk the class folders: ``(samples, broken, ignored)``. The one rule for which files of an
+    ImageFolder are images of which class (training, validation and prediction use it).
+
+    ``samples``: every file with an image extension (nested folders included, as ImageFolder
+    does), in sorted order, by its path under ``root``; symbolic links are followed, to files
+    outside ``root`` too (a dataset made of links to the originals). Not yet checked (see
+    :mod:`~crack_lightning.data.quality.screening`). ``broken``: image-named entries that cannot even be
+    resolved (dangling symlink, symlink loop) and unreadable folders. ``ignored``: what is not
+    part of the dataset: hidden and system files and folders, other extensions (``Thumbs.db``),
+    a second path to a file already found (a real file wins over a link to it, so a link from one
+    class into another never relabels an image), a folder reached again through a symlink
+    (loops are walked once).
+    """
+    root = Path(root).resolve()
+    found, broken, ignored = [], [], []  # found: (is_link, path under root, real path, label)
+    seen_dirs = {_dir_id(root)}
+    # One walk. The folders really in the class folders come first, the folders links lead to
+    # after: a link to a folder already walked (a loop, or a link from class A into a sub-folder
+    # of B) is then skipped, and never makes B's images A's.
+    real, linked = [(root / name, label) for label, name in enumerate(class_names)], []
+    while real or linked:
+        top, label = real.pop(0) if real else linked.pop(0)
+        errors = []
+        for dirpath, dirnames, filenames in os.walk(top, onerror=errors.append):
+            here = Path(dirpath)
+            if _dir_id(here) in seen_dirs:
+                ignored.append((here, "folder already scanned (symlink loop or second link)"))
+                dirnames[:] = []
+                continue
+            seen_dirs.add(_dir_id(here))
+            for d in sorted(dirnames):
+                if is_system_name(d):
+                    ignored.append((here / d, "hidden or system folder"))
+                elif os.path.islink(here / d):
+                    linked.append((here / d, label))
+            dirnames[:] = sorted(d for d in dirnames if not is_system_name(d) and not os.path.islink(here / d))
+            real_dir = Path(os.path.realpath(here))  # once per folder: resolving each file costs
+            for f in sorted(filenames):
+                path = here / f
+                if is_system_name(f):
+                    ignored.append((path, "hidden or system file (e.g. .DS_Store, ._* AppleDouble)"))
+                elif not f.lower().endswith(IMG_EXTENSIONS):
+                    ignored.append((path, f"{NOT_AN_IMAGE_NAME} (extensions {', '.join(IMG_EXTENSIONS)})"))
+                elif not os.path.islink(path):
+                    found.append((False, path, real_dir / f, label))
+                else:
+                    try:
+                        found.append((True, path, path.resolve(strict=True), label))
+                    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
+                        broken.append((path, f"broken link: {getattr(err, 'strerror', None) or err}"))
+        broken += [(Path(e.filename), f"unreadable folder: {e.strerror}") for e in errors]
+    samples, first_path = [], {}
+    for _, path, real, label in sorted(found, key=lambda item: (item[0], item[1])):  # real files first
+        if real in first_path:
+            ignored.append((path, f"same file as {first_path[real]}"))
+        else:
+            first_path[real] = path
+            samples.append(Sample(path, label))
+    samples.sort(key=lambda s: s.path)
+    return samples, broken, ignored
+
+
+def _dir_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def check_classes(root: Path, class_names: list[str], samples: list[Sample], skipped: int = 0) -> None:
+    """Refuse a class without (usable) images: one line naming the folder and the fix."""
+    for idx, name in enumerate(class_names):
+        if not any(s.label == idx for s in samples):
+            why = (f"no usable images: its image files were all skipped as bad (listed in "
+                   f"skipped_files.txt in the run folder)" if skipped else
+                   f"no images ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
+            raise CrackLightningError(
+                f"data.root={root}: class folder '{name}' has {why}. Add images or fix data.root.")
+
+
+def scan_samples(root: Path, class_names: list[str]) -> list[Sample]:
+    """All image files of the two classes, in a stable (sorted) order (unchecked)."""
+    samples, _, _ = scan_files(root, class_names)
+    check_classes(root, class_names, samples)
+    return samples

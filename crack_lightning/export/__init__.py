@@ -1,0 +1,2 @@
+"""Writing a trained model for deployment, apart from running it (:mod:`crack_lightning.inference`):
+:mod:`.run` is ``export.py``'s task, :mod:`.onnx` writes and checks the ``.onnx`` file."""

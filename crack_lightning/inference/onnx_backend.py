@@ -1,0 +1,82 @@
+"""Run an exported ``.onnx`` file in onnxruntime: the file's contract and the backend that keeps it.
+
+The graph has one input, ``images`` (float32 ``[batch, 3, H, W]``, batch dynamic), and
+two outputs, ``crack_probability`` (``[batch]``, temperature applied) and ``logits``
+(``[batch, 2]``, in ``class_names`` order); :mod:`crack_lightning.export.onnx` writes it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from crack_lightning import CrackLightningError
+from crack_lightning.inference.model_files import missing_preprocessing
+from crack_lightning.utils.files import sha256_file
+
+INPUT = "images"
+OUTPUTS = ("crack_probability", "logits")
+CONTRACT = (
+    "input 'images': float32 [batch, 3, H, W], an RGB image resized to preprocessing.input_size "
+    "[H, W] with preprocessing.interpolation (antialiased), scaled to [0, 1] and normalised with "
+    "preprocessing.mean/std. Outputs: 'crack_probability' float32 [batch] = "
+    "softmax(logits / temperature)[:, 1], crack if >= threshold; 'logits' float32 [batch, 2] "
+    "in class_names order."
+)
+# what OnnxBackend needs; an .onnx file without them was not written by export_onnx
+REQUIRED_METADATA = ("preprocessing", "class_names", "threshold", "temperature")
+
+
+class OnnxBackend:
+    """An exported ``.onnx`` file run by onnxruntime on the CPU (see :class:`~crack_lightning.
+    inference.backends.Backend`); the card comes from the file's metadata."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise CrackLightningError(
+                f"{self.path}: no such file. Export one with python export.py ckpt=<run>/checkpoints/best.ckpt."
+            )
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # not ONNX, truncated, an opset this onnxruntime lacks
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CrackLightningError(
+                f"{self.path}: onnxruntime {ort.__version__} cannot load it ({type(err).__name__}: {reason})."
+            ) from err
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        missing = [key for key in REQUIRED_METADATA if key not in meta]
+        inputs = [i.name for i in self.session.get_inputs()]
+        if missing or inputs != [INPUT] or OUTPUTS[0] not in [o.name for o in self.session.get_outputs()]:
+            raise CrackLightningError(
+                f"{self.path}: not an ONNX model written by export.py (metadata lacks {missing or 'nothing'}, "
+                f"inputs {inputs}); export the checkpoint with python export.py ckpt=... format=onnx."
+            )
+        self.metadata = meta
+        self.class_names = list(json.loads(meta["class_names"]))
+        self.preprocessing = dict(json.loads(meta["preprocessing"]))
+        if lacks := missing_preprocessing(self.preprocessing):
+            raise CrackLightningError(f"{self.path}: its metadata's preprocessing lacks {', '.join(lacks)}, needed to "
+                                      f"prepare images as in training; export the checkpoint again with export.py.")
+        self.threshold = float(meta["threshold"])
+        self.temperature = float(meta["temperature"])
+        self.operating_point = json.loads(meta.get("operating_point") or "{}")
+        self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
+        self.model_hash = sha256_file(self.path)[:12]
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        images = np.ascontiguousarray(to_numpy(images), dtype=np.float32)
+        (probs,) = self.session.run([OUTPUTS[0]], {INPUT: images})
+        return probs.astype(np.float32, copy=False)
+
+
+def to_numpy(images) -> np.ndarray:
+    """A batch as a NumPy array (a tensor is moved to the CPU first)."""
+    return images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
