@@ -79,7 +79,7 @@ def test_callbacks_loggers_and_trainer_instantiate(tmp_path, tiny_data):
     callbacks = instantiate_group(cfg.callbacks)
     names = {type(c).__name__ for c in callbacks}
     assert {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "AugmentationPreview", "TestReport"} <= names
-    assert "RichProgressBar" not in names  # debug=fast removes it
+    assert "RichProgressBar" not in names and "EpochLog" in names  # debug=fast: no live bar
     assert {type(x).__name__ for x in instantiate_group(cfg.logger)} == {"TensorBoardLogger", "CSVLogger"}
     trainer = build_trainer(cfg.trainer)
     assert trainer.max_epochs == 3

@@ -1,4 +1,4 @@
-"""Trainer settings that depend on the machine: precision, cuDNN, matmul precision."""
+"""Trainer settings that depend on the machine: precision, cuDNN, matmul precision; a quiet console."""
 
 from __future__ import annotations
 
@@ -41,10 +41,14 @@ def build_trainer(trainer_cfg, **kwargs):
     """The ``lightning.Trainer`` of a ``trainer`` config, resolved for this machine.
 
     Keys that are ours, not the Trainer's (``compile``, ``compile_options``: the task
-    compiles the backbone), are left out; ``kwargs`` override the config."""
+    compiles the backbone), are left out; ``kwargs`` override the config. Lightning's
+    messages that nobody can act on are silenced first (:mod:`crack_lightning.trainer.console`)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from crack_lightning.trainer.console import quiet_lightning
+
+    quiet_lightning()  # before the Trainer logs its first line
     config = OmegaConf.to_container(trainer_cfg, resolve=True)
     config.pop("compile", None)
     config.pop("compile_options", None)

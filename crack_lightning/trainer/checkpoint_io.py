@@ -8,6 +8,10 @@ SIGKILL during it leaves a truncated ``last.ckpt``; nothing is fsynced, so a pow
 can leave an empty one; a killed writer leaves its temp file behind in /tmp; and the whole
 checkpoint is held in memory twice. Here the checkpoint goes straight into a temporary
 sibling (same directory, so the rename is atomic), is fsynced, and replaces the target.
+
+Private name of Lightning 2.6.6 used here: ``lightning.fabric.utilities.cloud_io._is_local_file_protocol``,
+the test Lightning's own save uses to tell a local path from an fsspec URL (``s3://`` ...), so
+both agree on which paths take the atomic route.
 """
 
 from __future__ import annotations

@@ -1,4 +1,21 @@
-"""Distributed strategies that stay correct under freeze-then-unfreeze and under Hydra."""
+"""Distributed strategies that stay correct under freeze-then-unfreeze and under Hydra.
+
+Private names of Lightning 2.6.6 and Hydra 1.3.8 (pinned in pyproject.toml) used here, and why;
+on an upgrade, tests/test_ddp.py (a DDP sweep through train.py) checks they still work:
+
+- ``DDPStrategy._setup_model`` (overridden): where DDP wraps the model; the only place to make
+  the frozen backbone visible to DDP's reducer (Lightning issue 20340).
+- ``DDPStrategy._configure_launcher`` and ``self._launcher`` (overridden, replaced): where the
+  strategy picks its launcher; no public hook chooses the child command.
+- ``subprocess_script._SubprocessScriptLauncher`` (subclassed), its ``_call_children_scripts``
+  (overridden) and ``procs`` (waited for): the launcher that re-runs the script for ranks > 0.
+- ``subprocess_script._hydra_subprocess_cmd`` (patched with :func:`rank_command` while the
+  children start): Lightning's Hydra child command, which re-runs a whole multirun in every rank.
+- ``lightning.fabric.utilities.distributed._destroy_dist_connection``: closes the process group
+  (if one is open) so the next job of a sweep opens its own.
+- ``hydra._internal.utils.get_args_parser``: Hydra's own command-line parser, to pass the
+  ``--config-path/-name/-dir`` the job was started with on to the ranks.
+"""
 
 from __future__ import annotations
 
