@@ -1,7 +1,8 @@
 """The one owner of what an ImageFolder is: image extensions, system names, class folders, scanning.
 
-Training, ``crack-validate``, ``crack-data`` and ``predict.py`` all ask this module which files of
-a folder are images of which class, so they can never disagree (timm's
+Training, ``crack-validate``, ``crack-data`` (counting, finding the dataset in an archive) and
+``predict.py input=`` all ask this module which files of a folder are images of which class, so
+they can never disagree (timm's
 ``timm/data/readers/img_extensions.py`` owns its extension list the same way). Torch-free.
 """
 
@@ -35,9 +36,41 @@ def is_system_name(name: str) -> bool:
     return name.startswith(".") or name in SYSTEM_FOLDERS
 
 
+def has_image_extension(name: str) -> bool:
+    """One of :data:`IMG_EXTENSIONS`, in any case (``x.JPG`` too)."""
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def is_image_name(name: str) -> bool:
+    """A file name training takes as an image: an image extension, not hidden or system."""
+    return not is_system_name(name) and has_image_extension(name)
+
+
 def class_folders(root: Path) -> list[str]:
     """The class sub-folders of ``root`` (sorted), hidden and system folders left out."""
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not is_system_name(e.name))
+
+
+def outside_classes(root: Path, classes: list[str]) -> tuple[list[str], list[str]]:
+    """``(files, folders)`` directly in ``root`` that are no class folder (a dataset card,
+    ``synthetic.json``, ``__MACOSX/``): never scanned, listed by the validator."""
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    return ([e.name for e in entries if not e.is_dir()],
+            [e.name for e in entries if e.is_dir() and e.name not in classes])
+
+
+def find_imagefolder(top: Path, classes: list[str], depth: int = 2) -> Path | None:
+    """The shallowest folder under ``top`` (``top`` included, ``depth`` levels down) holding
+    all of ``classes`` as class folders, e.g. the dataset inside an extracted archive. Hidden
+    and system folders (an archive's ``__MACOSX/`` copy) and links are not searched."""
+    level = [Path(top)]
+    for _ in range(depth + 1):
+        for folder in level:
+            if set(classes) <= set(class_folders(folder)):
+                return folder
+        level = sorted(p for f in level for p in f.iterdir()
+                       if p.is_dir() and not p.is_symlink() and not is_system_name(p.name))
+    return None
 
 
 def resolve_class_names(root: Path, positive_class: str | None) -> list[str]:
@@ -99,12 +132,36 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
     (loops are walked once).
     """
     root = Path(root).resolve()
+    return _scan(root, [(root / name, label) for label, name in enumerate(class_names)])
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder`` by :func:`scan_files`' rule (nested folders, links
+    followed, hidden and system names and second paths left out), sorted; paths under the
+    resolved ``folder``. For a folder of photos that is no ImageFolder (``predict.py input=``)."""
+    folder = Path(folder).resolve()
+    samples, _, _ = _scan(folder, [(folder, 0)])
+    return [s.path for s in samples]
+
+
+def count_images(root: Path, class_names: list[str]) -> dict[str, int]:
+    """Image files per class folder by :func:`scan_files` (0 for a missing folder; ``{}``
+    when ``root`` is no folder). Names only: nothing is opened."""
+    if not Path(root).is_dir():
+        return {}
+    samples, _, _ = scan_files(root, class_names)
+    return {name: sum(s.label == label for s in samples) for label, name in enumerate(class_names)}
+
+
+def _scan(root: Path, tops: list[tuple[Path, int]]) -> tuple[list[Sample], list, list]:
+    """:func:`scan_files`' walk of ``tops`` (folder, label), all under the resolved ``root``."""
     found, broken, ignored = [], [], []  # found: (is_link, path under root, real path, label)
-    seen_dirs = {_dir_id(root)}
+    # root counts as walked (a link back to it is a loop) unless it is itself what is walked
+    seen_dirs = set() if any(top == root for top, _ in tops) else {_dir_id(root)}
     # One walk. The folders really in the class folders come first, the folders links lead to
     # after: a link to a folder already walked (a loop, or a link from class A into a sub-folder
     # of B) is then skipped, and never makes B's images A's.
-    real, linked = [(root / name, label) for label, name in enumerate(class_names)], []
+    real, linked = list(tops), []
     while real or linked:
         top, label = real.pop(0) if real else linked.pop(0)
         errors = []
@@ -126,7 +183,7 @@ def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[t
                 path = here / f
                 if is_system_name(f):
                     ignored.append((path, "hidden or system file (e.g. .DS_Store, ._* AppleDouble)"))
-                elif not f.lower().endswith(IMG_EXTENSIONS):
+                elif not has_image_extension(f):
                     ignored.append((path, f"{NOT_AN_IMAGE_NAME} (extensions {', '.join(IMG_EXTENSIONS)})"))
                 elif not os.path.islink(path):
                     found.append((False, path, real_dir / f, label))
@@ -156,8 +213,8 @@ def check_classes(root: Path, class_names: list[str], samples: list[Sample], ski
     """Refuse a class without (usable) images: one line naming the folder and the fix."""
     for idx, name in enumerate(class_names):
         if not any(s.label == idx for s in samples):
-            why = (f"no usable images: its image files were all skipped as bad (listed in "
-                   f"skipped_files.txt in the run folder)" if skipped else
+            why = ("no usable images: its image files were all skipped as bad (listed in "
+                   "skipped_files.txt in the run folder)" if skipped else
                    f"no images ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
             raise CrackLightningError(
                 f"data.root={root}: class folder '{name}' has {why}. Add images or fix data.root.")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from sklearn.model_selection import train_test_split
@@ -38,7 +40,7 @@ def stratified_split(samples: list[Sample], fractions, seed: int) -> dict[str, l
     except ValueError as err:  # too few images of a class for a stratified split
         raise CrackLightningError(
             f"Cannot make a stratified {train_f}/{val_f}/{test_f} split of {len(samples)} images: {err}. "
-            f"Add images or change data.split_fractions."
+            f"Add images or change data.split.fractions."
         ) from None
     return {"train": train, "val": val, "test": test}
 
@@ -71,7 +73,7 @@ def grouped_split(samples: list[Sample], groups, fractions, seed: int) -> dict[s
     if (have.sum(1) == 0).any():
         raise CrackLightningError(
             f"Cannot make a grouped {fractions.tolist()} split: {len(counts)} groups of "
-            f"{len(samples)} images leave a split empty. Add images or use data.split=random."
+            f"{len(samples)} images leave a split empty. Add images or use data.split.strategy=random."
         )
     return {name: [s for s, g in zip(samples, inverse) if assign[g] == k] for k, name in enumerate(SPLITS)}
 
@@ -89,7 +91,7 @@ def check_support(splits: dict[str, list[Sample]], class_names: list[str], root:
             raise CrackLightningError(
                 f"data.root={root}: the {split} split has no '{missing[0]}' image (usable images per class: {counts}), "
                 f"so its metrics and the operating threshold would measure nothing. Add images of that class (a few "
-                f"per split at least), or change data.split_fractions.")
+                f"per split at least), or change data.split.fractions.")
 
 
 def write_splits(path: Path, splits: dict[str, list[Sample]], root: Path, class_names: list[str],
@@ -125,23 +127,67 @@ def read_split_info(path: Path) -> dict | None:
         return None
 
 
+@dataclass(frozen=True)
+class SplitRow:
+    path: str           # posix, relative to the dataset root ("" when the cell is empty)
+    split: str
+    label: str | None   # None when the file has no label column or the cell is empty
+    line: int           # line number in the file, for messages
+
+
+def read_split_rows(path: Path, root: Path) -> list[SplitRow]:
+    """The rows of a ``splits.csv`` (``path,label,split``; other columns ignored) as written,
+    unchecked: the validator reports what is wrong with them, :func:`read_splits` refuses it.
+    Errors name ``path`` first (the caller may prefix its option name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrackLightningError(f"{path}: no such file. Pass the splits.csv a training run wrote.")
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            if "path" not in fields or "split" not in fields:
+                raise CrackLightningError(
+                    f"{path}: needs the columns path and split (found {fields}). "
+                    f"Pass a splits.csv written by a training run (path,label,split).")
+            root_abs = Path(root).resolve()
+            return [SplitRow(_relative(row.get("path") or "", root_abs), (row.get("split") or "").strip(),
+                             (row.get("label") or "").strip() or None, line)
+                    for line, row in enumerate(reader, start=2)]
+    except (OSError, UnicodeDecodeError) as err:
+        raise CrackLightningError(f"{path}: cannot read it ({err}). Pass a readable splits.csv.") from None
+
+
+def _relative(cell: str, root_abs: Path) -> str:
+    """A path cell as a normalised posix path under the resolved root (absolute ones too)."""
+    raw = cell.strip()
+    if not raw:
+        return ""
+    p = Path(raw)
+    if p.is_absolute():  # its folder resolved, not the file: a link stays a path under root
+        try:
+            p = (Path(os.path.realpath(p.parent)) / p.name).relative_to(root_abs)
+        except ValueError:
+            pass
+    return PurePosixPath(os.path.normpath(p.as_posix())).as_posix()
+
+
 def read_splits(path: Path, root: Path, class_names: list[str]) -> dict[str, list[Sample]]:
     """Read a ``splits.csv`` written by :func:`write_splits` for the dataset at ``root``."""
     class_to_idx = {name: i for i, name in enumerate(class_names)}
     splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
     root = Path(root).resolve()  # samples are paths under the root, links not followed (scan_files)
-    with path.open(newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            if row.get("split") not in splits or row.get("label") not in class_to_idx:
-                raise CrackLightningError(
-                    f"{path}:{line}: expected split in {list(SPLITS)} and label in {class_names}, "
-                    f"got {row}. Delete the file to make a new split."
-                )
-            file = root / row["path"]
-            if not file.is_file():
-                raise CrackLightningError(
-                    f"{path}:{line}: {file} is listed in the saved split but missing under data.root. "
-                    f"Restore the file, or delete {path.name} to make a new split."
-                )
-            splits[row["split"]].append(Sample(file, class_to_idx[row["label"]]))
+    for row in read_split_rows(path, root):
+        if row.split not in splits or row.label not in class_to_idx:
+            raise CrackLightningError(
+                f"{path}:{row.line}: expected split in {list(SPLITS)} and label in {class_names}, "
+                f"got split={row.split!r}, label={row.label!r}. Delete the file to make a new split."
+            )
+        file = root / row.path
+        if not row.path or not file.is_file():
+            raise CrackLightningError(
+                f"{path}:{row.line}: {file} is listed in the saved split but missing under data.root. "
+                f"Restore the file, or delete {path.name} to make a new split."
+            )
+        splits[row.split].append(Sample(file, class_to_idx[row.label]))
     return splits

@@ -2,7 +2,8 @@
 
 ``input`` may be one file, a folder (searched recursively) or a glob pattern. A
 folder laid out like the training data -- one sub-folder per class -- also gives the
-true labels, so prediction doubles as an evaluation on data the model never saw.
+true labels, so prediction doubles as an evaluation on data the model never saw. Which
+files of a folder or glob are images is training's rule (:mod:`crack_lightning.data.imagefolder`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from torch.utils.data import Dataset
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.augmentation import eval_transform
-from crack_lightning.data.imagefolder import IMG_EXTENSIONS, class_folders as sub_folders, is_system_name, resolve_class_names
+from crack_lightning.data.imagefolder import (
+    IMG_EXTENSIONS, class_folders as sub_folders, has_image_extension, image_files, is_system_name, resolve_class_names,
+)
 from crack_lightning.data.dataset import to_rgb
 from crack_lightning.inference.backends import data_config
 
@@ -30,34 +33,25 @@ class Inputs:
     class_folders: list[str] | None = None  # [no-crack folder, crack folder] when labelled
 
 
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMG_EXTENSIONS
-
-
-def _listed(path: Path, root: Path) -> bool:
-    """An image file under ``root`` that training would also take: no hidden or system
-    part (``.DS_Store``, ``._x.jpg`` AppleDouble files, ``__MACOSX/``)."""
-    return path.is_file() and is_image(path) and not any(is_system_name(p) for p in path.relative_to(root).parts)
-
-
 def find_inputs(spec: str, class_names: list[str] | None = None) -> Inputs:
     """Resolve ``spec`` into image files (sorted, so runs and CSVs are reproducible).
 
     An explicit file is taken whatever its extension (an unreadable one gets an error
-    row later); folders and globs keep files with an image extension only.
+    row later); folders and globs keep what training would take as images only.
     """
     path = Path(spec).expanduser()
     if path.is_file():
         return Inputs([path])
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if _listed(p, path))
+        base = path.resolve()  # image_files gives resolved paths; rows keep the folder as given
+        files = [path / f.relative_to(base) for f in image_files(path)]
         if not files:
             raise CrackLightningError(
                 f"input={spec}: the folder holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...), "
                 f"even in sub-folders. Point input= at a folder of photos, one image or a glob."
             )
-        return _labelled(path, files, class_names)
-    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if is_image(Path(p)) and Path(p).is_file())
+        return labelled(path, files, class_names)
+    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if in_glob(Path(p), path))
     if not files:
         raise CrackLightningError(
             f"input={spec}: no such file or folder, and no image matches it as a glob "
@@ -65,6 +59,14 @@ def find_inputs(spec: str, class_names: list[str] | None = None) -> Inputs:
             f"line so the shell leaves them to predict.py: input='photos/**/*.jpg'."
         )
     return Inputs(files)
+
+
+def in_glob(match: Path, pattern: Path) -> bool:
+    """A glob match training would take as an image: an image extension, and no hidden or
+    system name (``__MACOSX/``, ``._x.jpg``) in the part the pattern matched."""
+    literal = next((k for k, part in enumerate(pattern.parts) if glob.has_magic(part)), len(pattern.parts))
+    return (has_image_extension(match.name) and match.is_file()
+            and not any(is_system_name(part) for part in match.parts[literal:]))
 
 
 def class_folders(root: Path, class_names: list[str] | None) -> list[str] | None:
@@ -79,7 +81,8 @@ def class_folders(root: Path, class_names: list[str] | None) -> list[str] | None
         return None
 
 
-def _labelled(root: Path, files: list[Path], class_names: list[str] | None) -> Inputs:
+def labelled(root: Path, files: list[Path], class_names: list[str] | None) -> Inputs:
+    """``files`` under ``root`` with the label of their class folder, when ``root`` has class folders."""
     folders = class_folders(root, class_names)
     if folders is None:
         return Inputs(files)

@@ -4,11 +4,11 @@
 [--positive-class FOLDER]``
 
 Which files are images of which class is training's rule, not a second one:
-:func:`crack_lightning.data.dataset.scan_files` over
-:func:`~crack_lightning.data.dataset.class_folders` (hidden and system folders such as
+:func:`crack_lightning.data.imagefolder.scan_files` over
+:func:`~crack_lightning.data.imagefolder.class_folders` (hidden and system folders such as
 ``__MACOSX`` are no class; symbolic links are followed, to files outside ROOT too).
 Files directly in ROOT, such as ``synthetic.json`` or the dataset card, are listed but
-not checked.  The report (terminal table + JSON, paths relative to ROOT) holds:
+not checked; ``splits.csv`` is read by :func:`crack_lightning.data.splits.read_split_rows`.  The report (terminal table + JSON, paths relative to ROOT) holds:
 
 * class folders training would refuse (not exactly two, or no recognisable crack class
   without ``--positive-class``), with training's own one-line reason;
@@ -35,8 +35,6 @@ Exit status: 0 clean, 1 problems found, 2 a user error (one line on stderr).
 
 from __future__ import annotations
 
-import csv
-import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -46,8 +44,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from crack_lightning import CrackLightningError
-from crack_lightning.data.imagefolder import NOT_AN_IMAGE_NAME, class_folders, resolve_class_names, scan_files
-from crack_lightning.data.imagefolder import IMG_EXTENSIONS
+from crack_lightning.data.imagefolder import (
+    IMG_EXTENSIONS, NOT_AN_IMAGE_NAME, class_folders, outside_classes, resolve_class_names, scan_files,
+)
+from crack_lightning.data.splits import SplitRow, read_split_rows
 from crack_lightning.data.quality.fingerprints import KINDS, MAX_SHIFT, MIN_CORRELATION, fingerprint_files, near_pairs, verify_pairs
 from crack_lightning.utils.parallel import resolve_workers
 
@@ -87,8 +87,6 @@ HEADINGS = (
 # --- scanning ---------------------------------------------------------------------------
 
 
-
-
 @dataclass
 class Scan:
     classes: list[str]               # class folders: training's [negative, positive] when it accepts them
@@ -101,7 +99,7 @@ class Scan:
 
 
 def scan(root: Path, positive_class: str | None = None) -> Scan:
-    """Take the class folders and image files of ``root`` as training does (dataset.py)."""
+    """Take the class folders and image files of ``root`` as training does (imagefolder.py)."""
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "no such folder"
         raise CrackLightningError(
@@ -129,16 +127,16 @@ def scan(root: Path, positive_class: str | None = None) -> Scan:
         path = Path(path)
         return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
 
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    root_files, other_folders = outside_classes(root, classes)
     return Scan(
         classes=classes,
         images=[(rel(s.path), s.path) for s in samples],
         non_image=sorted(rel(p) for p, why in ignored if why.startswith(NOT_AN_IMAGE_NAME)),
         broken=sorted(({"path": rel(p), "reason": why} for p, why in broken), key=lambda b: b["path"]),
         ignored=sorted([{"path": rel(p), "reason": why} for p, why in ignored if not why.startswith(NOT_AN_IMAGE_NAME)]
-                       + [{"path": e.name, "reason": "hidden or system folder: not a class"}
-                          for e in entries if e.is_dir() and e.name not in classes], key=lambda i: i["path"]),
-        root_files=[e.name for e in entries if not e.is_dir()],
+                       + [{"path": name, "reason": "hidden or system folder: not a class"}
+                          for name in other_folders], key=lambda i: i["path"]),
+        root_files=root_files,
         refusal=refusal,
     )
 
@@ -146,60 +144,31 @@ def scan(root: Path, positive_class: str | None = None) -> Scan:
 # --- splits.csv -------------------------------------------------------------------------
 
 
-def read_split_rows(csv_path: Path, root: Path) -> list[dict]:
-    """Rows of a ``splits.csv`` (``path,label,split``; other columns ignored), paths
-    normalised to posix paths relative to ``root``; each row has its line number."""
-    if not csv_path.is_file():
-        raise CrackLightningError(f"--splits {csv_path}: no such file. Pass the splits.csv a training run wrote.")
+def split_rows(csv_path: Path, root: Path) -> list[SplitRow]:
+    """``--splits``' rows, read as training reads them; a refusal names the option."""
     try:
-        return _read_split_rows(csv_path, root)
-    except (OSError, UnicodeDecodeError) as err:
-        raise CrackLightningError(
-            f"--splits {csv_path}: cannot read it ({err}). Pass a readable splits.csv.") from None
+        return read_split_rows(csv_path, root)
+    except CrackLightningError as err:
+        raise CrackLightningError(f"--splits {err}") from None
 
 
-def _read_split_rows(csv_path: Path, root: Path) -> list[dict]:
-    rows = []
-    with csv_path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        if "path" not in fields or "split" not in fields:
-            raise CrackLightningError(
-                f"--splits {csv_path}: needs the columns path and split (found {fields}). "
-                f"Pass a splits.csv written by a training run (path,label,split)."
-            )
-        root_abs = root.resolve()
-        for line, row in enumerate(reader, start=2):
-            raw = (row.get("path") or "").strip()
-            p = Path(raw)
-            if p.is_absolute():  # its folder resolved, not the file: a link stays a path under root
-                try:
-                    p = (Path(os.path.realpath(p.parent)) / p.name).relative_to(root_abs)
-                except ValueError:
-                    pass
-            rel = PurePosixPath(os.path.normpath(p.as_posix())).as_posix() if raw else ""
-            rows.append({"path": rel, "split": (row.get("split") or "").strip(),
-                         "label": (row.get("label") or "").strip() or None, "line": line})
-    return rows
-
-
-def _split_report(rows: list[dict], csv_path: Path, image_paths: list[str], groups: list[list[str]],
+def _split_report(rows: list[SplitRow], csv_path: Path, image_paths: list[str], groups: list[list[str]],
                   near: list[dict]) -> dict:
     present = set(image_paths)
     split_of: dict[str, str] = {}
     listed_twice: dict[str, list[str]] = defaultdict(list)
     missing, mismatch = [], []
     for r in rows:
-        p = r["path"]
+        p = r.path
         if p in split_of or p in listed_twice:
-            listed_twice[p].append(r["split"])
+            listed_twice[p].append(r.split)
             continue
-        split_of[p] = r["split"]
+        split_of[p] = r.split
         if p not in present:
-            missing.append({"path": p, "line": r["line"], "split": r["split"]})
+            missing.append({"path": p, "line": r.line, "split": r.split})
         folder = PurePosixPath(p).parts[0] if p else ""
-        if r["label"] is not None and r["label"] != folder:
-            mismatch.append({"path": p, "line": r["line"], "label": r["label"], "folder": folder})
+        if r.label is not None and r.label != folder:
+            mismatch.append({"path": p, "line": r.line, "label": r.label, "folder": folder})
     twice = [{"path": p, "splits": [split_of[p], *more]} for p, more in sorted(listed_twice.items())]
     unlisted = [p for p in image_paths if p not in split_of]
     exact_leaks = []
@@ -243,7 +212,7 @@ def validate(root, splits_csv=None, workers: int | None = None, near_distance: i
     """
     t0 = time.perf_counter()
     root = Path(root)
-    rows = read_split_rows(Path(splits_csv), root) if splits_csv is not None else None
+    rows = split_rows(Path(splits_csv), root) if splits_csv is not None else None
     found = scan(root, positive_class)
     classes = found.classes
     workers = resolve_workers(workers)

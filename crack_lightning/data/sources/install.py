@@ -6,9 +6,10 @@
 
 Steps: fetch the archive into ``download_dir`` (resumable, size and SHA-256 checked) ->
 extract it into a staging folder next to ``root`` (all-or-nothing) -> find the folder holding
-the class folders (``source.classes``, possibly nested) -> mark it as laid out by us
-(:data:`LAYOUT_MARKER`) and move it to ``root`` -> compare the image counts with
-``source.expect`` (a warning, not an error) -> write the dataset card -> summary.
+the class folders (``source.classes``, possibly nested, never in ``__MACOSX/``) -> mark it as
+laid out by us (:data:`LAYOUT_MARKER`) and move it to ``root`` -> compare the image counts with
+``source.expect`` (a warning, not an error) -> write the dataset card -> summary. Folders and
+counts follow training's rule (:mod:`crack_lightning.data.imagefolder`).
 
 A ``root`` that already holds the class folders with images is left alone (rerunning is a
 no-op; only a folder this command laid out gets a missing card); nothing here ever deletes
@@ -26,12 +27,11 @@ from omegaconf import DictConfig
 from crack_lightning import CrackLightningError
 from crack_lightning.data.sources.archive import extract
 from crack_lightning.data.sources.download import fetch, sha256_setting
-from crack_lightning.data.imagefolder import IMG_EXTENSIONS
+from crack_lightning.data.imagefolder import count_images, find_imagefolder
 from crack_lightning.utils.files import remove_stale_folders, sha256_file, temporary_folder, write_atomic
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = set(IMG_EXTENSIONS)
 # Written into the dataset folder by the layout step, before it moves to root: "make data laid
 # this folder out from this archive". Only such a folder is ever written into (a missing card).
 LAYOUT_MARKER = ".crack_lightning_source.json"
@@ -49,7 +49,7 @@ def get_data(cfg: DictConfig) -> Path:
     if root.parent.is_dir():  # what a killed run left, if it was ours
         remove_stale_folders(root.parent, staging)
 
-    counts = class_counts(root, classes)
+    counts = count_images(root, classes)
     if counts and all(counts.values()):
         if cfg.force:
             raise CrackLightningError(
@@ -73,7 +73,7 @@ def get_data(cfg: DictConfig) -> Path:
 
     with temporary_folder(root.parent, staging) as work:
         unpacked = extract(archive, work / "unpacked")
-        found = find_dataset(unpacked, classes)
+        found = find_imagefolder(unpacked, classes)
         if found is None:
             raise CrackLightningError(
                 f"{archive} holds no folder with {' and '.join(f'{c}/' for c in classes)} "
@@ -84,7 +84,7 @@ def get_data(cfg: DictConfig) -> Path:
         write_atomic(found / LAYOUT_MARKER, json.dumps(layout, indent=2) + "\n")  # root never appears without it
         os.replace(found, root)  # root is absent or an empty folder
 
-    counts = class_counts(root, classes)
+    counts = count_images(root, classes)
     _check_counts(counts, expect)
     if not cfg.keep_archive and had_archive:
         log.info("Kept %s (keep_archive=false deletes only an archive this run downloaded)", archive)
@@ -135,31 +135,6 @@ def laid_out_by(root: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return layout if isinstance(layout, dict) else None
-
-
-def class_counts(root: Path, classes: list[str]) -> dict[str, int]:
-    """Images directly inside each ``root/<class>`` (0 for a missing folder); {} if no root."""
-    if not root.is_dir():
-        return {}
-    counts = {}
-    for cls in classes:
-        folder = root / cls
-        counts[cls] = sum(1 for p in folder.iterdir()  # not macOS "._x.jpg" resource forks
-                          if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                          and p.is_file()) if folder.is_dir() else 0
-    return counts
-
-
-def find_dataset(top: Path, classes: list[str], depth: int = 2) -> Path | None:
-    """The shallowest folder under ``top`` (``top`` included) holding all class folders."""
-    level = [top]
-    for _ in range(depth + 1):
-        for folder in level:
-            if all((folder / c).is_dir() for c in classes):
-                return folder
-        level = sorted(p for f in level for p in f.iterdir() if p.is_dir() and not p.is_symlink()
-                       and p.name != "__MACOSX" and not p.name.startswith("."))
-    return None
 
 
 def _write_card(root: Path, src: DictConfig) -> Path:
