@@ -35,7 +35,8 @@ from records import append_record
 from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.data.synthetic.scenes import render_scene
 from crack_lightning.inference import tiling
-from crack_lightning.inference.backends import data_config, open_backend, patch_size
+from crack_lightning.inference.backends import open_backend
+from crack_lightning.model_card import ModelCard, Preprocessing
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -52,9 +53,8 @@ def build_checkpoint(path: Path, backbone: str, image_size: int, patch: int = 22
     torch.manual_seed(0)  # the same random weights, the same verdict, every run
     model = instantiate(cfg.model)
     dm = instantiate(cfg.data, data_config=model.data_config)
-    model.class_names = ["Negative", "Positive"]
-    model.preprocessing = {**dm.preprocessing(), "patch_size": [patch, patch]}
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    preprocessing = Preprocessing.from_dict({**dm.preprocessing(), "patch_size": [patch, patch]})
+    model.card = ModelCard(["Negative", "Positive"], preprocessing, config=OmegaConf.to_container(cfg, resolve=True))
     checkpoint = {"state_dict": model.state_dict()}
     model.on_save_checkpoint(checkpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,28 +116,28 @@ def main() -> None:
     start = time.perf_counter()
     backend = open_backend(ckpt, "cuda" if torch.cuda.is_available() else "cpu")
     load_s = time.perf_counter() - start
-    size = patch_size(backend.preprocessing)
+    size = backend.card.preprocessing.native_size
     stride = (args.stride, args.stride) if args.stride else tuple(max(1, s // 2) for s in size)
-    transform = eval_transform(data_config(backend.preprocessing))
+    transform = eval_transform(backend.card.preprocessing.to_timm_data_config())
     backend(transform(torch.zeros(1, 3, *size, dtype=torch.uint8)))  # first-call set-up is not per photo
     measured_peak = reset_peak_rss()
     before = rss_mib("VmRSS")  # torch, Lightning and the model: not the photo's
 
     start = time.perf_counter()
     photo = tiling.load_photo(photo_path)
-    result, _ = tiling.predict_photo(photo, backend, transform, backend.threshold, size, stride, args.batch_size,
+    result, _ = tiling.predict_photo(photo, backend, transform, backend.card.threshold, size, stride, args.batch_size,
                                      work / "tiles.csv", work / "heatmap.png", {"max_side": 1600})
     seconds = time.perf_counter() - start
     peak = rss_mib()
-    verdict = "crack" if result.verdict(backend.threshold) else "no crack"
+    verdict = "crack" if result.verdict(backend.card.threshold) else "no crack"
     print(f"{width}x{height}: {result.tiles} tiles of {size[0]}x{size[1]} every {stride[0]} px, "
           f"{seconds:.2f} s ({result.tiles / seconds:.1f} tiles/s), verdict {verdict}, "
           f"peak RSS {peak:.0f} MiB{'' if measured_peak else ' (whole process)'} (+{peak - before:.0f} over the "
           f"{before:.0f} MiB before the photo); model load {load_s:.2f} s")
 
-    pre = backend.preprocessing
+    pre = backend.card.preprocessing
     settings = (f"{Path(ckpt).name} ({'given' if args.ckpt else 'untrained, pretrained=false'}), "
-                f"input {pre['input_size'][0]}x{pre['input_size'][1]} px, batch {args.batch_size}, "
+                f"input {pre.input_size[0]}x{pre.input_size[1]} px, batch {args.batch_size}, "
                 f"torch threads {torch.get_num_threads()}")
     append_record(args.out, "whole photo", settings, [
         "| photo | tiles | window / stride px | seconds (load photo → verdict, CSV, heatmap) | tiles/s | peak RSS MiB | rise during the photo MiB |",

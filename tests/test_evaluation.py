@@ -16,7 +16,6 @@ from crack_lightning.evaluation.gradcam import gradcam
 from crack_lightning.data.splits import read_splits
 from crack_lightning.inference import load_classifier
 from crack_lightning.inference.checkpoint import read_checkpoint
-from crack_lightning.inference.backends import data_config
 
 
 def scores(n: int = 4000, separation: float = 1.0, seed: int = 0):
@@ -85,22 +84,23 @@ def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
 def test_training_stores_the_operating_point_chosen_on_validation(trained_run):
     point = json.loads((trained_run / "operating_point.json").read_text())
     loaded = load_classifier(trained_run / "checkpoints" / "best.ckpt")
-    assert loaded.threshold == pytest.approx(point["threshold"])
-    assert loaded.temperature == pytest.approx(point["temperature"])
-    assert loaded.operating_point == point
+    card = loaded.card
+    assert card.threshold == pytest.approx(point["threshold"])
+    assert card.temperature == pytest.approx(point["temperature"])
+    assert card.operating_point == point
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["test/threshold"] == pytest.approx(point["threshold"])
     # recompute on the validation images: the stored threshold reaches the target recall
     data_root = Path(read_checkpoint(loaded.path)["crack_lightning"]["config"]["data"]["root"])
-    val = read_splits(trained_run / "splits.csv", data_root, loaded.class_names)["val"]
-    transform = eval_transform(data_config(loaded.preprocessing))
+    val = read_splits(trained_run / "splits.csv", data_root, card.class_names)["val"]
+    transform = eval_transform(card.preprocessing.to_timm_data_config())
     images = torch.stack([transform(Image.open(s.path).convert("RGB")) for s in val])
     labels = torch.tensor([s.label for s in val])
     with torch.inference_mode():
         probs = loaded.model.crack_probability(loaded.model(images))
     cracks = labels == 1
     assert int(cracks.sum()) == point["cracks"] > 0
-    assert float(((probs > loaded.threshold) & cracks).sum() / cracks.sum()) >= point["target_recall"]
+    assert float(((probs > card.threshold) & cracks).sum() / cracks.sum()) >= point["target_recall"]
     report = (trained_run / "classification_report.txt").read_text()
     assert "At the default threshold 0.5" in report and "At the operating threshold" in report
     assert "missed cracks" in report and "before" in report and "after temperature scaling" in report

@@ -25,11 +25,12 @@ from PIL import Image
 from crack_lightning import CrackLightningError, exit_on_user_error
 from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.utils.files import sha256_file
-from crack_lightning.inference.backends import TorchBackend, data_config, open_backend
+from crack_lightning.inference.backends import TorchBackend, open_backend
 from crack_lightning.inference.checkpoint import load_classifier
 from crack_lightning.export.run import check_batch, export
 from crack_lightning.export.onnx import ParityError, parity_check
 from crack_lightning.inference.onnx_backend import OnnxBackend
+from crack_lightning.model_card import ModelCard, Preprocessing
 from tests.conftest import CONF, REPO, compose_cfg
 
 ATOL = 1e-4
@@ -56,8 +57,8 @@ def copy_run(trained_run: Path, dest: Path, splits: bool = True) -> Path:
     return dest / "checkpoints" / "best.ckpt"
 
 
-def preprocessed(files: list[Path], preprocessing: dict) -> np.ndarray:
-    transform = eval_transform(data_config(preprocessing))
+def preprocessed(files: list[Path], preprocessing: Preprocessing) -> np.ndarray:
+    transform = eval_transform(preprocessing.to_timm_data_config())
     batch = []
     for file in files:
         with Image.open(file) as img:
@@ -106,12 +107,12 @@ def test_onnx_backend_reproduces_the_torch_backend(exported, tiny_data):
     path, _ = exported
     onnx_backend, torch_backend = open_backend(path), open_backend(path.with_suffix(".ckpt"))
     assert isinstance(onnx_backend, OnnxBackend) and isinstance(torch_backend, TorchBackend)
-    for attr in ("class_names", "preprocessing", "threshold", "temperature"):
-        assert getattr(onnx_backend, attr) == getattr(torch_backend, attr), attr
+    for attr in ("class_names", "preprocessing", "threshold", "temperature", "operating_point"):
+        assert getattr(onnx_backend.card, attr) == getattr(torch_backend.card, attr), attr
     assert onnx_backend.model_hash == sha256_file(path)[:12] != torch_backend.model_hash
     assert onnx_backend.checkpoint_sha256 == torch_backend.loaded.sha256
 
-    images = preprocessed(sorted(tiny_data.rglob("*.jpg")), onnx_backend.preprocessing)
+    images = preprocessed(sorted(tiny_data.rglob("*.jpg")), onnx_backend.card.preprocessing)
     expected = torch_backend(images)
     assert expected.std() > 0, "a model that says the same for every image compares nothing"
     for batch in (7, 3):  # two batch sizes through the same file
@@ -131,7 +132,7 @@ def test_onnx_backend_reproduces_the_torch_backend(exported, tiny_data):
 def test_parity_check_fails_beyond_atol(exported, tiny_data):
     path, _ = exported
     backend = OnnxBackend(path)
-    images = preprocessed(sorted(tiny_data.rglob("*.jpg"))[:3], backend.preprocessing)
+    images = preprocessed(sorted(tiny_data.rglob("*.jpg"))[:3], backend.card.preprocessing)
     assert parity_check(backend, backend, images) == 0.0
     with pytest.raises(ParityError, match=r"max \|Δp\| = 0.001"):
         parity_check(lambda x: backend(x) + np.float32(1e-3), backend, images, atol=ATOL)
@@ -165,7 +166,7 @@ def test_check_falls_back_to_noise_without_images(trained_run, tmp_path, caplog)
     loaded = load_classifier(copy_run(trained_run, tmp_path / "run", splits=False))
     with caplog.at_level(logging.WARNING):
         images, source = check_batch(loaded, None, 4)
-    assert images.shape == (4, 3, *loaded.preprocessing["input_size"]) and images.dtype == np.float32
+    assert images.shape == (4, 3, *loaded.card.preprocessing.input_size) and images.dtype == np.float32
     assert source == "random-noise inputs" and "random noise" in caplog.text
 
 
@@ -174,16 +175,12 @@ def test_mobilenetv2_exports_with_parity(tmp_path, tiny_data):
     real images and a non-trivial operating point, exported in-process with input=."""
     cfg = compose_cfg(tmp_path, tiny_data, ["backbone=mobilenetv2"])
     model = instantiate(cfg.model)
-    model.class_names = ["Negative", "Positive"]
-    timm_cfg = model.data_config
-    model.preprocessing = {"input_size": [64, 64], "interpolation": timm_cfg["interpolation"],
-                           "mean": list(timm_cfg["mean"]), "std": list(timm_cfg["std"]), "patch_size": [227, 227]}
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    model.operating_point = {"temperature": 1.7, "threshold": 0.3}
-    model.temperature.fill_(1.7)
-    model.threshold.fill_(0.3)
+    preprocessing = Preprocessing.from_timm_data_config({**model.data_config, "input_size": (3, 64, 64)},
+                                                        patch_size=(227, 227))
+    model.card = ModelCard(["Negative", "Positive"], preprocessing, config=OmegaConf.to_container(cfg, resolve=True))
+    model.set_operating_point({"temperature": 1.7, "threshold": 0.3})
     files = sorted(tiny_data.rglob("*.jpg"))
-    images = preprocessed(files, model.preprocessing)
+    images = preprocessed(files, preprocessing)
     model.train()
     with torch.no_grad():  # batch-norm running statistics from real images, not the init's 0/1
         for _ in range(3):
@@ -201,8 +198,8 @@ def test_mobilenetv2_exports_with_parity(tmp_path, tiny_data):
     assert result["max_abs_diff"] <= ATOL and result["check_images"].startswith("images from input=")
 
     backend, reference = OnnxBackend(tmp_path / "mnv2.onnx"), TorchBackend(load_classifier(ckpt))
-    assert (backend.threshold, backend.temperature) == (pytest.approx(0.3), pytest.approx(1.7))
-    assert backend.preprocessing["input_size"] == [64, 64]
+    assert (backend.card.threshold, backend.card.temperature) == (pytest.approx(0.3), pytest.approx(1.7))
+    assert backend.card.preprocessing.input_size == (64, 64)
     expected = reference(images)
     assert expected.std() > 1e-3, "batch-norm statistics of real images give spread probabilities"
     assert np.abs(backend(images[:5]) - expected[:5]).max() <= ATOL

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from crack_lightning.model_card import SECTION
 from crack_lightning.evaluation import calibration_error, choose_threshold, degenerate, fit_temperature
 from crack_lightning.utils.files import atomic_path, write_atomic
 from crack_lightning.trainer.distributed import gather_uneven
@@ -25,11 +26,11 @@ class OperatingPoint(L.Callback):
     * ``threshold``: the best precision at recall on cracks >= ``target_recall`` (a missed
       crack costs more than a false alarm), on the calibrated probabilities.
 
-    Both go into the model's buffers and into the validated checkpoint file (rewritten
-    atomically), so ``trainer.test``, ``predict.py`` and ``export.py`` use them. The
-    choice and the validation calibration error before/after are written to
-    ``operating_point.json`` and logged under ``calibration/``. Validation during
-    ``fit`` is left alone.
+    Both go into the model (``set_operating_point``: its buffers and its card) and into the
+    validated checkpoint file (rewritten atomically), so ``trainer.test``, ``predict.py``
+    and ``export.py`` use them. The choice and the validation calibration error
+    before/after are written to ``operating_point.json`` and logged under
+    ``calibration/``. Validation during ``fit`` is left alone.
     """
 
     def __init__(self, output_dir: str, target_recall: float = 0.99, calibrate: bool = True, n_bins: int = 15):
@@ -75,15 +76,13 @@ class OperatingPoint(L.Callback):
             "rule": "crack when crack probability > threshold",
             "warnings": degenerate(temperature, choice, probs, targets),
         }
-        pl_module.temperature.fill_(temperature)
-        pl_module.threshold.fill_(choice.threshold)
-        pl_module.operating_point = point
+        pl_module.set_operating_point(point)
         for key in ("temperature", "threshold", "ece_before", "ece_after"):
             pl_module.log(f"calibration/{key}", float(point[key]), rank_zero_only=True)
         if trainer.is_global_zero:
             write_atomic(self.output_dir / "operating_point.json", json.dumps(point, indent=2) + "\n")
             if trainer.ckpt_path:
-                store_operating_point(Path(trainer.ckpt_path), temperature, choice.threshold, point)
+                store_operating_point(Path(trainer.ckpt_path), point)
         trainer.strategy.barrier()  # the test that follows reads the rewritten file on every rank
         log.info(
             "Operating point on %d validation images: temperature %.3f, threshold %.4f for recall >= %.3f "
@@ -95,12 +94,13 @@ class OperatingPoint(L.Callback):
             log.warning("Operating point: %s.", problem)
 
 
-def store_operating_point(ckpt_path: Path, temperature: float, threshold: float, point: dict) -> None:
-    """Write the operating point into an existing checkpoint file (atomically)."""
+def store_operating_point(ckpt_path: Path, point: dict) -> None:
+    """Write the operating point (its ``threshold`` and ``temperature`` as the state dict's
+    buffers, the whole of it in the card) into an existing checkpoint file, atomically."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     state = checkpoint["state_dict"]
-    state["temperature"] = torch.tensor(float(temperature))
-    state["threshold"] = torch.tensor(float(threshold))
-    checkpoint.setdefault("crack_lightning", {})["operating_point"] = point
+    state["temperature"] = torch.tensor(float(point["temperature"]))
+    state["threshold"] = torch.tensor(float(point["threshold"]))
+    checkpoint.setdefault(SECTION, {})["operating_point"] = point
     with atomic_path(ckpt_path) as tmp:
         torch.save(checkpoint, tmp)

@@ -14,7 +14,6 @@ two outputs, ``crack_probability`` (``[batch]``, temperature applied) and ``logi
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,13 +50,9 @@ class _Probabilities(nn.Module):
 
 
 def metadata(loaded: LoadedClassifier, opset: int) -> dict[str, str]:
-    """The model card stored in the file's ``metadata_props`` (strings; JSON for structures)."""
+    """The file's ``metadata_props`` (strings): the model card, and where and how it was exported."""
     return {
-        "preprocessing": json.dumps(loaded.preprocessing),
-        "class_names": json.dumps(loaded.class_names),
-        "threshold": repr(float(loaded.threshold)),
-        "temperature": repr(float(loaded.temperature)),
-        "operating_point": json.dumps(loaded.operating_point),
+        **loaded.card.to_onnx_metadata(),
         "checkpoint": loaded.path.name,
         "checkpoint_sha256": loaded.sha256,
         "crack_lightning_version": __version__,
@@ -80,7 +75,7 @@ def export_onnx(loaded: LoadedClassifier, output: str | Path, opset: int = OPSET
         raise CrackLightningError(f"opset={opset}: onnx {onnx.__version__} knows opsets 1 to "
                                   f"{onnx.defs.onnx_opset_version()}; use opset={OPSET}.")
     model = loaded.model.eval()
-    h, w = loaded.preprocessing["input_size"]
+    h, w = loaded.card.preprocessing.input_size
     # batch 2, not 1: torch.export specialises sizes 0 and 1 to constants
     example = torch.zeros(2, 3, int(h), int(w))
     with _quiet("onnx_ir", "onnxscript"):  # a dozen INFO lines per export about graph passes

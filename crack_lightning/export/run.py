@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.splits import read_splits
-from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier, read_checkpoint
+from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier
 from crack_lightning.export.onnx import export_onnx
 from crack_lightning.inference.settings import check_export
 from crack_lightning.inference.sources import ImageFiles, find_inputs
@@ -56,16 +56,16 @@ def export(cfg: DictConfig) -> dict:
 def check_batch(loaded: LoadedClassifier, input_spec: str | None, count: int) -> tuple[np.ndarray, str]:
     """``count`` preprocessed images for the parity check, and a word on where they came from."""
     if input_spec:
-        files, source = find_inputs(str(input_spec), loaded.class_names).files, f"images from input={input_spec}"
+        files, source = find_inputs(str(input_spec), loaded.card.class_names).files, f"images from input={input_spec}"
     else:
         files, source = _test_split_files(loaded), "test images of the run's splits.csv"
     files = _spread(files, count)
     if not files:
         log.warning("No images for the parity check (give input=<folder>); checking on random noise instead.")
-        h, w = loaded.preprocessing["input_size"]
+        h, w = loaded.card.preprocessing.input_size
         noise = np.random.default_rng(0).standard_normal((count, 3, int(h), int(w)), dtype=np.float32)
         return noise, "random-noise inputs"
-    dataset = ImageFiles(files, loaded.preprocessing)
+    dataset = ImageFiles(files, loaded.card.preprocessing.to_dict())
     batch = []
     for file, (image, error) in zip(files, dataset):
         if error:
@@ -81,8 +81,8 @@ def _test_split_files(loaded: LoadedClassifier) -> list[Path]:
     if not csv_path.is_file():
         return []
     try:
-        root = Path(read_checkpoint(loaded.path)["crack_lightning"]["config"]["data"]["root"])
-        test = read_splits(csv_path, root, loaded.class_names)["test"]
+        root = Path(loaded.card.config["data"]["root"])
+        test = read_splits(csv_path, root, loaded.card.class_names)["test"]
     except (CrackLightningError, KeyError, TypeError) as err:
         log.warning("%s: cannot use its test images for the parity check (%s).", csv_path, err)
         return []

@@ -3,9 +3,10 @@ exported ONNX file in onnxruntime.
 
 A backend takes a batch of *preprocessed* images -- float32 (N, 3, H, W), resized and
 normalised by :func:`crack_lightning.data.augmentation.eval_transform` with the
-backend's ``data_config`` -- and returns calibrated crack probabilities, float32 (N,).
-It also carries what a prediction report needs: class names, the operating threshold,
-the temperature, the preprocessing and a short hash of the model file.
+backend's card (``card.preprocessing.to_timm_data_config()``) -- and returns calibrated
+crack probabilities, float32 (N,). It also carries what a prediction report needs: its
+:class:`~crack_lightning.model_card.ModelCard` (class names, operating threshold,
+temperature, preprocessing) and a short hash of the model file.
 """
 
 from __future__ import annotations
@@ -17,28 +18,22 @@ import numpy as np
 import torch
 
 from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier
+from crack_lightning.model_card import ModelCard, Preprocessing
 
 
 class Backend(Protocol):
     path: Path
-    model_hash: str        # first 12 hex digits of the model file's SHA-256
-    class_names: list[str]  # [no-crack, crack]
-    preprocessing: dict     # input_size [h, w], interpolation, mean, std, patch_size [h, w] | None
-    threshold: float
-    temperature: float
+    model_hash: str  # first 12 hex digits of the model file's SHA-256
+    card: ModelCard
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray: ...
 
 
 def data_config(preprocessing: dict) -> dict:
-    """A backend's preprocessing as the timm-style data config ``eval_transform`` takes."""
-    p = preprocessing
-    return {"input_size": (3, *p["input_size"]), "interpolation": p["interpolation"], "mean": p["mean"], "std": p["std"]}
-
-
-def patch_size(preprocessing: dict) -> tuple[int, int]:
-    """Native [height, width] of the training images (the input size if unknown)."""
-    return tuple(preprocessing.get("patch_size") or preprocessing["input_size"])
+    """The card's stored preprocessing dict (``card.preprocessing.to_dict()``, what
+    ``sources.ImageFiles`` takes) as timm's data config; a card's own is
+    ``card.preprocessing.to_timm_data_config()``."""
+    return Preprocessing.from_dict(preprocessing).to_timm_data_config()
 
 
 class TorchBackend:
@@ -50,10 +45,7 @@ class TorchBackend:
         self.model = loaded.model.to(self.device).eval()
         self.path = loaded.path
         self.model_hash = loaded.sha256[:12]
-        self.class_names = loaded.class_names
-        self.preprocessing = loaded.preprocessing
-        self.threshold = loaded.threshold
-        self.temperature = loaded.temperature
+        self.card = loaded.card
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:

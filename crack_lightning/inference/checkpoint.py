@@ -1,15 +1,15 @@
 """Load a training checkpoint as a ready-to-run classifier, without the training data.
 
-A checkpoint written by ``train.py`` carries, next to the weights, the resolved run
-config (to rebuild the model), the class names, the exact preprocessing (input size,
-interpolation, mean, std, native patch size) and the operating point (threshold and
-temperature, also in the state dict as buffers). :func:`load_classifier` turns that
-into a :class:`LoadedClassifier`.
+A checkpoint written by ``train.py`` carries, next to the weights, its
+:class:`~crack_lightning.model_card.ModelCard`: the resolved run config (to rebuild the
+model), the class names, the exact preprocessing (input size, interpolation, mean, std,
+native patch size) and the operating point (threshold and temperature, in the state dict
+as buffers). :func:`load_classifier` turns that into a :class:`LoadedClassifier`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pickle
@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 
 from crack_lightning import CrackLightningError
 from crack_lightning.utils.files import sha256_file
-from crack_lightning.inference.model_files import missing_preprocessing, require_model_file
+from crack_lightning.inference.model_files import require_model_file
+from crack_lightning.model_card import SECTION, ModelCard
 
 
 @dataclass
@@ -29,13 +30,9 @@ class LoadedClassifier:
     """A trained :class:`~crack_lightning.models.CrackClassifier` in eval mode, and its card."""
 
     model: torch.nn.Module
-    class_names: list[str]
-    preprocessing: dict  # input_size [h, w], interpolation, mean, std, patch_size [h, w] or None
-    threshold: float
-    temperature: float
+    card: ModelCard
     path: Path
     sha256: str
-    operating_point: dict = field(default_factory=dict)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -59,16 +56,15 @@ def read_checkpoint(path: str | Path) -> dict:
             f"ckpt={path}: damaged, PyTorch cannot read it ({type(err).__name__}{detail}). Copy it again, "
             f"or use another checkpoint of the run."
         ) from None
-    extra = checkpoint.get("crack_lightning") if isinstance(checkpoint, dict) else None
+    extra = checkpoint.get(SECTION) if isinstance(checkpoint, dict) else None
     if not extra or not extra.get("config") or not extra.get("preprocessing"):
         raise CrackLightningError(
             f"ckpt={path}: not a crack-lightning checkpoint with its config and preprocessing "
             f"(written by an older version or another program); retrain with train.py."
         )
     state = checkpoint.get("state_dict")
-    lacks = [f"crack_lightning.preprocessing.{key}" for key in missing_preprocessing(extra["preprocessing"])]
-    lacks += [key for key, there in (("crack_lightning.class_names", extra.get("class_names")),
-                                     ("crack_lightning.config.model", extra["config"].get("model")),
+    lacks = ModelCard.missing(checkpoint)
+    lacks += [key for key, there in (("crack_lightning.config.model", extra["config"].get("model")),
                                      ("state_dict", isinstance(state, dict) and state)) if not there]
     if lacks:
         raise CrackLightningError(
@@ -86,29 +82,19 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
     """
     path = Path(path).expanduser()
     checkpoint = read_checkpoint(path)
-    extra = checkpoint["crack_lightning"]
-    model_cfg = OmegaConf.create(extra["config"]["model"])
+    model_cfg = OmegaConf.create(checkpoint[SECTION]["config"]["model"])
     model_cfg.backbone.pretrained = False
     if "weights" in model_cfg.backbone:
         model_cfg.backbone.weights = None
     model = instantiate(model_cfg)
-    model.on_load_checkpoint(checkpoint)  # fills defaults for keys older checkpoints lack
+    model.on_load_checkpoint(checkpoint)  # its card; defaults for keys older checkpoints lack
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError) as err:
         mismatch = weights_mismatch(model, checkpoint["state_dict"], model_cfg.backbone.get("name"))
         raise CrackLightningError(f"ckpt={path}: {mismatch}") from err
     model.eval().to(device)
-    return LoadedClassifier(
-        model=model,
-        class_names=list(extra["class_names"]),
-        preprocessing=dict(extra["preprocessing"]),
-        threshold=float(model.threshold),
-        temperature=float(model.temperature),
-        path=path,
-        sha256=sha256_file(path),
-        operating_point=dict(extra.get("operating_point") or {}),
-    )
+    return LoadedClassifier(model=model, card=model.card, path=path, sha256=sha256_file(path))
 
 
 def weights_mismatch(model: torch.nn.Module, state: dict, backbone: str | None = None) -> str:

@@ -14,8 +14,6 @@ from pathlib import Path
 from crack_lightning import CrackLightningError
 
 TORCH, ONNX, OTHER = "torch", "onnx", "other"
-# what a backend needs to prepare images as in training (data_config)
-PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std")
 # torch.save's legacy (before 1.6) format: a protocol-2 pickle of this magic number first
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 # an ONNX ModelProto is written in field order: ir_version (field 1, varint: byte 0x08) first,
@@ -102,10 +100,3 @@ def require_model_file(path: str | Path, onnx_ok: bool, key: str = "ckpt") -> st
     if kind == OTHER:
         raise CrackLightningError(f"{key}={path}: not a PyTorch checkpoint ({what}). Point it at {_TRAINED}{also}.")
     return kind
-
-
-def missing_preprocessing(preprocessing) -> list[str]:
-    """The :data:`PREPROCESSING_KEYS` a model card's preprocessing lacks (all, if it is no mapping)."""
-    if not isinstance(preprocessing, dict):
-        return list(PREPROCESSING_KEYS)
-    return [key for key in PREPROCESSING_KEYS if key not in preprocessing]

@@ -7,7 +7,6 @@ two outputs, ``crack_probability`` (``[batch]``, temperature applied) and ``logi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import onnxruntime as ort
 import torch
 
 from crack_lightning import CrackLightningError
-from crack_lightning.inference.model_files import missing_preprocessing
+from crack_lightning.model_card import ModelCard
 from crack_lightning.utils.files import sha256_file
 
 INPUT = "images"
@@ -27,8 +26,6 @@ CONTRACT = (
     "softmax(logits / temperature)[:, 1], crack if >= threshold; 'logits' float32 [batch, 2] "
     "in class_names order."
 )
-# what OnnxBackend needs; an .onnx file without them was not written by export_onnx
-REQUIRED_METADATA = ("preprocessing", "class_names", "threshold", "temperature")
 
 
 class OnnxBackend:
@@ -52,7 +49,8 @@ class OnnxBackend:
                 f"{self.path}: onnxruntime {ort.__version__} cannot load it ({type(err).__name__}: {reason})."
             ) from err
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        missing = [key for key in REQUIRED_METADATA if key not in meta]
+        # the card's keys: an .onnx file without them was not written by export_onnx
+        missing = [key for key in ModelCard.ONNX_KEYS if key not in meta]
         inputs = [i.name for i in self.session.get_inputs()]
         if missing or inputs != [INPUT] or OUTPUTS[0] not in [o.name for o in self.session.get_outputs()]:
             raise CrackLightningError(
@@ -60,14 +58,7 @@ class OnnxBackend:
                 f"inputs {inputs}); export the checkpoint with python export.py ckpt=... format=onnx."
             )
         self.metadata = meta
-        self.class_names = list(json.loads(meta["class_names"]))
-        self.preprocessing = dict(json.loads(meta["preprocessing"]))
-        if lacks := missing_preprocessing(self.preprocessing):
-            raise CrackLightningError(f"{self.path}: its metadata's preprocessing lacks {', '.join(lacks)}, needed to "
-                                      f"prepare images as in training; export the checkpoint again with export.py.")
-        self.threshold = float(meta["threshold"])
-        self.temperature = float(meta["temperature"])
-        self.operating_point = json.loads(meta.get("operating_point") or "{}")
+        self.card = ModelCard.from_onnx_metadata(meta, where=str(self.path))
         self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
         self.model_hash = sha256_file(self.path)[:12]
 

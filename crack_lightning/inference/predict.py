@@ -27,7 +27,7 @@ from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.utils.parallel import auto_workers, progress_bar
 from crack_lightning.utils.files import atomic_path
 from crack_lightning.inference import tiling
-from crack_lightning.inference.backends import Backend, data_config, open_backend, patch_size
+from crack_lightning.inference.backends import Backend, open_backend
 from crack_lightning.inference.settings import check_predict
 from crack_lightning.inference.sources import ImageFiles, Inputs, find_inputs, reason
 
@@ -63,8 +63,8 @@ def predict(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
     backend = open_backend(cfg.ckpt, device)
     batch_size = resolve_batch_size(cfg.batch_size, device)
-    threshold = backend.threshold if cfg.threshold is None else float(cfg.threshold)
-    inputs = find_inputs(str(cfg.input), backend.class_names)
+    threshold = backend.card.threshold if cfg.threshold is None else float(cfg.threshold)
+    inputs = find_inputs(str(cfg.input), backend.card.class_names)
     out = Path(cfg.output_dir)
     log.info("Model %s (%s), threshold %.6g, %d input(s)",
              backend.path, backend.model_hash, threshold, len(inputs.files))
@@ -73,7 +73,7 @@ def predict(cfg: DictConfig) -> dict:
     else:
         probs, errors = _classify_all(cfg, backend, inputs, batch_size)
         extra = [[] for _ in inputs.files]
-    names = backend.class_names
+    names = backend.card.class_names
     rows = []
     for i, path in enumerate(inputs.files):
         truth = inputs.labels[i] if inputs.labels else None
@@ -118,11 +118,11 @@ def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: lis
         log.warning("gradcam=%d: needs a checkpoint (ckpt=...ckpt); an ONNX file has no gradients. Skipped.", count)
         return None
     ranked = [i for i in np.argsort(-np.nan_to_num(probs, nan=-1.0)) if not errors[i]][:count]
-    dataset = ImageFiles([files[i] for i in ranked], backend.preprocessing)
+    pre = backend.card.preprocessing
+    dataset = ImageFiles([files[i] for i in ranked], pre.to_dict())
     images = torch.stack([dataset[k][0] for k in range(len(ranked))])
     titles = [f"{files[i].name}\ncrack prob {probs[i]:.3f}" for i in ranked]
-    pre = backend.preprocessing
-    fig = gradcam_figure(model, images, pre["mean"], pre["std"], titles,
+    fig = gradcam_figure(model, images, pre.mean, pre.std, titles,
                          suptitle=f"Grad-CAM of the crack class: the {len(ranked)} most likely cracks")
     save_figure(fig, path)
     log.info("Grad-CAM of the %d most likely cracks -> %s", len(ranked), path)
@@ -131,7 +131,7 @@ def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: lis
 
 def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs, batch_size: int) -> tuple[np.ndarray, list[str]]:
     """One probability per file, in batches through a DataLoader (decoding in workers)."""
-    dataset = ImageFiles(inputs.files, backend.preprocessing)
+    dataset = ImageFiles(inputs.files, backend.card.preprocessing.to_dict())
     workers = auto_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(workers, len(dataset) - 1))
     probs, errors = [], []
@@ -147,9 +147,10 @@ def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs, batch_size:
 
 def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path, batch_size: int):
     """Whole-photo mode: per photo its verdict (max tile probability) and its artefacts."""
-    size = _pair(cfg.tile_size, patch_size(backend.preprocessing))
+    pre = backend.card.preprocessing
+    size = _pair(cfg.tile_size, pre.native_size)
     stride = _pair(cfg.tile_stride, tuple(max(1, s // 2) for s in size))
-    transform = eval_transform(data_config(backend.preprocessing))
+    transform = eval_transform(pre.to_timm_data_config())
     heatmap = OmegaConf.to_container(cfg.heatmap) if cfg.get("heatmap") else {}
     probs, errors, extra, used = np.full(len(inputs.files), np.nan), [], [], set()
     log.info("Tiles of %dx%d px every %dx%d px", *size, *stride)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from typing import Any, Callable
 
 import lightning as L
@@ -20,6 +21,7 @@ from torchmetrics.classification import (
 )
 
 from crack_lightning import CrackLightningError
+from crack_lightning.model_card import SECTION, ModelCard
 
 class NonFiniteLossError(CrackLightningError):
     """The training loss became NaN or infinite (see ``on_nonfinite_loss``)."""
@@ -108,24 +110,23 @@ class CrackClassifier(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        # Filled in from the datamodule / the task so checkpoints carry what predict and
-        # export need: class names, the exact preprocessing, the training patch size.
-        self.class_names: list[str] = []
-        self.preprocessing: dict = {}
-        self.run_config: dict | None = None
-        self.operating_point: dict = {}
+        # What predict and export need besides the weights (class names, preprocessing, run
+        # config, operating point), saved in every checkpoint. Handed over by the task
+        # (callbacks.model_card.ModelCardFromData) or read from a checkpoint; the threshold
+        # and temperature themselves are the buffers above, which follow the model's device.
+        self.card: ModelCard | None = None
 
     @property
     def data_config(self) -> dict:
         """The backbone's timm data config: input size, interpolation, mean, std."""
         return timm.data.resolve_data_config({}, model=self.backbone)
 
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if getattr(datamodule, "class_names", None):
-            self.class_names = list(datamodule.class_names)
-        if hasattr(datamodule, "preprocessing"):
-            self.preprocessing = datamodule.preprocessing()
+    def set_operating_point(self, point: dict) -> None:
+        """Read scores at ``point``'s ``threshold`` and ``temperature`` (buffers and card alike)."""
+        self.temperature.fill_(float(point["temperature"]))
+        self.threshold.fill_(float(point["threshold"]))
+        if self.card is not None:
+            self.card = self.card.with_operating_point(point)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.contiguous(memory_format=self.memory_format)
@@ -253,19 +254,16 @@ class CrackClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["crack_lightning"] = {
-            "class_names": self.class_names,
-            "preprocessing": self.preprocessing,
-            "operating_point": self.operating_point,
-            "config": self.run_config,
-        }
+        if self.card is not None:  # a model without one (no ModelCardFromData) saves weights only
+            checkpoint[SECTION] = self.card.to_checkpoint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        extra = checkpoint.get("crack_lightning", {})
-        self.class_names = extra.get("class_names", self.class_names)
-        self.preprocessing = extra.get("preprocessing") or self.preprocessing
-        self.operating_point = extra.get("operating_point") or self.operating_point
         # checkpoints written before the operating point existed: uncalibrated, 0.5
         state = checkpoint.get("state_dict", {})
         state.setdefault("temperature", torch.tensor(1.0))
         state.setdefault("threshold", torch.tensor(0.5))
+        if ModelCard.missing(checkpoint):
+            return  # no card of its own (another program's file): keep the model's
+        card = ModelCard.from_checkpoint(checkpoint)
+        # resuming or testing within a run keeps the run's own config (where its data is)
+        self.card = card if self.card is None else replace(card, config=self.card.config)
