@@ -16,12 +16,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning.callbacks import OperatingPoint
+from crack_lightning.callbacks.model_card import ModelCardFromData
 from crack_lightning.config_checks import check_config
 from crack_lightning.utils.files import write_atomic
 from crack_lightning.resume import continue_logs, resume_point
 from crack_lightning.reports.run_report import write_run_report
 from crack_lightning.trainer import build_trainer, compile_if_asked
 from crack_lightning.trainer.checkpoint_io import AtomicCheckpointIO
+from crack_lightning.trainer.console import quiet_lightning
 from crack_lightning.trainer.strategies import release_processes
 
 log = logging.getLogger(__name__)
@@ -38,13 +40,16 @@ def train(cfg: DictConfig) -> float | None:
     """Train, test with the best checkpoint, write the run folder; return the monitored metric's best value."""
     check_config(cfg)
     start = resume_point(cfg)
+    quiet_lightning()  # before Lightning's first line (the seed's)
     if cfg.get("seed") is not None:  # 0 is a seed
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, data_config=model.data_config)
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    # not a config choice: without the card a checkpoint is of no use to predict.py / export.py
+    callbacks = [ModelCardFromData(config), *instantiate_group(cfg.get("callbacks"))]
     if cfg.get("finetune"):
         callbacks.append(instantiate(cfg.finetune))
     loggers = instantiate_group(cfg.get("logger"))
@@ -52,16 +57,15 @@ def train(cfg: DictConfig) -> float | None:
     # checkpoints are complete or absent whenever the process is killed (see checkpoint_io)
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     compile_if_asked(cfg.trainer, model)
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
     try:
-        return _fit_and_test(cfg, trainer, model, datamodule, start.ckpt_path, output_dir)
+        return _fit_and_test(cfg, config, trainer, model, datamodule, start.ckpt_path, output_dir)
     finally:
         release_processes(trainer)  # DDP: the next job of a sweep starts its own ranks
         if hasattr(datamodule, "release_device_cache"):  # a data module of one's own may lack it
             datamodule.release_device_cache()
 
 
-def _fit_and_test(cfg, trainer, model, datamodule, ckpt_path, output_dir: Path) -> float | None:
+def _fit_and_test(cfg, config: dict, trainer, model, datamodule, ckpt_path, output_dir: Path) -> float | None:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SystemExit as stop:  # Lightning ends a Ctrl+C outside the training loop with exit(1), after a trace-less
@@ -85,7 +89,7 @@ def _fit_and_test(cfg, trainer, model, datamodule, ckpt_path, output_dir: Path) 
             log.info("Test metrics: %s", json.dumps(metrics))
             for logger in trainer.loggers:  # TensorBoard's HPARAMS tab: the config next to its results
                 if isinstance(logger, TensorBoardLogger):
-                    logger.log_hyperparams(model.run_config, metrics={k: v for k, v in metrics.items() if k != "best_ckpt"})
+                    logger.log_hyperparams(config, metrics={k: v for k, v in metrics.items() if k != "best_ckpt"})
                     logger.save()
 
     write_run_report(cfg, output_dir)  # report.md: config, test metrics, figures

@@ -18,7 +18,7 @@ NOISE = {
     "litmodels tip": "litmodels",
     "torch pytree deprecation": "LeafSpec",
     # the seed line is logged by crack_lightning/train.py before build_trainer quiets Lightning
-    "every Lightning line twice (its own 'INFO: ' handler)": re.compile(r"^INFO: (?!Seed set to)", re.M),
+    "every Lightning line twice (its own 'INFO: ' handler)": re.compile(r"^INFO: ", re.M),
 }
 # one line holding the epoch's training and validation metrics with their numbers
 EPOCH_LINE = re.compile(r"Epoch 1/1 \(\d+ s\): train/loss \d\.\d+ · val/loss \d\.\d+ · val/acc \d\.\d+")
