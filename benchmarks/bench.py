@@ -77,8 +77,8 @@ def build(args, backbone: str, phase: str, root: Path, out: Path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=False, overrides=[
             f"backbone={backbone}", "backbone.pretrained=false", f"finetune={PHASES[phase]}",
-            f"data.root={root}", f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
-            f"data.eval_batch_size={args.batch_size}", "data.split=random",
+            f"data.root={root}", f"data.image_size={args.image_size}", f"data.loader.batch_size={args.batch_size}",
+            f"data.loader.eval_batch_size={args.batch_size}", "data.split.strategy=random",
             f"paths.data_dir={out / 'data'}", f"paths.cache_dir={out / 'cache'}",
             f"paths.output_dir={out / 'run'}", f"paths.log_dir={out / 'logs'}",
             f"trainer.compile={args.compile}", "~callbacks", "~logger",

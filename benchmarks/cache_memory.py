@@ -14,7 +14,6 @@ import argparse
 import resource
 import tempfile
 import time
-from pathlib import Path
 
 DATA_CONFIG = {"interpolation": "bicubic", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -32,8 +31,8 @@ def main() -> None:
 
     config = {**DATA_CONFIG, "input_size": (3, a.image_size, a.image_size)}
     with tempfile.TemporaryDirectory() as tmp:
-        dm = CrackDataModule(a.root, config, split=a.split, split_file=f"{tmp}/splits.csv",
-                             cache_dir=a.cache_dir, cache=True, batch_size=a.batch_size)
+        dm = CrackDataModule(a.root, config, split={"strategy": a.split, "file": f"{tmp}/splits.csv"},
+                             cache={"dir": a.cache_dir, "enabled": True}, loader={"batch_size": a.batch_size})
         t0 = time.perf_counter()
         dm.prepare_data()
         dm.setup("fit")

@@ -84,8 +84,8 @@ class PhaseTimer(L.Callback):
 def config(args, root: Path, work: Path, run_dir: Path):
     overrides = [
         "backbone=mobilenetv2", "backbone.pretrained=false", "finetune=freeze_unfreeze",
-        f"data.root={root}", "data.split=random", f"data.image_size={args.image_size}",
-        f"data.batch_size={args.batch_size}", f"data.eval_batch_size={2 * args.batch_size}",
+        f"data.root={root}", "data.split.strategy=random", f"data.image_size={args.image_size}",
+        f"data.loader.batch_size={args.batch_size}", f"data.loader.eval_batch_size={2 * args.batch_size}",
         f"trainer.max_epochs={args.epochs}", f"trainer.min_epochs={args.epochs}", f"trainer.compile={args.compile}",
         "callbacks.early_stopping=null", "callbacks.progress_bar=null",
         f"paths.data_dir={work / 'data'}", f"paths.cache_dir={work / 'cache'}",

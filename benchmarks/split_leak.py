@@ -39,7 +39,8 @@ def main() -> None:
         for strategy in ("random", "grouped"):
             split_file = Path(tmp) / strategy / "splits.csv"
             t0 = time.perf_counter()
-            dm = CrackDataModule(str(root), DATA_CONFIG, split=strategy, split_file=str(split_file), num_workers=0)
+            dm = CrackDataModule(str(root), DATA_CONFIG, split={"strategy": strategy, "file": str(split_file)},
+                                 loader={"num_workers": 0})
             dm.prepare_data()
             seconds = time.perf_counter() - t0
             dm.setup("fit")

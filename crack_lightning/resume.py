@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Keys (and key prefixes) that may differ between the run's command and the resuming one:
 # where the run folder is comes from resume= itself; loader processes change no result.
-FREE_KEYS = ("resume", "ckpt_path", "paths.log_dir", "data.num_workers", "data.persistent_workers", "data.pin_memory")
+FREE_KEYS = ("resume", "ckpt_path", "paths.log_dir", "data.loader.num_workers", "data.loader.persistent_workers",
+             "data.loader.pin_memory")
 
 
 @dataclass(frozen=True)

@@ -144,14 +144,14 @@ def test_training_uses_exactly_the_good_images_and_lists_the_rest(bad_root, tmp_
 
     # a second run reads the check from the cache, and the same choice stops before training
     # with the list when asked to
-    cfg = compose_cfg(tmp_path / "strict", root, ["backbone=custom_cnn", "data.on_bad_file=error",
+    cfg = compose_cfg(tmp_path / "strict", root, ["backbone=custom_cnn", "data.screening.on_bad_file=error",
                                                   f"paths.cache_dir={tmp_path / 'data' / 'cache'}"])
     monkeypatch.setattr(screening, "check_files", lambda *a, **k: pytest.fail("unchanged files checked again"))
     with pytest.raises(CrackLightningError) as err:
         train(cfg)
     message = str(err.value)
     assert message.splitlines()[0].startswith(f"{len(bad)} bad image file(s) under data.root=")
-    assert "data.on_bad_file=skip" in message.splitlines()[0]
+    assert "data.screening.on_bad_file=skip" in message.splitlines()[0]
     for path in bad:
         assert path in message
     assert not (tmp_path / "strict" / "run" / "splits.csv").exists()  # stopped before any split
@@ -160,7 +160,8 @@ def test_training_uses_exactly_the_good_images_and_lists_the_rest(bad_root, tmp_
 
 def test_every_good_file_loads_as_rgb_in_the_jpeg_path(bad_root, tmp_path):
     root, good, _, _ = bad_root
-    dm = CrackDataModule(str(root), DATA_CONFIG, split_file=str(tmp_path / "run" / "splits.csv"), num_workers=0)
+    dm = CrackDataModule(str(root), DATA_CONFIG, split={"file": str(tmp_path / "run" / "splits.csv")},
+                         loader={"num_workers": 0})
     dm.setup("fit")
     samples = [s for part in dm.splits.values() for s in part]
     assert {s.path.relative_to(root).as_posix() for s in samples} == good
@@ -188,15 +189,16 @@ def test_a_saved_split_listing_a_now_bad_file(tiny_data, tmp_path):
     root = tmp_path / "dataset"
     shutil.copytree(tiny_data, root)
     split_file = tmp_path / "run" / "splits.csv"
-    CrackDataModule(str(root), DATA_CONFIG, split="random", split_file=str(split_file), num_workers=0).setup("fit")
+    split = {"strategy": "random", "file": str(split_file)}
+    CrackDataModule(str(root), DATA_CONFIG, split=split, loader={"num_workers": 0}).setup("fit")
     victim = (root / split_file.read_text().splitlines()[1].split(",")[0])
     victim.write_bytes(victim.read_bytes()[:300])  # truncated after the split was made
-    dm = CrackDataModule(str(root), DATA_CONFIG, split="random", split_file=str(split_file), num_workers=0)
+    dm = CrackDataModule(str(root), DATA_CONFIG, split=split, loader={"num_workers": 0})
     dm.setup("fit")  # skip: left out of the saved split
     assert victim.resolve() not in {s.path for part in dm.splits.values() for s in part}
     assert sum(len(p) for p in dm.splits.values()) == 23
-    strict = CrackDataModule(str(root), DATA_CONFIG, split="random", split_file=str(split_file), num_workers=0,
-                             on_bad_file="error")
+    strict = CrackDataModule(str(root), DATA_CONFIG, split=split, loader={"num_workers": 0},
+                             screening={"on_bad_file": "error"})
     with pytest.raises(CrackLightningError, match=victim.name):
         strict.setup("fit")
 
@@ -218,7 +220,7 @@ def test_header_checks_refuse_bombs_without_decoding(tmp_path):
     small = tmp_path / "small.png"
     Image.new("RGB", (31, 200)).save(small)
     assert screening.header_problem(small, 32, 10**8).startswith("too small: 31x200")
-    assert screening.header_problem(small, 16, 10**8) is None  # data.min_image_side is a setting
+    assert screening.header_problem(small, 16, 10**8) is None  # data.screening.min_side is a setting
     assert screening.header_problem(tmp_path / "missing.jpg", 32, 10**8) is None  # left to the full check
 
 
@@ -281,12 +283,13 @@ def test_a_class_whose_files_are_all_bad_counts_as_empty(tmp_path):
     _classes(root, "Negative")
     (root / "Negative" / "a.jpg").write_bytes(b"")
     Image.new("RGB", (1, 1)).save(root / "Negative" / "b.png")
-    dm = CrackDataModule(str(root), DATA_CONFIG, split_file=str(tmp_path / "run" / "splits.csv"), num_workers=0)
+    dm = CrackDataModule(str(root), DATA_CONFIG, split={"file": str(tmp_path / "run" / "splits.csv")},
+                         loader={"num_workers": 0})
     with pytest.raises(CrackLightningError, match=r"class folder 'Negative' has no usable images.*skipped_files"):
         dm.prepare_data()
     assert "Negative/a.jpg\tempty" in (tmp_path / "run" / "skipped_files.txt").read_text()
 
 
 def test_on_bad_file_must_be_skip_or_error(tiny_data):
-    with pytest.raises(CrackLightningError, match=r"data.on_bad_file=ignore: choose skip .* or error"):
-        CrackDataModule(str(tiny_data), DATA_CONFIG, on_bad_file="ignore")
+    with pytest.raises(CrackLightningError, match=r"^data.screening.on_bad_file=ignore: choose skip or error\.$"):
+        CrackDataModule(str(tiny_data), DATA_CONFIG, screening={"on_bad_file": "ignore"})

@@ -21,9 +21,10 @@ DATA_CONFIG = {"input_size": (3, 48, 48), "interpolation": "bicubic", "mean": (0
                "std": (0.229, 0.224, 0.225)}
 
 
-def _datamodule(root, tmp_path, cache: bool, name="run", **kwargs):
-    dm = CrackDataModule(str(root), DATA_CONFIG, split="random", split_file=str(tmp_path / name / "splits.csv"),
-                         cache_dir=str(tmp_path / "cache"), cache=cache, num_workers=0, batch_size=4, **kwargs)
+def _datamodule(root, tmp_path, cache: bool, name="run", on_device="auto", **kwargs):
+    dm = CrackDataModule(str(root), DATA_CONFIG, split={"strategy": "random", "file": str(tmp_path / name / "splits.csv")},
+                         cache={"dir": str(tmp_path / "cache"), "enabled": cache, "on_device": on_device},
+                         loader={"num_workers": 0, "batch_size": 4}, **kwargs)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -133,12 +134,12 @@ def test_batch_augmentation_matches_the_pil_path_in_distribution():
 
 def test_prepare_data_builds_the_cache_so_ranks_only_read_it(tiny_data, tmp_path, monkeypatch):
     """Lightning runs prepare_data on one process; every rank's setup must find the cache."""
-    dm = CrackDataModule(str(tiny_data), DATA_CONFIG, split="random", split_file=str(tmp_path / "splits.csv"),
-                         cache_dir=str(tmp_path / "cache"), num_workers=0)
+    dm = CrackDataModule(str(tiny_data), DATA_CONFIG, split={"strategy": "random", "file": str(tmp_path / "splits.csv")},
+                         cache={"dir": str(tmp_path / "cache")}, loader={"num_workers": 0})
     dm.prepare_data()
     assert len(list((tmp_path / "cache").glob("decoded-*.npy"))) == 1
-    rank = CrackDataModule(str(tiny_data), DATA_CONFIG, split="random", split_file=str(tmp_path / "splits.csv"),
-                           cache_dir=str(tmp_path / "cache"), num_workers=0)
+    rank = CrackDataModule(str(tiny_data), DATA_CONFIG, split={"strategy": "random", "file": str(tmp_path / "splits.csv")},
+                           cache={"dir": str(tmp_path / "cache")}, loader={"num_workers": 0})
     monkeypatch.setattr(decoded, "build", lambda *a, **k: pytest.fail("a rank rebuilt the cache"))
     rank.setup("fit")
     assert len(rank.train_dataset) == len(rank.splits["train"])
@@ -149,9 +150,9 @@ def test_every_split_of_a_dataset_shares_one_cache(tiny_data, tmp_path, monkeypa
     strategy reads the same array (a rebuild would cost minutes and gigabytes)."""
     first = _datamodule(tiny_data, tmp_path, cache=True, name="a")
     monkeypatch.setattr(decoded, "build", lambda *a, **k: pytest.fail("cache rebuilt for another split"))
-    other = CrackDataModule(str(tiny_data), DATA_CONFIG, split="random", split_seed=7,
-                            split_file=str(tmp_path / "b" / "splits.csv"), cache_dir=str(tmp_path / "cache"),
-                            cache=True, num_workers=0)
+    other = CrackDataModule(str(tiny_data), DATA_CONFIG,
+                            split={"strategy": "random", "seed": 7, "file": str(tmp_path / "b" / "splits.csv")},
+                            cache={"dir": str(tmp_path / "cache"), "enabled": True}, loader={"num_workers": 0})
     other.prepare_data()
     other.setup("fit")
     assert other.splits["test"] != first.splits["test"]
@@ -179,15 +180,15 @@ def test_loaders_gather_whole_batches_of_the_same_images(tiny_data, tmp_path):
 
 
 def test_cache_on_the_device_serves_the_same_batches_from_row_numbers(tiny_data, tmp_path, monkeypatch):
-    """cache_on_device=true (here the device is the CPU): the whole cache is copied once,
+    """data.cache.on_device=true (here the device is the CPU): the whole cache is copied once,
     loaders carry row numbers, and device_batch turns them into the very batches of the
     host path -- augmented with the same random draws, or normalised."""
     monkeypatch.setattr(decoded.ResidentImages, "CHUNK", 5)  # several uploads, the last one partial
     host = _datamodule(tiny_data, tmp_path, cache=True, augmentation=FlipRotate(0.5, 0.5, 20.0))
     resident = _datamodule(tiny_data, tmp_path, cache=True, augmentation=FlipRotate(0.5, 0.5, 20.0),
-                           cache_on_device=True)
+                           on_device=True)
     assert host.resident is None, "auto: a CPU run keeps the memory-mapped cache"
-    assert torch.equal(resident.resident.on(torch.device("cpu")), torch.from_numpy(np.array(resident.train_dataset.array)))
+    assert torch.equal(resident.resident.tensor_on(torch.device("cpu")), torch.from_numpy(np.array(resident.train_dataset.array)))
     for name, training in (("val", False), ("train", True)):
         rows = resident.train_dataset.rows[:8] if training else resident.val_dataset.rows
         indices = list(range(len(rows)))
@@ -203,7 +204,7 @@ def test_cache_on_the_device_serves_the_same_batches_from_row_numbers(tiny_data,
 
 
 # The CUDA variants run where a GPU is (the device tool's H100: `pytest tests/test_cache.py`);
-# the CPU ones, run everywhere, put the same code on the CPU with cache_on_device=true.
+# the CPU ones, run everywhere, put the same code on the CPU with data.cache.on_device=true.
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -211,13 +212,13 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_cache_on_a_cuda_device_gives_the_host_paths_batches(tiny_data, tmp_path):
     """auto on a CUDA device: the cache goes to the GPU; evaluation batches equal the host
     path's (float rounding aside), training batches are augmented there."""
-    host = _datamodule(tiny_data, tmp_path, cache=True, cache_on_device=False)
+    host = _datamodule(tiny_data, tmp_path, cache=True, on_device=False)
     gpu = _datamodule(tiny_data, tmp_path, cache=True)  # auto; no trainer: CUDA when there is one
     assert host.resident is None and gpu.resident is not None
     cuda = torch.device("cuda")
     rows, labels = gpu.val_dataset.__getitems__(list(range(len(gpu.val_dataset))))
     images, got_labels = gpu.device_batch((rows.to(cuda), labels.to(cuda)), training=False)
-    assert images.device.type == "cuda" and gpu.resident.on(cuda).device.type == "cuda"
+    assert images.device.type == "cuda" and gpu.resident.tensor_on(cuda).device.type == "cuda"
     want, want_labels = host.device_batch(host.val_dataset.__getitems__(list(range(len(host.val_dataset)))), training=False)
     assert torch.equal(got_labels.cpu(), want_labels) and torch.allclose(images.cpu(), want, atol=1e-5)
     rows, labels = gpu.train_dataset.__getitems__(list(range(8)))
@@ -227,7 +228,7 @@ def test_cache_on_a_cuda_device_gives_the_host_paths_batches(tiny_data, tmp_path
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_training_runs_from_a_cache_on_the_device(device, tiny_data, tmp_path, monkeypatch):
-    """The real task with the cache on the device (CPU: data.cache_on_device=true; CUDA:
+    """The real task with the cache on the device (CPU: data.cache.on_device=true; CUDA:
     the auto default): every training, validation and test batch is gathered from the
     resident copy (row numbers in, images out), and the copy is gone when the run ends."""
     import weakref
@@ -236,7 +237,7 @@ def test_training_runs_from_a_cache_on_the_device(device, tiny_data, tmp_path, m
     from tests.conftest import compose_cfg
 
     served, copies, devices = [], [], set()
-    gather, upload = decoded.ResidentImages.__call__, decoded.ResidentImages.on
+    gather, upload = decoded.ResidentImages.__call__, decoded.ResidentImages.tensor_on
 
     def spy_upload(self, where):
         devices.add(where.type)
@@ -244,8 +245,8 @@ def test_training_runs_from_a_cache_on_the_device(device, tiny_data, tmp_path, m
         return copies[-1]()
 
     monkeypatch.setattr(decoded.ResidentImages, "__call__", lambda self, rows: served.append(len(rows)) or gather(self, rows))
-    monkeypatch.setattr(decoded.ResidentImages, "on", spy_upload)
-    overrides = ["data.cache_on_device=true"] if device == "cpu" else ["trainer.accelerator=gpu"]
+    monkeypatch.setattr(decoded.ResidentImages, "tensor_on", spy_upload)
+    overrides = ["data.cache.on_device=true"] if device == "cpu" else ["trainer.accelerator=gpu"]
     best = train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn", "callbacks.error_gallery=null", *overrides]))
     assert best is not None and np.isfinite(best)
     assert devices == {device}

@@ -94,7 +94,7 @@ def test_experiments_compose(name, tmp_path, tiny_data):
         assert cfg.data.image_size == 160 and cfg.model.scheduler is None
         assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.lr == 1e-4
         assert cfg.callbacks.early_stopping.patience == 3
-        assert list(cfg.data.split_fractions) == [0.8, 0.1, 0.1]
+        assert list(cfg.data.split.fractions) == [0.8, 0.1, 0.1]
 
 
 def test_unfreeze_epoch_beyond_max_epochs_is_refused(tmp_path, tiny_data):
@@ -123,4 +123,4 @@ def test_precision_resolution(monkeypatch):
 def test_composed_config_is_fully_resolvable(tmp_path, tiny_data):
     cfg = compose_cfg(tmp_path, tiny_data)
     container = OmegaConf.to_container(cfg, resolve=True)
-    assert container["data"]["split_file"] == str(tmp_path / "run" / "splits.csv")
+    assert container["data"]["split"]["file"] == str(tmp_path / "run" / "splits.csv")

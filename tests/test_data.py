@@ -13,6 +13,7 @@ from crack_lightning.data.imagefolder import Sample, resolve_class_names, scan_s
 from crack_lightning.data.splits import read_splits, stratified_split, write_splits
 
 DATA_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3}
+NO_WORKERS = {"num_workers": 0}
 
 
 def fake_samples(n_pos=300, n_neg=700) -> list[Sample]:
@@ -38,7 +39,7 @@ def test_split_is_deterministic_disjoint_complete_and_stratified():
 
 @pytest.mark.parametrize("fractions", [(0.8, 0.1, 0.2), (0.9, 0.1, 0.0), (0.5, 0.5)])
 def test_bad_fractions_are_refused(fractions):
-    with pytest.raises(CrackLightningError, match="split_fractions"):
+    with pytest.raises(CrackLightningError, match="data.split.fractions"):
         stratified_split(fake_samples(), fractions, seed=0)
 
 
@@ -52,14 +53,15 @@ def test_splits_csv_round_trip(tiny_data, tmp_path):
 
 def test_datamodule_reuses_saved_split(tiny_data, tmp_path):
     split_file = tmp_path / "run" / "splits.csv"
-    dm = CrackDataModule(str(tiny_data), DATA_CONFIG, split_seed=0, split_file=str(split_file), num_workers=0)
+    dm = CrackDataModule(str(tiny_data), DATA_CONFIG, split={"seed": 0, "file": str(split_file)}, loader=NO_WORKERS)
     dm.setup("fit")
     first = split_file.read_text()
     # a different seed would split differently, but a saved split wins (resume)
-    again = CrackDataModule(str(tiny_data), DATA_CONFIG, split_seed=1, split_file=str(split_file), num_workers=0)
+    again = CrackDataModule(str(tiny_data), DATA_CONFIG, split={"seed": 1, "file": str(split_file)}, loader=NO_WORKERS)
     again.setup("fit")
     assert again.splits == dm.splits and split_file.read_text() == first
-    fresh = CrackDataModule(str(tiny_data), DATA_CONFIG, split_seed=1, split_file=str(tmp_path / "x.csv"), num_workers=0)
+    fresh = CrackDataModule(str(tiny_data), DATA_CONFIG, split={"seed": 1, "file": str(tmp_path / "x.csv")},
+                            loader=NO_WORKERS)
     fresh.setup("fit")
     assert fresh.splits != dm.splits
 

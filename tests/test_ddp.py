@@ -62,7 +62,7 @@ def test_train_py_ddp_cpu_sweep(tiny_data, tmp_path):
     result = run_train_py([
         "-m", "trainer=ddp_cpu", "debug=fast", "backbone=custom_cnn", "backbone.pretrained=false",
         "callbacks.error_gallery=null", "callbacks.augmentation_preview=null",
-        f"data.root={tiny_data}", "data.split=random",  # 19/2/3: an odd test split
+        f"data.root={tiny_data}", "data.split.strategy=random",  # 19/2/3: an odd test split
         f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={logs}", "model.lr=1e-3,3e-4",
     ])
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

@@ -30,8 +30,8 @@ def make_model(name: str = "mobilenetv2_100") -> CrackClassifier:
 
 def make_data(model: CrackClassifier, root, tmp_path) -> CrackDataModule:
     return CrackDataModule(
-        root, data_config=model.data_config, image_size=32, batch_size=8, num_workers=0,
-        split_file=str(tmp_path / "splits.csv"),
+        root, data_config=model.data_config, image_size=32, loader={"batch_size": 8, "num_workers": 0},
+        split={"file": str(tmp_path / "splits.csv")},
     )
 
 

@@ -34,8 +34,8 @@ def _split_rows(path):
 
 def _make_split(root, tmp_path, strategy):
     split_file = tmp_path / strategy / "splits.csv"
-    dm = CrackDataModule(str(root), DATA_CONFIG, split=strategy, split_file=str(split_file),
-                         cache_dir=str(tmp_path / "cache"), num_workers=0)
+    dm = CrackDataModule(str(root), DATA_CONFIG, split={"strategy": strategy, "file": str(split_file)},
+                         cache={"dir": str(tmp_path / "cache")}, loader={"num_workers": 0})
     dm.prepare_data()
     dm.setup("fit")
     return dm, split_file
@@ -100,8 +100,9 @@ def test_saved_split_records_strategy_and_refuses_the_other(scene_data, tmp_path
     _, split_file = _make_split(scene_data, tmp_path, "random")
     rows = _split_rows(split_file)
     assert set(rows[0]) == {"path", "label", "split"}
-    dm = CrackDataModule(str(scene_data), DATA_CONFIG, split="grouped", split_file=str(split_file), num_workers=0)
-    with pytest.raises(CrackLightningError, match="data.split=random"):
+    dm = CrackDataModule(str(scene_data), DATA_CONFIG, split={"strategy": "grouped", "file": str(split_file)},
+                         loader={"num_workers": 0})
+    with pytest.raises(CrackLightningError, match="data.split.strategy=random"):
         dm.setup("fit")
 
 
@@ -115,11 +116,25 @@ def test_groups_are_cached_by_file_list(scene_data, tmp_path, monkeypatch):
     _make_split(scene_data, tmp_path, "grouped")  # same files: cache hit
 
 
+def test_one_decode_serves_the_image_check_and_the_grouping(scene_data, tmp_path, monkeypatch):
+    """A first grouped run decodes each image once: the grouping reads the fingerprints (with the
+    border profiles) of the image check's pass, and groups exactly as its own decode would."""
+    import crack_lightning.data.quality.grouping as grouping
+
+    monkeypatch.setattr(grouping, "fingerprint_files", lambda *a, **k: pytest.fail("decoded again to group"))
+    dm, _ = _make_split(scene_data, tmp_path, "grouped")
+    monkeypatch.undo()
+    assert not dm.preparation.screened.fingerprints, "dropped once the groups are made"
+    [cached] = (tmp_path / "cache").glob("groups-*.npy")
+    paths = [s.path for s in dm.preparation.screened.good]
+    assert np.array_equal(np.load(cached), grouping.group_files(paths, grouping.GroupingSettings()))
+
+
 def test_grouped_split_is_deterministic_and_refuses_too_few_groups():
     samples = [Sample(f"{i}.jpg", i % 2) for i in range(400)]
     groups = np.arange(400) // 4
     a = grouped_split(samples, groups, (0.8, 0.1, 0.1), seed=0)
     assert a == grouped_split(samples, groups, (0.8, 0.1, 0.1), seed=0)
     assert a != grouped_split(samples, groups, (0.8, 0.1, 0.1), seed=1)
-    with pytest.raises(CrackLightningError, match="data.split=random"):
+    with pytest.raises(CrackLightningError, match="data.split.strategy=random"):
         grouped_split(samples[:8], np.zeros(8), (0.8, 0.1, 0.1), seed=0)

@@ -41,7 +41,7 @@ def _sweep_args(tmp: Path, data_root: Path, lrs: str) -> list[str]:
         "debug=fast", "backbone=custom_cnn", "backbone.pretrained=false",
         # no process pools in the jobs (decoded cache, grouping): a pool start per job saved;
         # pools under submitit are tested by test_process_pools_end_under_submitits_signal_handlers
-        "data.cache=false", "data.grouping.workers=1",
+        "data.cache.enabled=false", "data.split.grouping.workers=1",
         f"data.root={data_root}", f"paths.log_dir={tmp}", f"paths.data_dir={tmp / 'data'}",
         f"hydra.sweep.dir={tmp / 'sweep'}", f"model.lr={lrs}",
     ]

@@ -55,7 +55,7 @@ def data(tmp_path_factory) -> Path:
 def command(data: Path, tmp: Path) -> list[str]:
     return [
         "debug=fast", "backbone=custom_cnn", "backbone.pretrained=false", f"data.root={data}",
-        f"paths.data_dir={tmp / 'data'}", "data.batch_size=4", f"trainer.max_epochs={EPOCHS}",
+        f"paths.data_dir={tmp / 'data'}", "data.loader.batch_size=4", f"trainer.max_epochs={EPOCHS}",
         "finetune.unfreeze_at_epoch=1", "callbacks.step_checkpoint.every_n_train_steps=20",
         "callbacks.error_gallery=null", "callbacks.augmentation_preview=null", "callbacks.test_report=null",
     ]

@@ -87,8 +87,8 @@ def test_used_folders_and_folders_inside_the_data_are_refused_before_anything_is
         ([f"hydra.run.dir={trained_run}", "model.lr=0.01"], ("hydra.run.dir=", "holds", "resume=")),
         ([f"hydra.run.dir={tiny_data}"], ("hydra.run.dir=", "holds")),
         ([f"hydra.run.dir={tiny_data / 'runs' / 'new'}"], ("lies inside data.root=",)),
-        ([f"data.cache_dir={tiny_data / 'cache'}"], ("data.cache_dir=", "lies inside data.root=")),
-        ([f"data.cache_dir={a_file / 'cache'}"], ("data.cache_dir=", "cannot write")),
+        ([f"data.cache.dir={tiny_data / 'cache'}"], ("data.cache.dir=", "lies inside data.root=")),
+        ([f"data.cache.dir={a_file / 'cache'}"], ("data.cache.dir=", "cannot write")),
         ([f"resume={tmp_path / 'no_such_run'}"], ("resume=", "not a train.py run folder")),  # Hydra made it
         ([f"resume={tiny_data}"], ("resume=", "not a train.py run folder")),
     ):
@@ -126,7 +126,7 @@ def test_hydra_and_config_refusals_are_one_line_exit_2(tmp_path, tiny_data):
         (["backbone=mobilnetv2"], ("backbone=mobilnetv2", "custom_cnn, efficientnet, mobilenetv2, timm")),
         (["model.lrr=1"], ("model.lrr", "--cfg job")),
         (["finetune.unfreeze_stages=0"], ("finetune.unfreeze_stages=0",)),
-        (["data.num_workers=abc"], ("data.num_workers='abc'", "auto or a whole number")),
+        (["data.loader.num_workers=abc"], ("data.loader.num_workers=abc", "auto or a whole number")),
         (["++trainer.limit_val_batches=0"], ("trainer.limit_val_batches=0", "needs validation")),
         (["data.positive_class=裂缝"], ("non-ASCII", "\"data.positive_class='裂缝'\"")),
     ]

@@ -1,34 +1,56 @@
-"""The LightningDataModule: an ImageFolder root, a saved stratified split, loaders."""
+"""The LightningDataModule: loaders, device batches and Lightning's hooks over a prepared dataset.
+
+Everything before the loaders -- generate, screen, split, decode -- is
+:mod:`~crack_lightning.data.prepare`; this module holds ``data.loader``
+(:class:`LoaderSettings`) and what happens to a batch once it is on the device.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from crack_lightning.config_checks import Auto, auto_or_bool, bad_setting, is_count, settings_from, whole
 from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_transform
-from crack_lightning import CrackLightningError
-from crack_lightning.data.quality import screening
 from crack_lightning.data.dataset import ImageListDataset
-from crack_lightning.data.imagefolder import resolve_class_names
-from crack_lightning.data.decoded_cache import DecodedImages, ResidentImages, collate_gathered, for_splits, split_datasets
-from crack_lightning.utils.parallel import auto_workers, available_cores
-from crack_lightning.utils.files import atomic_path, files_key
+from crack_lightning.data.decoded_cache import CacheSettings, DecodedImages, ResidentImages, collate_gathered
+from crack_lightning.data.prepare import Preparation, SplitSettings
+from crack_lightning.data.quality.screening import ScreeningSettings
 from crack_lightning.trainer.distributed import eval_sampler
-from crack_lightning.config_checks import check_fractions
-from crack_lightning.data.splits import (
-    check_support,
-    grouped_split,
-    read_split_info,
-    read_splits,
-    stratified_split,
-    write_splits,
-)
+from crack_lightning.utils.parallel import auto_workers, available_cores
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoaderSettings:
+    """``data.loader``: the DataLoaders' settings; ``auto`` picks for this machine."""
+
+    KEY = "data.loader"
+
+    batch_size: int = 32
+    eval_batch_size: int | None = None  # None: batch_size
+    num_workers: int | Auto = "auto"  # auto: cores - 1, at most 8; 0 with the decoded cache
+    pin_memory: bool | Auto = "auto"  # auto: when CUDA is available
+    persistent_workers: bool | Auto = "auto"  # auto: when there are workers
+
+    def __post_init__(self):
+        whole(f"{self.KEY}.batch_size", self.batch_size, minimum=1)
+        if self.eval_batch_size is not None:
+            whole(f"{self.KEY}.eval_batch_size", self.eval_batch_size, minimum=1)
+        if self.num_workers != "auto" and not (is_count(self.num_workers) and self.num_workers >= 0):
+            raise bad_setting(f"{self.KEY}.num_workers", self.num_workers, "auto or a whole number >= 0")
+        self.pin_memory = auto_or_bool(f"{self.KEY}.pin_memory", self.pin_memory)
+        self.persistent_workers = auto_or_bool(f"{self.KEY}.persistent_workers", self.persistent_workers)
+
+    @classmethod
+    def from_config(cls, node) -> "LoaderSettings":
+        return settings_from(cls, node, cls.KEY)
 
 
 class CrackDataModule(L.LightningDataModule):
@@ -40,34 +62,26 @@ class CrackDataModule(L.LightningDataModule):
             from ``CrackClassifier.data_config``.
         augmentation: a :class:`~crack_lightning.data.augmentation.FlipRotate` (training
             randomness, per image or per batch); ``None`` trains on the evaluation transform.
-        cache: decode every image once into a memory-mapped uint8 array in ``cache_dir``
-            (:mod:`~crack_lightning.data.decoded_cache`) and augment whole batches on the
-            device; ``"auto"``: on when ``cache_dir`` is set. ``False``: read JPEGs each epoch.
-        cache_on_device: copy the whole decoded cache to the training device once and send
-            only row numbers per batch (:class:`~crack_lightning.data.decoded_cache.ResidentImages`);
-            ``"auto"``: on a CUDA device when the cache takes at most 40% of its free memory.
         positive_class: the crack folder's name; inferred from common names when ``None``.
-        split: ``"random"`` (stratified by image) or ``"grouped"``: patches that look
-            cut from the same photo (matching borders, near-duplicates; see
-            :mod:`~crack_lightning.data.quality.grouping`) go to one split together.
-        grouping: options of the grouped split (``ratio``, ``phash_distance``, ``bin``,
-            ``workers``); groups are cached in ``cache_dir`` keyed by the file list.
-        split_fractions: train/val/test fractions, stratified by class.
-        split_seed: seed of the split (0 is a seed like any other).
-        split_file: where ``splits.csv`` is written; an existing file is reused as is, which
-            keeps the split of a resumed run.
+        split: ``data.split``, a :class:`~crack_lightning.data.prepare.SplitSettings` or its
+            dict (``strategy`` random or grouped, ``fractions``, ``seed``, ``file``, ``grouping``).
+        screening: ``data.screening``, a :class:`~crack_lightning.data.quality.screening.ScreeningSettings`
+            or its dict (``on_bad_file``, ``min_side``, ``max_pixels``).
+        cache: ``data.cache``, a :class:`~crack_lightning.data.decoded_cache.CacheSettings` or its
+            dict (``enabled``, ``dir``, ``on_device``).
+        loader: ``data.loader``, a :class:`LoaderSettings` or its dict.
         image_size: overrides the backbone's input size (int or [height, width]).
-        num_workers / pin_memory / persistent_workers: ``"auto"`` picks for this machine.
         synthetic: if set, ``prepare_data`` generates the synthetic dataset at ``root`` with
             these arguments (``per_class``, ``seed``) unless it is already there; a ``root``
             holding other data is trained on as it is, never written into.
-        on_bad_file: what to do with image files that fail the check before training
-            (:mod:`~crack_lightning.data.quality.screening`: empty, truncated, not an image, too
-            large or too small): ``"skip"`` them with a warning, or ``"error"``: stop.
-        min_image_side / max_image_pixels: images smaller on a side, or whose header
-            claims more pixels (decompression bombs), are bad files.
         report_dir: where ``skipped_files.txt`` goes (the run folder); default: beside
-            ``split_file``.
+            ``split.file``.
+
+    Example (``split.file`` is where ``splits.csv`` is written, or reused from)::
+
+        dm = CrackDataModule("data/concrete_crack", model.data_config,
+                             split={"strategy": "grouped", "file": "run/splits.csv"},
+                             cache={"dir": "data/cache"}, loader={"batch_size": 64})
     """
 
     def __init__(
@@ -76,24 +90,12 @@ class CrackDataModule(L.LightningDataModule):
         data_config: dict,
         augmentation: FlipRotate | None = None,
         positive_class: str | None = None,
-        split: str = "random",
-        grouping: dict | None = None,
-        cache_dir: str | None = None,
-        split_fractions=(0.8, 0.1, 0.1),
-        split_seed: int = 0,
-        split_file: str | None = None,
+        split: SplitSettings | dict | None = None,
+        screening: ScreeningSettings | dict | None = None,
+        cache: CacheSettings | dict | None = None,
+        loader: LoaderSettings | dict | None = None,
         image_size: int | list[int] | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int | str = "auto",
-        pin_memory: bool | str = "auto",
-        persistent_workers: bool | str = "auto",
         synthetic: dict | None = None,
-        cache: bool | str = "auto",
-        cache_on_device: bool | str = "auto",
-        on_bad_file: str = "skip",
-        min_image_side: int = 32,
-        max_image_pixels: int = 89_478_485,
         report_dir: str | None = None,
     ):
         super().__init__()
@@ -103,34 +105,23 @@ class CrackDataModule(L.LightningDataModule):
             h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
             self.data_config["input_size"] = (3, int(h), int(w))
         self.augmentation = augmentation
-        self.positive_class = positive_class
-        if split not in ("random", "grouped"):
-            raise CrackLightningError(f"data.split={split}: choose random or grouped.")
-        self.split = split
-        self.grouping = dict(grouping or {})
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.split_fractions = check_fractions(split_fractions)
-        self.split_seed = split_seed
-        self.split_file = Path(split_file) if split_file else None
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.cache = bool(cache_dir) if cache == "auto" else bool(cache)
-        if self.cache and not cache_dir:
-            raise CrackLightningError("data.cache=true needs data.cache_dir (where the decoded images go).")
+        self.split = SplitSettings.from_config(split)
+        self.cache = CacheSettings.from_config(cache)
+        self.loader = loader = LoaderSettings.from_config(loader)
+        self.batch_size = loader.batch_size
+        self.eval_batch_size = loader.eval_batch_size or loader.batch_size
         # decoded images need no decoding workers: they would only compete for cores
-        self.num_workers = (0 if self.cache else auto_workers()) if num_workers == "auto" else int(num_workers)
-        self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
+        auto = 0 if self.cache.used else auto_workers()
+        self.num_workers = auto if loader.num_workers == "auto" else loader.num_workers
+        self.pin_memory = torch.cuda.is_available() if loader.pin_memory == "auto" else loader.pin_memory
         self.persistent_workers = (
-            self.num_workers > 0 if persistent_workers == "auto" else bool(persistent_workers)
+            self.num_workers > 0 if loader.persistent_workers == "auto" else loader.persistent_workers
         )
-        self.cache_on_device = cache_on_device
         self.resident: ResidentImages | None = None
-        self.synthetic = dict(synthetic) if synthetic else None
-        self.on_bad_file = screening.check_policy(on_bad_file)
-        self.screen_options = {"min_side": int(min_image_side), "max_pixels": int(max_image_pixels)}
-        report_dir = Path(report_dir) if report_dir else (self.split_file.parent if self.split_file else None)
-        self.skipped_file = report_dir / "skipped_files.txt" if report_dir else None
-        self._screening: screening.Screening | None = None
+        report_dir = Path(report_dir) if report_dir else (self.split.file.parent if self.split.file else None)
+        self.preparation = Preparation(
+            self.root, self.data_config, positive_class, self.split, ScreeningSettings.from_config(screening),
+            self.cache, dict(synthetic) if synthetic else None, report_dir / "skipped_files.txt" if report_dir else None)
         self.class_names: list[str] = []
         self.splits: dict | None = None
 
@@ -163,46 +154,17 @@ class CrackDataModule(L.LightningDataModule):
         }
 
     def prepare_data(self) -> None:
-        if self.synthetic is not None:
-            self._generate_synthetic()
         # Lightning calls this on one process per node: the image check and the (costly)
         # grouped split are made once, and every rank's setup() reads their files.
-        class_names = resolve_class_names(self.root, self.positive_class)
-        samples = self._usable(class_names)  # stops here, before training, with on_bad_file=error
-        if self.split_file is None:
-            return
-        if not self.split_file.is_file():
-            splits = self._new_split(class_names, samples, save=True)
-        elif self.cache:
-            splits = self._saved_split(class_names, announce=False)  # setup() warns
-        if self.cache:  # decode once here too, so DDP ranks do not all build the same cache
-            for_splits(splits, self.cache_dir, self.data_config, workers=available_cores())
-
-    def _generate_synthetic(self) -> None:
-        """``data.synthetic``: fill ``root`` with the synthetic set, unless it holds other data --
-        then that is what the recipe trains on (``experiment=demo data.root=<your data>``)."""
-        from crack_lightning.data.synthetic.generate import NotGeneratedHere, generate
-
-        try:
-            generate(self.root, **self.synthetic)
-        except NotGeneratedHere:
-            log.warning("data.root=%s holds data the synthetic generator did not write: training on it as it "
-                        "is (data.synthetic only fills a new or empty folder, or one it generated)", self.root)
+        self.preparation.prepare(workers=available_cores(), announce=self._is_first())
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:  # fit then test: keep the datasets already built
             return
-        self.class_names = resolve_class_names(self.root, self.positive_class)
-        samples = self._usable(self.class_names)  # from the cache prepare_data filled, on every rank
-        if self.split_file is not None and self.split_file.is_file():
-            self._check_saved_strategy()
-            log.info("Reusing the saved split %s", self.split_file)
-            self.splits = self._saved_split(self.class_names, announce=self._is_first())
-        else:  # prepare_data was not called (plain use outside a Trainer)
-            self.splits = self._new_split(self.class_names, samples, save=self._is_first())
+        self.class_names, self.splits = self.preparation.load(announce=self._is_first())
         augmentation = self.augmentation or FlipRotate(0.0, 0.0, 0.0)
-        if self.cache:  # (a build here, without prepare_data, may use every core: nothing else runs yet)
-            datasets = split_datasets(self.splits, self.cache_dir, self.data_config, available_cores())
+        if self.cache.used:  # (a build here, without prepare_data, may use every core: nothing else runs yet)
+            datasets = self.preparation.datasets(self.splits, available_cores())
             self._place_cache(datasets)
             self.train_dataset, self.val_dataset, self.test_dataset = (datasets[k] for k in ("train", "val", "test"))
             self.batch_transforms = {
@@ -220,27 +182,12 @@ class CrackDataModule(L.LightningDataModule):
     def _is_first(self) -> bool:
         return self.trainer is None or self.trainer.is_global_zero
 
-    def _usable(self, class_names: list[str]) -> list:
-        """The samples that passed the image check (:mod:`~crack_lightning.data.quality.screening`),
-        cached in ``cache_dir``; the first call in a process reports the others."""
-        announce = self._screening is None and self._is_first()
-        if self._screening is None:
-            self._screening = screening.screen(self.root, class_names, self.cache_dir, **self.screen_options)
-        return screening.apply(self._screening, class_names, self.on_bad_file, self.skipped_file, announce)
-
-    def _saved_split(self, class_names: list[str], announce: bool) -> dict:
-        """The saved split, less the files that are bad now (or stop, with on_bad_file=error)."""
-        splits = read_splits(self.split_file, self.root, class_names)
-        splits = screening.drop_unusable(splits, self._screening, self.on_bad_file, self.split_file, announce)
-        check_support(splits, class_names, self.root)
-        return splits
-
     def _place_cache(self, datasets: dict[str, DecodedImages]) -> None:
         """Keep the decoded cache on the training device for the run when asked to, or
         (``auto``) when it is a CUDA device with room for it; the loaders then carry row numbers."""
         device = self._device()
         resident = ResidentImages(datasets["train"].array)
-        on = resident.fits(device) if self.cache_on_device == "auto" else bool(self.cache_on_device)
+        on = resident.fits(device) if self.cache.on_device == "auto" else self.cache.on_device
         self.resident = resident if on else None
         for dataset in datasets.values():
             dataset.serve_rows = on
@@ -288,53 +235,6 @@ class CrackDataModule(L.LightningDataModule):
         if images.dtype == torch.uint8:
             images = self.batch_transforms["train"](images.permute(0, 3, 1, 2))
         return images, [label for _, label in samples]
-
-    def _new_split(self, class_names: list[str], samples: list, save: bool) -> dict:
-        info = {"strategy": self.split, "seed": self.split_seed, "fractions": list(self.split_fractions)}
-        groups = None
-        if self.split == "grouped":
-            labels = self._groups(samples)
-            groups = {s.path: int(g) for s, g in zip(samples, labels)}
-            splits = grouped_split(samples, labels, self.split_fractions, self.split_seed)
-            info.update(groups=int(labels.max()) + 1, grouping=self.grouping)
-        else:
-            splits = stratified_split(samples, self.split_fractions, self.split_seed)
-        check_support(splits, class_names, self.root)
-        if save and self.split_file is not None:
-            write_splits(self.split_file, splits, self.root, class_names, info, groups)
-            log.info("Made a %s split -> %s", self.split, self.split_file)
-        return splits
-
-    def _groups(self, samples):
-        """Group index per sample, from the cache when the files have not changed."""
-        import numpy as np
-
-        from crack_lightning.data.quality.grouping import group_files
-
-        paths = [s.path for s in samples]
-        options = {k: v for k, v in self.grouping.items() if k != "workers"}
-        cache = None
-        if self.cache_dir is not None:
-            cache = self.cache_dir / f"groups-{files_key(paths, **options)}.npy"
-            if cache.is_file():
-                log.info("Reusing image groups from %s", cache)
-                return np.load(cache)
-        log.info("Grouping %d images by matching borders and near-duplicates ...", len(paths))
-        labels = group_files(paths, **self.grouping)
-        if cache is not None:
-            with atomic_path(cache) as tmp:
-                np.save(tmp, labels)
-        return labels
-
-    def _check_saved_strategy(self) -> None:
-        info = read_split_info(self.split_file)
-        made_by = info.get("strategy") if info else None
-        if made_by is not None and made_by != self.split:
-            raise CrackLightningError(
-                f"{self.split_file} was made by data.split={made_by}, but this run asks for "
-                f"data.split={self.split}. Set data.split={made_by} to reuse it, or delete it "
-                f"(and {self.split_file.with_suffix('.json').name}) to make a new split."
-            )
 
     def _loader(self, dataset, train: bool) -> DataLoader:
         return DataLoader(

@@ -13,12 +13,19 @@ renamed when complete: a killed build never leaves a cache that looks valid.
 The data module only hands it files that passed the screening
 (:mod:`~crack_lightning.data.quality.screening`); a decode failure here means a file
 changed since, and still stops the build with the list rather than store zeros.
+
+Whether it is used, where it lives and whether it goes to the device is
+``data.cache`` (:class:`CacheSettings`):
+
+>>> CacheSettings.from_config({"enabled": "auto", "dir": "data/cache"}).used
+True
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +34,39 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from crack_lightning import CrackLightningError
+from crack_lightning.config_checks import Auto, auto_or_bool, settings_from
 from crack_lightning.utils.parallel import parallel_map
 from crack_lightning.utils.files import atomic_path, files_key, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
 VERSION = 2  # bump when the stored pixels would change for the same inputs (2: to_rgb scales 16-bit, composites alpha)
+
+
+@dataclass
+class CacheSettings:
+    """``data.cache``: decode once into ``dir`` and serve batches from memory (or the device)."""
+
+    KEY = "data.cache"
+
+    enabled: bool | Auto = "auto"  # auto: whenever there is a dir
+    dir: Path | None = None  # decoded images, image groups and image checks, keyed by the file list
+    on_device: bool | Auto = "auto"  # auto: on a CUDA device with room for it (ResidentImages.fits)
+
+    def __post_init__(self):
+        self.enabled = auto_or_bool(f"{self.KEY}.enabled", self.enabled)
+        self.on_device = auto_or_bool(f"{self.KEY}.on_device", self.on_device)
+        self.dir = Path(self.dir).expanduser() if self.dir else None
+        if self.enabled is True and self.dir is None:
+            raise CrackLightningError(f"{self.KEY}.enabled=true needs {self.KEY}.dir (where the decoded images go).")
+
+    @classmethod
+    def from_config(cls, node) -> "CacheSettings":
+        return settings_from(cls, node, cls.KEY)
+
+    @property
+    def used(self) -> bool:
+        return self.dir is not None and self.enabled is not False
 
 
 def _decode_rows(job) -> list[tuple[str, str]]:
@@ -64,7 +98,7 @@ def build(paths: list[Path], file: Path, size: tuple[int, int], interpolation: s
     if need > free:
         raise CrackLightningError(
             f"The decoded cache needs {need / 2**30:.1f} GiB in {file.parent} but {free / 2**30:.1f} GiB "
-            f"are free. Free space, point paths.cache_dir elsewhere, or set data.cache=false.")
+            f"are free. Free space, point data.cache.dir elsewhere, or set data.cache.enabled=false.")
     with atomic_path(file) as tmp:
         np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), *size, 3)).flush()
         step = max(1, min(512, len(paths) // max(1, 4 * workers)))
@@ -161,7 +195,7 @@ class ResidentImages:
 
     def __init__(self, array: np.ndarray):
         self.array = array
-        self._on: torch.Tensor | None = None
+        self._copy: torch.Tensor | None = None
 
     def fits(self, device: torch.device, share: float = 0.4) -> bool:
         """Whether the cache takes at most ``share`` of ``device``'s free memory (CUDA only)."""
@@ -170,16 +204,17 @@ class ResidentImages:
         free, _ = torch.cuda.mem_get_info(device)
         return self.array.nbytes <= share * free
 
-    def on(self, device: torch.device) -> torch.Tensor:
-        if self._on is None or self._on.device != device:
-            self._on = None  # release a copy on another device first
+    def tensor_on(self, device: torch.device) -> torch.Tensor:
+        """The whole cache as a uint8 tensor on ``device``, uploaded on the first call."""
+        if self._copy is None or self._copy.device != device:
+            self._copy = None  # release a copy on another device first
             log.info("Copying the decoded images to %s (%.1f GiB) ...", device, self.array.nbytes / 2**30)
             resident = torch.empty(self.array.shape, dtype=torch.uint8, device=device)
             for start in range(0, len(self.array), self.CHUNK):
                 chunk = np.array(self.array[start:start + self.CHUNK])  # writable: torch shares it
                 resident[start:start + len(chunk)].copy_(torch.from_numpy(chunk))
-            self._on = resident
-        return self._on
+            self._copy = resident
+        return self._copy
 
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.on(rows.device)[rows]
+        return self.tensor_on(rows.device)[rows]

@@ -142,7 +142,7 @@ def fingerprint_file(path, extra: Callable[[np.ndarray], np.ndarray] | None = No
     Never raises for a bad file: the problem is in ``.kind`` and ``.error``.
     ``extra`` (a picklable function) gets the image as a uint8 RGB ``(H, W, 3)``
     array (the grouped split reads colour along the borders); its result is
-    stored in ``.extra``.
+    stored in ``.extra`` (``None`` if it raised: that does not make the file bad).
     """
     path = Path(path)
     try:
@@ -169,13 +169,18 @@ def fingerprint_file(path, extra: Callable[[np.ndarray], np.ndarray] | None = No
             return fp
         gray = image if image.mode == "L" else image.convert("L")
         fp.phash = _phash_gray(gray)
-        if extra is not None:
-            fp.extra = extra(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
     except Exception as err:  # noqa: BLE001 -- any decoder error is a finding, not a crash
         fp.kind, fp.error = _error_kind(err), f"{type(err).__name__}: {err}"
-        fp.phash = fp.extra = None
+        fp.phash = None
+        return fp
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated_flag
+    if extra is not None:
+        # the image check shares this pass: a failing extra says nothing about the file
+        try:
+            fp.extra = extra(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
+        except Exception:  # noqa: BLE001 -- extra stays None; its user decides (grouping: a group of its own)
+            fp.extra = None
     return fp
 
 

@@ -18,11 +18,17 @@ converted by :func:`~crack_lightning.data.dataset.to_rgb` when loaded.  The
 verdicts are cached in ``cache_dir`` keyed by the file list (names, sizes,
 mtimes; :func:`~crack_lightning.utils.files.files_key`), like the decoded images and
 the groups: 40,000 files take about half a minute to check on 2 cores, once.
+The grouped split reads the same decode: :func:`screen` can keep every checked
+file's :class:`~crack_lightning.data.quality.fingerprints.Fingerprint` (with the
+border profiles as its ``extra``) for :func:`~crack_lightning.data.quality.grouping.group_files`.
 
 Only files that pass reach the split, the decoded cache and the loaders.  What
-happens to the others is ``data.on_bad_file``: ``skip`` (a warning and
-``skipped_files.txt`` in the run folder, path and reason per line) or ``error``
-(stop before training with the list).
+happens to the others is ``data.screening.on_bad_file`` (:class:`BadFilePolicy`):
+``skip`` (a warning and ``skipped_files.txt`` in the run folder, path and reason
+per line) or ``error`` (stop before training with the list).
+
+>>> ScreeningSettings.from_config({"on_bad_file": "error"}).on_bad_file
+<BadFilePolicy.ERROR: 'error'>
 """
 
 from __future__ import annotations
@@ -31,20 +37,49 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
 from crack_lightning import CrackLightningError
+from crack_lightning.config_checks import choice, settings_from, whole
 from crack_lightning.data.imagefolder import Sample, check_classes, scan_files
-from crack_lightning.data.quality.fingerprints import fingerprint_files
+from crack_lightning.data.quality.fingerprints import Fingerprint, fingerprint_files
 from crack_lightning.utils.files import files_key, write_atomic
 
 log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when a verdict would change for the same files and settings
-POLICIES = ("skip", "error")
 SHOWN = 20  # bad files listed in an error message; skipped_files.txt has them all
+
+
+class BadFilePolicy(str, Enum):
+    """What a run does with image files that fail the check."""
+
+    SKIP = "skip"  # train without them (a warning; skipped_files.txt lists each with why)
+    ERROR = "error"  # stop before training with the list
+
+
+@dataclass
+class ScreeningSettings:
+    """``data.screening``: what an image must be to be trained on, and what bad ones do."""
+
+    KEY = "data.screening"
+
+    on_bad_file: BadFilePolicy = BadFilePolicy.SKIP
+    min_side: int = 32  # smaller images are no crack patch (1x1 placeholders)
+    max_pixels: int = 89_478_485  # larger headers are refused undecoded (decompression bombs); PIL's limit
+
+    def __post_init__(self):
+        self.on_bad_file = choice(f"{self.KEY}.on_bad_file", self.on_bad_file, BadFilePolicy)
+        whole(f"{self.KEY}.min_side", self.min_side, minimum=1)
+        whole(f"{self.KEY}.max_pixels", self.max_pixels, minimum=1)
+
+    @classmethod
+    def from_config(cls, node) -> "ScreeningSettings":
+        return settings_from(cls, node, cls.KEY)
 
 
 @dataclass
@@ -53,8 +88,11 @@ class Screening:
 
     root: Path
     good: list[Sample]
-    bad: dict[Path, str] = field(default_factory=dict)  # image files that failed: data.on_bad_file applies
+    bad: dict[Path, str] = field(default_factory=dict)  # image files that failed: on_bad_file applies
     ignored: list[tuple[Path, str]] = field(default_factory=list)  # never images: hidden, Thumbs.db, ...
+    # the check's decode of every file it looked at, when screen() was asked for an extra
+    # (empty when the verdicts came from the cache): the grouped split reads it, then drops it
+    fingerprints: dict[Path, Fingerprint] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         """``path<TAB>reason`` per skipped file, bad first, paths relative to the root."""
@@ -80,29 +118,39 @@ def header_problem(path: Path, min_side: int, max_pixels: int) -> str | None:
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     if width * height > max_pixels:
-        return (f"too large: the header claims {width}x{height} pixels, over data.max_image_pixels="
+        return (f"too large: the header claims {width}x{height} pixels, over data.screening.max_pixels="
                 f"{max_pixels} (a decompression bomb?); not decoded")
     if min(width, height) < min_side:
-        return f"too small: {width}x{height} pixels, a side under data.min_image_side={min_side}"
+        return f"too small: {width}x{height} pixels, a side under data.screening.min_side={min_side}"
     return None
 
 
-def check_files(paths: list[Path], min_side: int, max_pixels: int, workers: int | None = None) -> dict[Path, str]:
-    """The reason each unusable file of ``paths`` cannot be used (good files are absent)."""
+def check_files(paths: list[Path], min_side: int, max_pixels: int, workers: int | None = None,
+                extra: Callable | None = None) -> tuple[dict[Path, str], dict[Path, Fingerprint]]:
+    """The reason each unusable file of ``paths`` cannot be used (good files are absent),
+    and the fingerprints of the files decoded for it (``extra``: see ``fingerprint_files``)."""
     bad = {}
     for p in paths:
         if (why := header_problem(p, min_side, max_pixels)) is not None:
             bad[p] = why
     rest = [p for p in paths if p not in bad]
-    for fp in fingerprint_files(rest, workers=workers):
+    prints = {}
+    for fp in fingerprint_files(rest, workers=workers, extra=extra):
+        prints[fp.path] = fp
         if not fp.ok:
             bad[fp.path] = f"{fp.kind}: {fp.error}"
-    return bad
+    return bad, prints
 
 
-def screen(root: Path, class_names: list[str], cache_dir: Path | None = None, min_side: int = 32,
-           max_pixels: int = 89_478_485, workers: int | None = None) -> Screening:
-    """Scan ``root``'s two class folders and check every image file (cached in ``cache_dir``)."""
+def screen(root: Path, class_names: list[str], cache_dir: Path | None = None,
+           settings: ScreeningSettings | None = None, workers: int | None = None,
+           extra: Callable | None = None) -> Screening:
+    """Scan ``root``'s two class folders and check every image file (cached in ``cache_dir``).
+
+    When the files are decoded (no cached verdicts), ``extra`` runs on each image in the
+    same pass and the fingerprints are kept in :attr:`Screening.fingerprints`."""
+    settings = settings or ScreeningSettings()
+    min_side, max_pixels = settings.min_side, settings.max_pixels
     root = Path(root).resolve()
     samples, broken, ignored = scan_files(root, class_names)
     paths = [s.path for s in samples]
@@ -110,27 +158,23 @@ def screen(root: Path, class_names: list[str], cache_dir: Path | None = None, mi
     if cache_dir is not None:
         key = files_key(paths, min_side=int(min_side), max_pixels=int(max_pixels), version=VERSION)
         cache = Path(cache_dir) / f"screening-{key}.json"
+    prints = {}
     if cache is not None and cache.is_file():
         log.info("Reusing the image check of %d files from %s", len(paths), cache)
         bad = {Path(p): why for p, why in json.loads(cache.read_text())["bad"].items()}
     else:
         log.info("Checking %d image files (decoding each once) ...", len(paths))
-        bad = check_files(paths, min_side, max_pixels, workers)
+        bad, prints = check_files(paths, min_side, max_pixels, workers, extra)
         if cache is not None:
             write_atomic(cache, json.dumps({"root": str(root), "files": len(paths),
                                             "bad": {str(p): why for p, why in sorted(bad.items())}}, indent=1))
     bad.update(broken)
-    return Screening(root, [s for s in samples if s.path not in bad], bad, ignored)
+    kept = prints if extra is not None else {}  # only a caller that asked for extras reads them
+    return Screening(root, [s for s in samples if s.path not in bad], bad, ignored, kept)
 
 
-def check_policy(policy: str) -> str:
-    if policy not in POLICIES:
-        raise CrackLightningError(f"data.on_bad_file={policy}: choose skip (train without them) or error (stop).")
-    return policy
-
-
-def apply(screening: Screening, class_names: list[str], policy: str, report: Path | None,
-          announce: bool = True) -> list[Sample]:
+def apply_bad_file_policy(screening: Screening, class_names: list[str], policy: BadFilePolicy,
+                          report: Path | None, announce: bool = True) -> list[Sample]:
     """The usable samples; ``report`` (``skipped_files.txt``) lists the rest when ``announce``.
 
     ``error`` with bad files stops with their list; ``skip`` warns once.  A class
@@ -140,13 +184,13 @@ def apply(screening: Screening, class_names: list[str], policy: str, report: Pat
                              f"{screening.root}, not used for training (path<TAB>reason)\n"
                              + "".join(line + "\n" for line in screening.lines()))
     where = f" (all in {report})" if report is not None else ""
-    if screening.bad and policy == "error":
+    if screening.bad and policy == BadFilePolicy.ERROR:
         raise CrackLightningError(
-            f"{len(screening.bad)} bad image file(s) under data.root={screening.root}{where}; data.on_bad_file="
-            f"error stops here. Fix or remove them, or set data.on_bad_file=skip to train without them:\n"
-            + _listing(screening))
+            f"{len(screening.bad)} bad image file(s) under data.root={screening.root}{where}; data.screening."
+            f"on_bad_file=error stops here. Fix or remove them, or set data.screening.on_bad_file=skip to train "
+            f"without them:\n" + _listing(screening))
     if screening.bad and announce:
-        log.warning("Skipping %d bad image file(s) under %s%s (data.on_bad_file=skip):\n%s",
+        log.warning("Skipping %d bad image file(s) under %s%s (data.screening.on_bad_file=skip):\n%s",
                     len(screening.bad), screening.root, where, _listing(screening))
     check_classes(screening.root, class_names, screening.good, skipped=len(screening.bad))
     return screening.good
@@ -158,7 +202,7 @@ def _listing(screening: Screening) -> str:
     return "\n".join(f"  {line.replace(chr(9), ': ', 1)}" for line in lines) + (f"\n  ... and {more} more" if more else "")
 
 
-def drop_unusable(splits: dict[str, list[Sample]], screening: Screening, policy: str, split_file: Path,
+def drop_unusable(splits: dict[str, list[Sample]], screening: Screening, policy: BadFilePolicy, split_file: Path,
                   announce: bool = True) -> dict[str, list[Sample]]:
     """A saved split without the files that are not usable now (or stop, with ``error``)."""
     good = {s.path for s in screening.good}
@@ -166,12 +210,13 @@ def drop_unusable(splits: dict[str, list[Sample]], screening: Screening, policy:
     if not dropped:
         return splits
     listing = "\n".join(f"  {p}: {screening.bad.get(p, 'no longer among the usable images')}" for p in dropped[:SHOWN])
-    if policy == "error":
+    if policy == BadFilePolicy.ERROR:
         raise CrackLightningError(
-            f"{split_file} lists {len(dropped)} file(s) that are not usable now; data.on_bad_file=error stops "
-            f"here. Fix them, delete {split_file.name} to make a new split, or set data.on_bad_file=skip:\n{listing}")
+            f"{split_file} lists {len(dropped)} file(s) that are not usable now; data.screening.on_bad_file=error "
+            f"stops here. Fix them, delete {split_file.name} to make a new split, or set "
+            f"data.screening.on_bad_file=skip:\n{listing}")
     if announce:
-        log.warning("%s lists %d file(s) that are not usable now; left out (data.on_bad_file=skip):\n%s",
+        log.warning("%s lists %d file(s) that are not usable now; left out (data.screening.on_bad_file=skip):\n%s",
                     split_file, len(dropped), listing)
     kept = {name: [s for s in part if s.path in good] for name, part in splits.items()}
     for name, part in kept.items():

@@ -1,0 +1,209 @@
+"""Make a dataset ready for training: generate -> screen -> split -> decode.
+
+:class:`Preparation` runs, for :class:`~crack_lightning.data.datamodule.CrackDataModule`,
+every step before the loaders:
+
+1. **generate** (``data.synthetic``): fill ``root`` with the synthetic set, only when it
+   is new, empty or the generator's own;
+2. **screen** (``data.screening``, :mod:`~crack_lightning.data.quality.screening`): every
+   image file checked once, the bad ones skipped or the run stopped;
+3. **split** (``data.split``, :class:`SplitSettings`): a saved ``splits.csv`` is reused,
+   else a grouped (:mod:`~crack_lightning.data.quality.grouping`) or random split is made
+   and saved;
+4. **decode** (``data.cache``, :mod:`~crack_lightning.data.decoded_cache`): every image
+   once into the memory-mapped cache.
+
+A first grouped run decodes each image once for steps 2 and 3 together: the check keeps
+its fingerprints with the border profiles, and the grouping reads them.
+
+>>> SplitSettings.from_config({"strategy": "grouped", "fractions": [0.8, 0.1, 0.1]}).strategy
+<SplitStrategy.GROUPED: 'grouped'>
+>>> SplitSettings.from_config({"strategy": "grouped2"})
+Traceback (most recent call last):
+crack_lightning.CrackLightningError: data.split.strategy=grouped2: choose grouped or random.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from crack_lightning import CrackLightningError
+from crack_lightning.config_checks import check_fractions, choice, settings_from, whole
+from crack_lightning.data import decoded_cache
+from crack_lightning.data.decoded_cache import CacheSettings, DecodedImages
+from crack_lightning.data.imagefolder import Sample, resolve_class_names
+from crack_lightning.data.quality import grouping, screening
+from crack_lightning.data.quality.grouping import GroupingSettings
+from crack_lightning.data.quality.screening import ScreeningSettings
+from crack_lightning.data.splits import (
+    check_support,
+    grouped_split,
+    read_split_info,
+    read_splits,
+    stratified_split,
+    write_splits,
+)
+from crack_lightning.utils.files import atomic_path, files_key
+
+log = logging.getLogger(__name__)
+
+
+class SplitStrategy(str, Enum):
+    """How images are dealt to train / val / test."""
+
+    GROUPED = "grouped"  # patches that look cut from one photo stay in one split
+    RANDOM = "random"  # per image, stratified by class
+
+
+@dataclass
+class SplitSettings:
+    """``data.split``: how the split is made, and where it is saved."""
+
+    KEY = "data.split"
+
+    strategy: SplitStrategy = SplitStrategy.RANDOM
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test; stratified by class
+    seed: int | None = 0  # 0 is a seed like any other
+    file: Path | None = None  # splits.csv; an existing one is reused as is (resume)
+    grouping: GroupingSettings = field(default_factory=GroupingSettings)  # strategy grouped only
+
+    def __post_init__(self):
+        self.strategy = choice(f"{self.KEY}.strategy", self.strategy, SplitStrategy)
+        self.fractions = check_fractions(self.fractions)
+        if self.seed is not None:
+            whole(f"{self.KEY}.seed", self.seed)
+        self.file = Path(self.file).expanduser() if self.file else None
+        self.grouping = settings_from(GroupingSettings, self.grouping, GroupingSettings.KEY)
+
+    @classmethod
+    def from_config(cls, node) -> "SplitSettings":
+        return settings_from(cls, node, cls.KEY)
+
+
+class Preparation:
+    """The preparation of one dataset in one process. ``prepare_data`` runs :meth:`prepare`
+    (once per node); every rank's ``setup`` runs :meth:`load`, which reads what it saved."""
+
+    def __init__(self, root: Path, data_config: dict, positive_class: str | None, split: SplitSettings,
+                 screening_settings: ScreeningSettings, cache: CacheSettings, synthetic: dict | None = None,
+                 report: Path | None = None):
+        self.root, self.data_config, self.positive_class = root, data_config, positive_class
+        self.split, self.screening, self.cache = split, screening_settings, cache
+        self.synthetic = synthetic
+        self.report = report  # skipped_files.txt
+        self.screened: screening.Screening | None = None
+
+    def prepare(self, workers: int, announce: bool = True) -> None:
+        """Every step, saving what ``load`` reads: image checks, groups, split, decoded cache."""
+        if self.synthetic is not None:
+            self.generate()
+        class_names = resolve_class_names(self.root, self.positive_class)
+        samples = self.usable(class_names, announce)  # stops here, before training, with on_bad_file=error
+        if self.split.file is None:
+            return
+        if not self.split.file.is_file():
+            splits = self.new_split(class_names, samples, save=True)
+        elif self.cache.used:
+            splits = self.saved_split(class_names, announce=False)  # load() warns
+        if self.cache.used:  # decode once here too, so DDP ranks do not all build the same cache
+            decoded_cache.for_splits(splits, self.cache.dir, self.data_config, workers=workers)
+
+    def load(self, announce: bool) -> tuple[list[str], dict[str, list[Sample]]]:
+        """The class names and the split: the saved one, else a new one (saved when ``announce``)."""
+        class_names = resolve_class_names(self.root, self.positive_class)
+        samples = self.usable(class_names, announce)  # from the cache prepare() filled, on every rank
+        if self.split.file is not None and self.split.file.is_file():
+            self.check_saved_strategy()
+            log.info("Reusing the saved split %s", self.split.file)
+            return class_names, self.saved_split(class_names, announce)
+        return class_names, self.new_split(class_names, samples, save=announce)  # prepare() was not called
+
+    def datasets(self, splits: dict[str, list[Sample]], workers: int) -> dict[str, DecodedImages]:
+        """One dataset per split over the decoded cache (built here if prepare() did not)."""
+        return decoded_cache.split_datasets(splits, self.cache.dir, self.data_config, workers)
+
+    def generate(self) -> None:
+        """``data.synthetic``: fill ``root`` with the synthetic set, unless it holds other data --
+        then that is what the recipe trains on (``experiment=demo data.root=<your data>``)."""
+        from crack_lightning.data.synthetic.generate import NotGeneratedHere, generate
+
+        try:
+            generate(self.root, **self.synthetic)
+        except NotGeneratedHere:
+            log.warning("data.root=%s holds data the synthetic generator did not write: training on it as it "
+                        "is (data.synthetic only fills a new or empty folder, or one it generated)", self.root)
+
+    def usable(self, class_names: list[str], announce: bool) -> list[Sample]:
+        """The samples that passed the image check, cached in ``cache.dir``; the first call
+        in a process reports the others (when ``announce``)."""
+        first = self.screened is None
+        if first:
+            # a grouped split reads the check's decode: border profiles computed in the same pass
+            grouped = self.split.strategy is SplitStrategy.GROUPED
+            extra = self.split.grouping.border_extra() if grouped else None
+            workers = self.split.grouping.workers if grouped else None
+            self.screened = screening.screen(self.root, class_names, self.cache.dir, self.screening, workers, extra)
+        return screening.apply_bad_file_policy(self.screened, class_names, self.screening.on_bad_file,
+                                               self.report, announce and first)
+
+    def saved_split(self, class_names: list[str], announce: bool) -> dict[str, list[Sample]]:
+        """The saved split, less the files that are bad now (or stop, with on_bad_file=error)."""
+        self.screened.fingerprints.clear()  # no grouping to make
+        splits = read_splits(self.split.file, self.root, class_names)
+        splits = screening.drop_unusable(splits, self.screened, self.screening.on_bad_file, self.split.file, announce)
+        check_support(splits, class_names, self.root)
+        return splits
+
+    def new_split(self, class_names: list[str], samples: list[Sample], save: bool) -> dict[str, list[Sample]]:
+        split = self.split
+        info = {"strategy": split.strategy.value, "seed": split.seed, "fractions": list(split.fractions)}
+        groups = None
+        if split.strategy is SplitStrategy.GROUPED:
+            labels = self.groups(samples)
+            groups = {s.path: int(g) for s, g in zip(samples, labels)}
+            splits = grouped_split(samples, labels, split.fractions, split.seed)
+            info.update(groups=int(labels.max()) + 1, grouping=dataclasses.asdict(split.grouping))
+        else:
+            splits = stratified_split(samples, split.fractions, split.seed)
+        check_support(splits, class_names, self.root)
+        if save and split.file is not None:
+            write_splits(split.file, splits, self.root, class_names, info, groups)
+            log.info("Made a %s split -> %s", split.strategy.value, split.file)
+        return splits
+
+    def groups(self, samples: list[Sample]) -> np.ndarray:
+        """Group index per sample, from the cache when the files have not changed."""
+        paths = [s.path for s in samples]
+        settings = self.split.grouping
+        prints = [self.screened.fingerprints.get(p) for p in paths]
+        self.screened.fingerprints.clear()  # ~1 KB per image: not kept for the run
+        cache = None
+        if self.cache.dir is not None:
+            cache = self.cache.dir / f"groups-{files_key(paths, **settings.key_params())}.npy"
+            if cache.is_file():
+                log.info("Reusing image groups from %s", cache)
+                return np.load(cache)
+        log.info("Grouping %d images by matching borders and near-duplicates ...", len(paths))
+        shared = all(fp is not None for fp in prints)  # else the verdicts came from the cache: decode here
+        labels = grouping.group_files(paths, settings, prints if shared else None)
+        if cache is not None:
+            with atomic_path(cache) as tmp:
+                np.save(tmp, labels)
+        return labels
+
+    def check_saved_strategy(self) -> None:
+        info = read_split_info(self.split.file)
+        made_by = info.get("strategy") if info else None
+        asked = self.split.strategy.value
+        if made_by is not None and made_by != asked:
+            key = f"{SplitSettings.KEY}.strategy"
+            raise CrackLightningError(
+                f"{self.split.file} was made by {key}={made_by}, but this run asks for {key}={asked}. Set "
+                f"{key}={made_by} to reuse it, or delete it (and {self.split.file.with_suffix('.json').name}) "
+                f"to make a new split.")
