@@ -4,33 +4,22 @@ traceback from deep inside the optimizer after the dataset was split and decoded
 
 Hydra itself already refuses unknown keys (``Key 'max_epoch' is not in struct``).
 The ``data`` groups (``data.split``, ``data.screening``, ``data.cache``, ``data.loader``)
-are typed settings of the modules that use them and check themselves when the data
-module is built, with the helpers at the end of this module; this one keeps the rules
-that span groups.
+are typed settings that check themselves (:mod:`crack_lightning.data.settings`); this
+module makes them early and keeps the rules that span groups. Torch-free.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Mapping
-from enum import Enum
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
+from crack_lightning.utils.checks import is_count, is_number
 
+OUR_DATA_MODULE = "crack_lightning.data.CrackDataModule"
 NUMBER = "a number"
 COUNT = "a whole number"
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # key -> (what the value must be, the test); None passes where the key is optional.
@@ -55,19 +44,6 @@ RULES: dict[str, tuple[str, Callable[[Any], bool], bool]] = {
 }
 
 
-def check_fractions(fractions) -> tuple[float, float, float]:
-    """``data.split.fractions`` (also the split functions' own guard, ``data/splits.py``)."""
-    try:
-        fractions = tuple(float(f) for f in fractions)
-        ok = len(fractions) == 3 and all(f > 0 for f in fractions) and math.isclose(sum(fractions), 1.0, abs_tol=1e-6)
-    except (TypeError, ValueError):  # not a list of numbers
-        ok = False
-    if not ok:
-        raise bad_setting("data.split.fractions", fractions,
-                          "give three positive fractions [train, val, test] that sum to 1, e.g. [0.8, 0.1, 0.1]")
-    return fractions
-
-
 def check_types(cfg: DictConfig, rules: dict = RULES) -> None:
     """Raise one :class:`CrackLightningError` listing every setting of ``rules`` whose
     value has the wrong type or range (keys absent from ``cfg`` are skipped)."""
@@ -88,6 +64,10 @@ def check_types(cfg: DictConfig, rules: dict = RULES) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Reject wrong types and contradictory settings before any data or weights are touched."""
     check_types(cfg)
+    if cfg.get("data") and cfg.data.get("_target_") == OUR_DATA_MODULE:  # a data module of one's own checks itself
+        from crack_lightning.data.settings import check_data
+
+        check_data(cfg.data)
     check_accelerator(cfg.trainer.get("accelerator"))
     unfreeze = cfg.get("finetune", {}).get("unfreeze_at_epoch") if cfg.get("finetune") else None
     max_epochs = cfg.trainer.get("max_epochs")
@@ -109,67 +89,3 @@ def check_accelerator(accelerator: str | None) -> None:
         raise CrackLightningError(
             f"trainer.accelerator={accelerator} (trainer=gpu or ddp): no CUDA GPU is visible here "
             f"(torch.cuda.is_available() is false). Use trainer=default (GPU if there is one, else CPU) or trainer=cpu.")
-
-
-# --- typed settings: the helpers each settings dataclass checks itself with ---------------
-
-Auto = Literal["auto"]
-E = TypeVar("E", bound=Enum)
-S = TypeVar("S")
-
-
-def as_override(value: Any) -> str:
-    """``value`` as it is typed in an override: ``true``, ``null``, ``[0.8, 0.1, 0.1]``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, Enum):
-        return str(value.value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(as_override(v) for v in value) + "]"
-    return str(value)
-
-
-def bad_setting(key: str, value: Any, expected: str) -> CrackLightningError:
-    """The one line for a wrong value: ``data.split.strategy=grouped2: choose grouped or random.``"""
-    return CrackLightningError(f"{key}={as_override(value)}: {expected}.")
-
-
-def choice(key: str, value: Any, mode: type[E]) -> E:
-    """``value`` as a member of the ``mode`` enum."""
-    try:
-        return mode(value)
-    except ValueError:
-        raise bad_setting(key, value, "choose " + " or ".join(str(m.value) for m in mode)) from None
-
-
-def auto_or_bool(key: str, value: Any) -> bool | Auto:
-    if value == "auto" or isinstance(value, bool):
-        return value
-    raise bad_setting(key, value, "choose auto, true or false")
-
-
-def whole(key: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
-    if not is_count(value) or value < minimum or (maximum is not None and value > maximum):
-        upto = f" and <= {maximum}" if maximum is not None else ""
-        raise bad_setting(key, value, f"a whole number >= {minimum}{upto}")
-    return value
-
-
-def settings_from(cls: type[S], node: Any, key: str) -> S:
-    """A settings dataclass from its config node: ``None`` (the defaults), a dict or
-    ``DictConfig`` (what Hydra's ``instantiate`` passes), or an instance already."""
-    if node is None:
-        return cls()
-    if isinstance(node, cls):
-        return node
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    names = [f.name for f in dataclasses.fields(cls)]
-    if not isinstance(node, Mapping):
-        raise bad_setting(key, node, f"a group of settings ({', '.join(names)})")
-    unknown = sorted(set(node) - set(names))
-    if unknown:
-        raise CrackLightningError(f"{key}.{unknown[0]}: no such setting; {key} has {', '.join(names)}.")
-    return cls(**node)

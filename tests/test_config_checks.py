@@ -49,15 +49,22 @@ def test_every_problem_is_listed_at_once(tmp_path, tiny_data):
     ("data.cache.dir=null", None),  # auto without a folder: no decoded cache, no error
 ])
 def test_a_bad_data_setting_is_named_by_its_settings(tmp_path, tiny_data, override, message):
-    """The data groups are typed settings that check themselves when the data module is built
-    (before any data is read): one line naming the full key."""
+    """The data groups are typed settings that check themselves: train.py's check_config makes
+    them before torch is imported, and the data module again when it is built (a library user):
+    both say one line naming the full key, before any data is read."""
     from hydra.utils import instantiate
+
+    from crack_lightning.config_checks import check_config
 
     cfg = compose_cfg(tmp_path, tiny_data, [override])
     data_config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3}
     if message is None:
+        check_config(cfg)
         assert instantiate(cfg.data, data_config=data_config).cache.used is False
         return
+    with pytest.raises(CrackLightningError) as early:
+        check_config(cfg)
+    assert str(early.value).startswith(message) and "\n" not in str(early.value), early.value
     with pytest.raises(Exception) as err:  # Hydra wraps it; train.py's one line finds it (find_user_error)
         instantiate(cfg.data, data_config=data_config)
     error = str(find_user_error(err.value))

@@ -12,6 +12,7 @@ from crack_lightning import CrackLightningError
 from crack_lightning.data import CrackDataModule
 from crack_lightning.data.imagefolder import Sample
 from crack_lightning.data.quality.grouping import border_profiles, group_ids
+from crack_lightning.data.settings import GroupingSettings
 from crack_lightning.data.synthetic.scenes import read_scenes, render_scene, split_leak
 from crack_lightning.data.splits import grouped_split
 from crack_lightning.data.synthetic.generate import generate
@@ -127,7 +128,7 @@ def test_one_decode_serves_the_image_check_and_the_grouping(scene_data, tmp_path
     assert not dm.preparation.screened.fingerprints, "dropped once the groups are made"
     [cached] = (tmp_path / "cache").glob("groups-*.npy")
     paths = [s.path for s in dm.preparation.screened.good]
-    assert np.array_equal(np.load(cached), grouping.group_files(paths, grouping.GroupingSettings()))
+    assert np.array_equal(np.load(cached), grouping.group_files(paths, GroupingSettings()))
 
 
 def test_grouped_split_is_deterministic_and_refuses_too_few_groups():

@@ -8,49 +8,21 @@ Everything before the loaders -- generate, screen, split, decode -- is
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from crack_lightning.config_checks import Auto, auto_or_bool, bad_setting, is_count, settings_from, whole
 from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_transform
 from crack_lightning.data.dataset import ImageListDataset
-from crack_lightning.data.decoded_cache import CacheSettings, DecodedImages, ResidentImages, collate_gathered
-from crack_lightning.data.prepare import Preparation, SplitSettings
-from crack_lightning.data.quality.screening import ScreeningSettings
+from crack_lightning.data.decoded_cache import DecodedImages, ResidentImages, collate_gathered
+from crack_lightning.data.prepare import Preparation
+from crack_lightning.data.settings import CacheSettings, LoaderSettings, ScreeningSettings, SplitSettings
 from crack_lightning.trainer.distributed import eval_sampler
 from crack_lightning.utils.parallel import auto_workers, available_cores
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoaderSettings:
-    """``data.loader``: the DataLoaders' settings; ``auto`` picks for this machine."""
-
-    KEY = "data.loader"
-
-    batch_size: int = 32
-    eval_batch_size: int | None = None  # None: batch_size
-    num_workers: int | Auto = "auto"  # auto: cores - 1, at most 8; 0 with the decoded cache
-    pin_memory: bool | Auto = "auto"  # auto: when CUDA is available
-    persistent_workers: bool | Auto = "auto"  # auto: when there are workers
-
-    def __post_init__(self):
-        whole(f"{self.KEY}.batch_size", self.batch_size, minimum=1)
-        if self.eval_batch_size is not None:
-            whole(f"{self.KEY}.eval_batch_size", self.eval_batch_size, minimum=1)
-        if self.num_workers != "auto" and not (is_count(self.num_workers) and self.num_workers >= 0):
-            raise bad_setting(f"{self.KEY}.num_workers", self.num_workers, "auto or a whole number >= 0")
-        self.pin_memory = auto_or_bool(f"{self.KEY}.pin_memory", self.pin_memory)
-        self.persistent_workers = auto_or_bool(f"{self.KEY}.persistent_workers", self.persistent_workers)
-
-    @classmethod
-    def from_config(cls, node) -> "LoaderSettings":
-        return settings_from(cls, node, cls.KEY)
 
 
 class CrackDataModule(L.LightningDataModule):
@@ -63,13 +35,13 @@ class CrackDataModule(L.LightningDataModule):
         augmentation: a :class:`~crack_lightning.data.augmentation.FlipRotate` (training
             randomness, per image or per batch); ``None`` trains on the evaluation transform.
         positive_class: the crack folder's name; inferred from common names when ``None``.
-        split: ``data.split``, a :class:`~crack_lightning.data.prepare.SplitSettings` or its
+        split: ``data.split``, a :class:`~crack_lightning.data.settings.SplitSettings` or its
             dict (``strategy`` random or grouped, ``fractions``, ``seed``, ``file``, ``grouping``).
-        screening: ``data.screening``, a :class:`~crack_lightning.data.quality.screening.ScreeningSettings`
+        screening: ``data.screening``, a :class:`~crack_lightning.data.settings.ScreeningSettings`
             or its dict (``on_bad_file``, ``min_side``, ``max_pixels``).
-        cache: ``data.cache``, a :class:`~crack_lightning.data.decoded_cache.CacheSettings` or its
+        cache: ``data.cache``, a :class:`~crack_lightning.data.settings.CacheSettings` or its
             dict (``enabled``, ``dir``, ``on_device``).
-        loader: ``data.loader``, a :class:`LoaderSettings` or its dict.
+        loader: ``data.loader``, a :class:`~crack_lightning.data.settings.LoaderSettings` or its dict.
         image_size: overrides the backbone's input size (int or [height, width]).
         synthetic: if set, ``prepare_data`` generates the synthetic dataset at ``root`` with
             these arguments (``per_class``, ``seed``) unless it is already there; a ``root``

@@ -15,17 +15,13 @@ The data module only hands it files that passed the screening
 changed since, and still stops the build with the list rather than store zeros.
 
 Whether it is used, where it lives and whether it goes to the device is
-``data.cache`` (:class:`CacheSettings`):
-
->>> CacheSettings.from_config({"enabled": "auto", "dir": "data/cache"}).used
-True
+``data.cache`` (:class:`~crack_lightning.data.settings.CacheSettings`).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,39 +30,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from crack_lightning import CrackLightningError
-from crack_lightning.config_checks import Auto, auto_or_bool, settings_from
 from crack_lightning.utils.parallel import parallel_map
 from crack_lightning.utils.files import atomic_path, files_key, remove_stale_partials
 
 log = logging.getLogger(__name__)
 
 VERSION = 2  # bump when the stored pixels would change for the same inputs (2: to_rgb scales 16-bit, composites alpha)
-
-
-@dataclass
-class CacheSettings:
-    """``data.cache``: decode once into ``dir`` and serve batches from memory (or the device)."""
-
-    KEY = "data.cache"
-
-    enabled: bool | Auto = "auto"  # auto: whenever there is a dir
-    dir: Path | None = None  # decoded images, image groups and image checks, keyed by the file list
-    on_device: bool | Auto = "auto"  # auto: on a CUDA device with room for it (ResidentImages.fits)
-
-    def __post_init__(self):
-        self.enabled = auto_or_bool(f"{self.KEY}.enabled", self.enabled)
-        self.on_device = auto_or_bool(f"{self.KEY}.on_device", self.on_device)
-        self.dir = Path(self.dir).expanduser() if self.dir else None
-        if self.enabled is True and self.dir is None:
-            raise CrackLightningError(f"{self.KEY}.enabled=true needs {self.KEY}.dir (where the decoded images go).")
-
-    @classmethod
-    def from_config(cls, node) -> "CacheSettings":
-        return settings_from(cls, node, cls.KEY)
-
-    @property
-    def used(self) -> bool:
-        return self.dir is not None and self.enabled is not False
 
 
 def _decode_rows(job) -> list[tuple[str, str]]:

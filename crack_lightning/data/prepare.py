@@ -7,7 +7,7 @@ every step before the loaders:
    is new, empty or the generator's own;
 2. **screen** (``data.screening``, :mod:`~crack_lightning.data.quality.screening`): every
    image file checked once, the bad ones skipped or the run stopped;
-3. **split** (``data.split``, :class:`SplitSettings`): a saved ``splits.csv`` is reused,
+3. **split** (``data.split``, :class:`~crack_lightning.data.settings.SplitSettings`): a saved ``splits.csv`` is reused,
    else a grouped (:mod:`~crack_lightning.data.quality.grouping`) or random split is made
    and saved;
 4. **decode** (``data.cache``, :mod:`~crack_lightning.data.decoded_cache`): every image
@@ -15,32 +15,22 @@ every step before the loaders:
 
 A first grouped run decodes each image once for steps 2 and 3 together: the check keeps
 its fingerprints with the border profiles, and the grouping reads them.
-
->>> SplitSettings.from_config({"strategy": "grouped", "fractions": [0.8, 0.1, 0.1]}).strategy
-<SplitStrategy.GROUPED: 'grouped'>
->>> SplitSettings.from_config({"strategy": "grouped2"})
-Traceback (most recent call last):
-crack_lightning.CrackLightningError: data.split.strategy=grouped2: choose grouped or random.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from crack_lightning import CrackLightningError
-from crack_lightning.config_checks import check_fractions, choice, settings_from, whole
 from crack_lightning.data import decoded_cache
-from crack_lightning.data.decoded_cache import CacheSettings, DecodedImages
+from crack_lightning.data.decoded_cache import DecodedImages
 from crack_lightning.data.imagefolder import Sample, resolve_class_names
 from crack_lightning.data.quality import grouping, screening
-from crack_lightning.data.quality.grouping import GroupingSettings
-from crack_lightning.data.quality.screening import ScreeningSettings
+from crack_lightning.data.settings import CacheSettings, ScreeningSettings, SplitSettings, SplitStrategy
 from crack_lightning.data.splits import (
     check_support,
     grouped_split,
@@ -52,38 +42,6 @@ from crack_lightning.data.splits import (
 from crack_lightning.utils.files import atomic_path, files_key
 
 log = logging.getLogger(__name__)
-
-
-class SplitStrategy(str, Enum):
-    """How images are dealt to train / val / test."""
-
-    GROUPED = "grouped"  # patches that look cut from one photo stay in one split
-    RANDOM = "random"  # per image, stratified by class
-
-
-@dataclass
-class SplitSettings:
-    """``data.split``: how the split is made, and where it is saved."""
-
-    KEY = "data.split"
-
-    strategy: SplitStrategy = SplitStrategy.RANDOM
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, val, test; stratified by class
-    seed: int | None = 0  # 0 is a seed like any other
-    file: Path | None = None  # splits.csv; an existing one is reused as is (resume)
-    grouping: GroupingSettings = field(default_factory=GroupingSettings)  # strategy grouped only
-
-    def __post_init__(self):
-        self.strategy = choice(f"{self.KEY}.strategy", self.strategy, SplitStrategy)
-        self.fractions = check_fractions(self.fractions)
-        if self.seed is not None:
-            whole(f"{self.KEY}.seed", self.seed)
-        self.file = Path(self.file).expanduser() if self.file else None
-        self.grouping = settings_from(GroupingSettings, self.grouping, GroupingSettings.KEY)
-
-    @classmethod
-    def from_config(cls, node) -> "SplitSettings":
-        return settings_from(cls, node, cls.KEY)
 
 
 class Preparation:
@@ -146,7 +104,7 @@ class Preparation:
         if first:
             # a grouped split reads the check's decode: border profiles computed in the same pass
             grouped = self.split.strategy is SplitStrategy.GROUPED
-            extra = self.split.grouping.border_extra() if grouped else None
+            extra = grouping.border_extra(self.split.grouping) if grouped else None
             workers = self.split.grouping.workers if grouped else None
             self.screened = screening.screen(self.root, class_names, self.cache.dir, self.screening, workers, extra)
         return screening.apply_bad_file_policy(self.screened, class_names, self.screening.on_bad_file,

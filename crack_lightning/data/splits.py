@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from crack_lightning import CrackLightningError
-from crack_lightning.config_checks import check_fractions
+from crack_lightning.data.settings import check_fractions
 from crack_lightning.data.imagefolder import Sample
 from crack_lightning.utils.files import atomic_path, write_atomic
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
-from crack_lightning.config_checks import is_count, is_number, check_types
+from crack_lightning.config_checks import check_types
+from crack_lightning.utils.checks import is_count, is_number
 from crack_lightning.utils.files import sha256_file
 from crack_lightning.inference.model_files import ONNX, export_origin, onnx_metadata, require_model_file, sniff
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.neighbors import NearestNeighbors
 
-from crack_lightning.config_checks import bad_setting, is_number, whole
+from crack_lightning.data.settings import GroupingSettings
 from crack_lightning.data.quality.fingerprints import (
     MIN_CORRELATION,
     Fingerprint,
@@ -46,37 +45,10 @@ log = logging.getLogger(__name__)
 EDGES = ("top", "bottom", "left", "right")
 
 
-@dataclass
-class GroupingSettings:
-    """``data.split.grouping``: how patches are linked into groups.
-
-    >>> GroupingSettings(ratio=0.5, phash_distance=4, bin=16).key_params()
-    {'ratio': 0.5, 'phash_distance': 4, 'bin': 16}
-    """
-
-    KEY = "data.split.grouping"
-
-    ratio: float = 0.5  # an edge match must beat the runner-up's distance by this factor
-    phash_distance: int = 4  # near-duplicates: pHash bits apart (-1: none looked for)
-    bin: int = 16  # edge profile: mean colour per run of this many pixels
-    workers: int | None = None  # decoding processes; None: every core
-
-    def __post_init__(self):
-        if not (is_number(self.ratio) and 0 < self.ratio <= 1):
-            raise bad_setting(f"{self.KEY}.ratio", self.ratio, "a number in (0, 1]")
-        whole(f"{self.KEY}.phash_distance", self.phash_distance, minimum=-1, maximum=64)
-        whole(f"{self.KEY}.bin", self.bin, minimum=1)
-        if self.workers is not None:
-            whole(f"{self.KEY}.workers", self.workers, minimum=1)
-
-    def key_params(self) -> dict:
-        """What the groups depend on (the cache key; ``workers`` changes no result)."""
-        return {"ratio": self.ratio, "phash_distance": self.phash_distance, "bin": self.bin}
-
-    def border_extra(self) -> Callable:
-        """The per-image ``extra`` of :func:`fingerprint_files` that grouping reads: the
-        border profiles, so one decode serves the image check and the grouping."""
-        return functools.partial(border_profiles, bin=self.bin)
+def border_extra(settings: GroupingSettings) -> Callable:
+    """The per-image ``extra`` of :func:`fingerprint_files` that grouping reads: the border
+    profiles, so one decode serves the image check and the grouping."""
+    return functools.partial(border_profiles, bin=settings.bin)
 
 
 def border_profiles(rgb: np.ndarray, bin: int = 16) -> np.ndarray:
@@ -146,13 +118,13 @@ def group_files(paths: list[Path], settings: GroupingSettings | None = None,
                 prints: list[Fingerprint] | None = None) -> np.ndarray:
     """A group index per file of ``paths``.
 
-    ``prints``: their fingerprints with :meth:`GroupingSettings.border_extra`, in the same
+    ``prints``: their fingerprints with :func:`border_extra`, in the same
     order (the image check's pass); without them the files are decoded here, in parallel.
     Unreadable files become groups of their own (the validator reports them)."""
     settings = settings or GroupingSettings()
     ratio, phash_distance, workers = settings.ratio, settings.phash_distance, settings.workers
     if prints is None:
-        prints = fingerprint_files(paths, workers=workers, extra=settings.border_extra())
+        prints = fingerprint_files(paths, workers=workers, extra=border_extra(settings))
     # Patches of another size than most cannot continue into each other: own groups.
     shapes = [fp.extra.shape for fp in prints if fp.extra is not None]
     common = max(set(shapes), key=shapes.count) if shapes else None

@@ -26,9 +26,6 @@ Only files that pass reach the split, the decoded cache and the loaders.  What
 happens to the others is ``data.screening.on_bad_file`` (:class:`BadFilePolicy`):
 ``skip`` (a warning and ``skipped_files.txt`` in the run folder, path and reason
 per line) or ``error`` (stop before training with the list).
-
->>> ScreeningSettings.from_config({"on_bad_file": "error"}).on_bad_file
-<BadFilePolicy.ERROR: 'error'>
 """
 
 from __future__ import annotations
@@ -37,14 +34,13 @@ import json
 import logging
 import warnings
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image
 
 from crack_lightning import CrackLightningError
-from crack_lightning.config_checks import choice, settings_from, whole
+from crack_lightning.data.settings import BadFilePolicy, ScreeningSettings
 from crack_lightning.data.imagefolder import Sample, check_classes, scan_files
 from crack_lightning.data.quality.fingerprints import Fingerprint, fingerprint_files
 from crack_lightning.utils.files import files_key, write_atomic
@@ -53,33 +49,6 @@ log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when a verdict would change for the same files and settings
 SHOWN = 20  # bad files listed in an error message; skipped_files.txt has them all
-
-
-class BadFilePolicy(str, Enum):
-    """What a run does with image files that fail the check."""
-
-    SKIP = "skip"  # train without them (a warning; skipped_files.txt lists each with why)
-    ERROR = "error"  # stop before training with the list
-
-
-@dataclass
-class ScreeningSettings:
-    """``data.screening``: what an image must be to be trained on, and what bad ones do."""
-
-    KEY = "data.screening"
-
-    on_bad_file: BadFilePolicy = BadFilePolicy.SKIP
-    min_side: int = 32  # smaller images are no crack patch (1x1 placeholders)
-    max_pixels: int = 89_478_485  # larger headers are refused undecoded (decompression bombs); PIL's limit
-
-    def __post_init__(self):
-        self.on_bad_file = choice(f"{self.KEY}.on_bad_file", self.on_bad_file, BadFilePolicy)
-        whole(f"{self.KEY}.min_side", self.min_side, minimum=1)
-        whole(f"{self.KEY}.max_pixels", self.max_pixels, minimum=1)
-
-    @classmethod
-    def from_config(cls, node) -> "ScreeningSettings":
-        return settings_from(cls, node, cls.KEY)
 
 
 @dataclass
