@@ -103,6 +103,7 @@ def test_training_stores_the_operating_point_chosen_on_validation(trained_run):
     assert float(((probs > card.threshold) & cracks).sum() / cracks.sum()) >= point["target_recall"]
     report = (trained_run / "classification_report.txt").read_text()
     assert "At the default threshold 0.5" in report and "At the operating threshold" in report
+    assert f"chosen on {point['images']} validation images for recall >= {point['target_recall']}" in report
     assert "missed cracks" in report and "before" in report and "after temperature scaling" in report
 
 

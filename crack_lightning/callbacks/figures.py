@@ -107,7 +107,7 @@ class TestReport(L.Callback):
         threshold = float(pl_module.threshold)
         thresholds = {"default": 0.5, "operating": threshold}
         write_atomic(self.output_dir / "classification_report.txt",
-                     self._report(probs, raw, targets, names, thresholds, getattr(pl_module, "operating_point", {})))
+                     self._report(probs, raw, targets, names, thresholds, pl_module.card.operating_point))
         y, p = targets.numpy(), probs.numpy()
         preds = (probs > threshold).long()
         figures = {
