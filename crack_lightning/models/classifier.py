@@ -165,9 +165,8 @@ class CrackClassifier(L.LightningModule):
         if stage == "train" and not torch.isfinite(loss):  # the step's one host sync
             return self._nonfinite_loss(loss, batch_idx)  # nothing logged from a broken batch
         probs = self.crack_probability(logits)
-        # metrics are updated per batch and logged once per epoch (_log_epoch_metrics):
-        # logging the metric objects every step cost ~13 ms of Lightning bookkeeping per
-        # step on this CPU (cProfile, frozen MobileNetV2 bench), time a fast GPU step cannot spare
+        # updated per batch, logged once per epoch (_log_epoch_metrics): logging the metric objects
+        # every step costs Lightning bookkeeping a fast GPU step cannot spare (make bench profiles it)
         getattr(self, f"{stage}_metrics").update(probs, targets)
         # the epoch loss is averaged over the ranks; shards differ by at most one image
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,

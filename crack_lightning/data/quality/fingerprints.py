@@ -208,13 +208,8 @@ def fingerprint_files(paths: Iterable, workers: int | None = None,
 
 # --- pixel-level check of candidate pairs ----------------------------------------------
 
-# Band-pass of the pixel check (difference of Gaussians, sigmas in px) and its threshold.
-# Measured on 2,000 synthetic concrete images: the 758 pairs of different images whose
-# hashes are within 16 bits correlate at most 0.33 (neighbouring patches of one scene:
-# less); 40 images each re-encoded at quality 40, cropped by 1 px and resized back, shifted
-# by 1 px and padded, shifted by 2 px with black edges, or resized to 160 px and back
-# correlate at least 0.75 with their source. A narrower band (0.7 / 3 px) separated less:
-# quality-40 copies fell to 0.56. tests/test_validate.py checks both sides.
+# Band-pass of the pixel check (difference of Gaussians, sigmas in px) and its threshold, set
+# between different images and edited copies of one; tests/test_validate.py checks both sides.
 BAND = (1.2, 4.0)
 MIN_CORRELATION = 0.55
 MAX_SHIFT = 2  # pixels, each axis

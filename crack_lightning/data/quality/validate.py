@@ -52,12 +52,8 @@ from crack_lightning.data.quality.fingerprints import KINDS, MAX_SHIFT, MIN_CORR
 from crack_lightning.utils.parallel import resolve_workers
 
 REPORT_VERSION = 1
-# Hamming distance of 64-bit perceptual hashes up to which a pair is checked at pixel
-# level. Measured on synthetic concrete: re-encoding at quality 40-90, a 1 px shift or
-# crop, or a resize leave the hash within 6 bits (a 2 px shift with black edges: up to
-# 12). Different images are rarely within 10 bits (1 pair in 2 million, so a few hundred
-# candidates among 40,000 images, about 10 ms each to check); at 12 there are 20 times
-# as many.
+# pHash bits apart up to which a pair is checked at pixel level: re-encoded, shifted or resized
+# copies stay within it, different images rarely do (tests/test_validate.py plants both kinds).
 NEAR_DISTANCE = 10
 PROBLEM_KINDS = tuple(k for k in KINDS if k != "ok")
 
