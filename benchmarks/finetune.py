@@ -87,7 +87,7 @@ def config(args, root: Path, work: Path, run_dir: Path):
         f"data.root={root}", "data.split.strategy=random", f"data.image_size={args.image_size}",
         f"data.loader.batch_size={args.batch_size}", f"data.loader.eval_batch_size={2 * args.batch_size}",
         f"trainer.max_epochs={args.epochs}", f"trainer.min_epochs={args.epochs}", f"trainer.compile={args.compile}",
-        "callbacks.early_stopping=null", "callbacks.progress_bar=null",
+        "callbacks.early_stopping=null", "callbacks.progress_bar.live=false",  # null: Lightning would add its own bar
         f"paths.data_dir={work / 'data'}", f"paths.cache_dir={work / 'cache'}",
         f"paths.log_dir={run_dir / 'logs'}", f"paths.output_dir={run_dir}",
         *args.overrides,
