@@ -17,7 +17,7 @@ from crack_lightning.utils.files import TEMP_MARKER
 from crack_lightning.data.sources.install import LAYOUT_MARKER
 from crack_lightning.utils.files import HOST
 from tests.conftest import REPO, snapshot
-from tests.test_download import _jpeg, _overrides, no_proxy, rar_bytes, server  # noqa: F401 - fixtures
+from tests.test_download import get_data_overrides, jpeg_bytes, no_proxy, rar_bytes, server  # noqa: F401 - fixtures
 
 CARD = ("dataset_card.md", "dataset_card.json", "dataset_examples.png")
 
@@ -42,7 +42,7 @@ def _dataset(root: Path, classes=("Positive", "Negative"), per_class: int = 2, s
     for c, cls in enumerate(classes):
         (root / cls).mkdir(parents=True)
         for i in range(per_class):
-            (root / cls / f"{i:05d}.jpg").write_bytes(_jpeg(seed + 10 * c + i))
+            (root / cls / f"{i:05d}.jpg").write_bytes(jpeg_bytes(seed + 10 * c + i))
     return root
 
 
@@ -73,13 +73,13 @@ def test_make_data_removes_only_its_own_dead_temporary_folders(tmp_path, server,
             _marker_folder(data / name, *owner)
         else:
             (data / name / "Positive").mkdir(parents=True)
-            (data / name / "Positive" / "mine.jpg").write_bytes(_jpeg(1))
+            (data / name / "Positive" / "mine.jpg").write_bytes(jpeg_bytes(1))
             (data / name / "notes.txt").write_text("my own work\n")
     stale = _marker_folder(data / ".concrete_crack.unpacked-x7q", HOST, dead.pid)
     before = {name: snapshot(data / name) for name in kept}
 
     server.files["dataset.rar"] = rar_bytes
-    proc = _run("data", *_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false"))
+    proc = _run("data", *get_data_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert {name: snapshot(data / name) for name in kept} == before

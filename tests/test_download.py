@@ -38,7 +38,7 @@ CLASSES = ("Positive", "Negative")
 
 # --------------------------------------------------------------------------- fixtures
 
-def _jpeg(seed: int) -> bytes:
+def jpeg_bytes(seed: int) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=90)
@@ -52,7 +52,7 @@ def _entries(prefix: str = "", per_class: dict | None = None) -> dict[str, bytes
     for c, (cls, n) in enumerate(per_class.items()):
         entries[f"{prefix}{cls}"] = None
         for i in range(n):
-            entries[f"{prefix}{cls}/{i + 1:05d}.jpg"] = _jpeg(100 * c + i)
+            entries[f"{prefix}{cls}/{i + 1:05d}.jpg"] = jpeg_bytes(100 * c + i)
     return entries
 
 
@@ -138,7 +138,7 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _overrides(tmp_path: Path, url: str, data: bytes, *extra: str) -> list[str]:
+def get_data_overrides(tmp_path: Path, url: str, data: bytes, *extra: str) -> list[str]:
     return [f"paths.data_dir={tmp_path / 'data'}", f"source.url={url}", f"source.size={len(data)}",
             f"source.sha256={_sha(data)}", "retries=0", "timeout_s=10", *extra]
 
@@ -178,7 +178,7 @@ def write_card_stub(monkeypatch):
 def test_rar4_writer_is_read_by_libarchive(tmp_path):
     import libarchive
 
-    entries = {"Positive": None, "Positive/00001.jpg": _jpeg(0), "Negative/00001.jpg": b"x" * 70000}
+    entries = {"Positive": None, "Positive/00001.jpg": jpeg_bytes(0), "Negative/00001.jpg": b"x" * 70000}
     for host in ("win32", "unix"):
         path = write_rar4(tmp_path / f"{host}.rar", entries, host_os=host)
         assert path.read_bytes().startswith(b"Rar!\x1a\x07\x00")
@@ -194,7 +194,7 @@ def test_get_data_end_to_end_then_idempotent(tmp_path, server, rar_bytes, small_
                                              write_card_stub):
     """Download with progress, checksum pass, extract, layout at root, card; then no-ops."""
     server.files["dataset.rar"] = rar_bytes
-    cfg = _cfg(_overrides(tmp_path, server.url("dataset.rar"), rar_bytes))
+    cfg = _cfg(get_data_overrides(tmp_path, server.url("dataset.rar"), rar_bytes))
     with caplog.at_level(logging.INFO):
         root = get_data(cfg)
 
@@ -229,12 +229,12 @@ def test_get_data_end_to_end_then_idempotent(tmp_path, server, rar_bytes, small_
 
     # force=true never deletes the dataset: it refuses and explains
     with pytest.raises(CrackLightningError, match=r"force=true.*never deletes data.*move or delete"):
-        get_data(_cfg(_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "force=true")))
+        get_data(_cfg(get_data_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "force=true")))
     assert _files(root) == got
 
     if write_card_stub is None:  # our layout without its card (deleted, or it failed): the rerun adds it
         (root / CARD_MD).unlink()
-        other = _overrides(tmp_path, server.url("dataset.rar"), rar_bytes)
+        other = get_data_overrides(tmp_path, server.url("dataset.rar"), rar_bytes)
         other[3] = f"source.sha256={_sha(b'another release')}"
         caplog.clear()
         with caplog.at_level(logging.INFO):  # ... but only for the archive it was laid out from
@@ -248,7 +248,7 @@ def test_resume_after_interrupted_transfer(tmp_path, server, rar_bytes):
     server.files["dataset.rar"] = rar_bytes
     half = len(rar_bytes) // 2
     server.drop_after = half
-    cfg = _cfg(_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false"))
+    cfg = _cfg(get_data_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false"))
     with pytest.raises(CrackLightningError, match=r"interrupted.*is kept: rerun the command to resume"):
         get_data(cfg)
     part = tmp_path / "data" / "downloads" / "Concrete Crack Images for Classification.rar.part"
@@ -288,12 +288,12 @@ def test_checksum_fail_subprocess_keeps_everything(tmp_path, server, rar_bytes):
     """The real `python -m crack_lightning.cli.data`: exit 2, one line, nothing deleted."""
     server.files["dataset.rar"] = rar_bytes
     data = tmp_path / "data"
-    mine = {data / "downloads" / "notes.txt": b"mine", data / "other" / "x.jpg": _jpeg(7)}
+    mine = {data / "downloads" / "notes.txt": b"mine", data / "other" / "x.jpg": jpeg_bytes(7)}
     for path, content in mine.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     wrong = _sha(b"another release")
-    overrides = _overrides(tmp_path, server.url("dataset.rar"), rar_bytes)
+    overrides = get_data_overrides(tmp_path, server.url("dataset.rar"), rar_bytes)
     overrides[3] = f"source.sha256={wrong}"
     proc = subprocess.run([sys.executable, "-m", "crack_lightning.cli.data", *overrides],
                           cwd=tmp_path, capture_output=True, text=True, timeout=240,
@@ -325,7 +325,7 @@ def test_existing_archive_with_wrong_checksum_is_left_alone(tmp_path, rar_bytes)
 
 def test_size_mismatch(tmp_path, server, rar_bytes):
     server.files["dataset.rar"] = rar_bytes
-    overrides = _overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false")
+    overrides = get_data_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false")
     overrides[2] = f"source.size={len(rar_bytes) + 1}"
     with pytest.raises(CrackLightningError, match=rf"offers {len(rar_bytes):,} bytes, expected "
                                                   rf"{len(rar_bytes) + 1:,} \(source.size\)"):
@@ -358,7 +358,7 @@ def test_zip_mirror_nested_folder_without_libarchive(tmp_path, server, monkeypat
     data = buf.getvalue()
     server.files["mirror.zip"] = data
     with caplog.at_level(logging.INFO):
-        root = get_data(_cfg(_overrides(tmp_path, server.url("mirror.zip"), data,
+        root = get_data(_cfg(get_data_overrides(tmp_path, server.url("mirror.zip"), data,
                                         "source.filename=mirror.zip", "card=false")))
     assert "Extracting mirror.zip with zipfile" in caplog.text
     assert sorted(p.name for p in root.iterdir()) == [LAYOUT_MARKER, "Negative", "Positive"]
@@ -406,7 +406,7 @@ def test_get_data_refuses_traversal_archive(tmp_path, server):
     data = write_rar4(tmp_path / "evil.rar", {**_entries(), "../evil.jpg": b"evil"}).read_bytes()
     server.files["evil.rar"] = data
     with pytest.raises(CrackLightningError, match=r"Refusing to extract '\.\./evil\.jpg'"):
-        get_data(_cfg(_overrides(tmp_path, server.url("evil.rar"), data, "card=false")))
+        get_data(_cfg(get_data_overrides(tmp_path, server.url("evil.rar"), data, "card=false")))
     assert not (tmp_path / "data" / "concrete_crack").exists()
     assert not list(tmp_path.rglob("evil.jpg")) and not list((tmp_path / "data").glob(".*"))
 
@@ -417,7 +417,7 @@ def test_no_extractor_names_the_debian_packages(tmp_path, server, rar_bytes, mon
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no bsdtar, unrar, 7z
     server.files["dataset.rar"] = rar_bytes
     with pytest.raises(CrackLightningError) as info:
-        get_data(_cfg(_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false")))
+        get_data(_cfg(get_data_overrides(tmp_path, server.url("dataset.rar"), rar_bytes, "card=false")))
     message = str(info.value)
     for needle in ("libarchive13", "libarchive-tools", "bsdtar", "unrar", "7zip", "sudo apt install"):
         assert needle in message
@@ -476,5 +476,5 @@ def test_root_with_other_files_is_refused(tmp_path, server, rar_bytes):
     root.mkdir(parents=True)
     (root / "mine.txt").write_text("mine")
     with pytest.raises(CrackLightningError, match=r"exists but does not hold Positive/ and Negative/.*mine.txt"):
-        get_data(_cfg(_overrides(tmp_path, server.url("dataset.rar"), rar_bytes)))
+        get_data(_cfg(get_data_overrides(tmp_path, server.url("dataset.rar"), rar_bytes)))
     assert server.requests == [] and (root / "mine.txt").read_text() == "mine"
