@@ -65,7 +65,7 @@ def check_batch(loaded: LoadedClassifier, input_spec: str | None, count: int) ->
         h, w = loaded.card.preprocessing.input_size
         noise = np.random.default_rng(0).standard_normal((count, 3, int(h), int(w)), dtype=np.float32)
         return noise, "random-noise inputs"
-    dataset = ImageFiles(files, loaded.card.preprocessing.to_dict())
+    dataset = ImageFiles(files, loaded.card.preprocessing)
     batch = []
     for file, (image, error) in zip(files, dataset):
         if error:

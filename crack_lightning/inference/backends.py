@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier
-from crack_lightning.model_card import ModelCard, Preprocessing
+from crack_lightning.model_card import ModelCard
 
 
 class Backend(Protocol):
@@ -27,13 +27,6 @@ class Backend(Protocol):
     card: ModelCard
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray: ...
-
-
-def data_config(preprocessing: dict) -> dict:
-    """The card's stored preprocessing dict (``card.preprocessing.to_dict()``, what
-    ``sources.ImageFiles`` takes) as timm's data config; a card's own is
-    ``card.preprocessing.to_timm_data_config()``."""
-    return Preprocessing.from_dict(preprocessing).to_timm_data_config()
 
 
 class TorchBackend:

@@ -119,7 +119,7 @@ def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: lis
         return None
     ranked = [i for i in np.argsort(-np.nan_to_num(probs, nan=-1.0)) if not errors[i]][:count]
     pre = backend.card.preprocessing
-    dataset = ImageFiles([files[i] for i in ranked], pre.to_dict())
+    dataset = ImageFiles([files[i] for i in ranked], pre)
     images = torch.stack([dataset[k][0] for k in range(len(ranked))])
     titles = [f"{files[i].name}\ncrack prob {probs[i]:.3f}" for i in ranked]
     fig = gradcam_figure(model, images, pre.mean, pre.std, titles,
@@ -131,7 +131,7 @@ def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: lis
 
 def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs, batch_size: int) -> tuple[np.ndarray, list[str]]:
     """One probability per file, in batches through a DataLoader (decoding in workers)."""
-    dataset = ImageFiles(inputs.files, backend.card.preprocessing.to_dict())
+    dataset = ImageFiles(inputs.files, backend.card.preprocessing)
     workers = auto_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(workers, len(dataset) - 1))
     probs, errors = [], []

@@ -22,7 +22,7 @@ from crack_lightning.data.imagefolder import (
     IMG_EXTENSIONS, class_folders as sub_folders, has_image_extension, image_files, is_system_name, resolve_class_names,
 )
 from crack_lightning.data.dataset import to_rgb
-from crack_lightning.inference.backends import data_config
+from crack_lightning.model_card import Preprocessing
 
 
 @dataclass
@@ -103,10 +103,10 @@ class ImageFiles(Dataset):
     ``preprocessing``), each with ``""`` -- or a zero placeholder and the reason when the
     file cannot be read, so one bad file never stops a batch."""
 
-    def __init__(self, files: list[Path], preprocessing: dict):
+    def __init__(self, files: list[Path], preprocessing: Preprocessing):
         self.files = files
-        self.input_size = tuple(preprocessing["input_size"])
-        self.transform = eval_transform(data_config(preprocessing))
+        self.input_size = preprocessing.input_size
+        self.transform = eval_transform(preprocessing.to_timm_data_config())
 
     def __len__(self) -> int:
         return len(self.files)
