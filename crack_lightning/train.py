@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -65,23 +66,33 @@ def train(cfg: DictConfig) -> float | None:
             datamodule.release_device_cache()
 
 
-def _fit_and_test(cfg, config: dict, trainer, model, datamodule, ckpt_path, output_dir: Path) -> float | None:
+@contextmanager
+def _ctrl_c_is_ours(trainer):
+    """Lightning ends a Ctrl+C in fit (outside the training loop), validate or test with exit(1)
+    after a trace-less message; the command says it in one line, status 143 (crack_lightning.cli)."""
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SystemExit as stop:  # Lightning ends a Ctrl+C outside the training loop with exit(1), after a trace-less
-        if trainer.interrupted and stop.code == 1:  # message; the command says it in one line, status 143
+        yield
+    except SystemExit as stop:
+        if trainer.interrupted and stop.code == 1:
             raise KeyboardInterrupt from None
         raise
+
+
+def _fit_and_test(cfg, config: dict, trainer, model, datamodule, ckpt_path, output_dir: Path) -> float | None:
+    with _ctrl_c_is_ours(trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     checkpoint = trainer.checkpoint_callback
     best_ckpt = checkpoint.best_model_path if checkpoint else ""
 
     if any(isinstance(cb, OperatingPoint) for cb in trainer.callbacks):
         # validate the best weights once more: OperatingPoint fits the temperature and the
         # recall-targeted threshold there and writes them into best_ckpt for test/predict
-        trainer.validate(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)
+        with _ctrl_c_is_ours(trainer):
+            trainer.validate(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)
 
     if cfg.get("test", True):
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)
+        with _ctrl_c_is_ours(trainer):
+            results = trainer.test(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)
         metrics = {k: float(v) for k, v in sorted(results[0].items())}
         metrics["best_ckpt"] = best_ckpt
         if trainer.is_global_zero:

@@ -148,7 +148,14 @@ def test_ctrl_c_before_training_is_one_line_and_143(tmp_path, tiny_data):
     deadline = time.monotonic() + 60
     while not list((tmp_path / "train" / "runs").glob("*/train.log")) and time.monotonic() < deadline:
         time.sleep(0.05)  # the task has started: Hydra wrote the run folder
-    proc.send_signal(signal.SIGINT)
+    # Ctrl+C again every 2 s until it ends: a loaded machine may wake this loop late, and every
+    # phase (imports, data, fit, the operating point's validate, test) must end the same way
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, out + err
     assert "Traceback" not in out + err and "Interrupted" in err
@@ -167,6 +174,30 @@ def test_ctrl_c_while_the_data_is_prepared_saves_nothing_and_says_so(tmp_path, t
     with pytest.raises(KeyboardInterrupt):  # cli.run: one line, status 143
         train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn"]))
     assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_ctrl_c_after_fit_is_the_commands_interrupt_too(tmp_path, tiny_data, monkeypatch, stage):
+    """The operating point's validate and the test after fit: Lightning ended a Ctrl+C there with
+    its own message and exit(1), not the command's one line and 143."""
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from crack_lightning.callbacks import OperatingPoint
+    from crack_lightning.train import train
+
+    hook = "on_validation_start" if stage == "validate" else "on_test_start"
+
+    def ctrl_c(self, trainer, pl_module):
+        if trainer.state.fn == TrainerFn(stage):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(OperatingPoint, hook, ctrl_c, raising=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # cli.run: one line, status 143
+            train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn"]))
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl+C after one
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_splits_that_cannot_support_the_metrics_are_refused(tmp_path, tiny_data):
