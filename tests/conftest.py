@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,15 @@ CONF = REPO / "conf"
 
 # Tests never reach the network: a pretrained=true backbone must fail fast, not hang.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_stays_live():
+    """Lightning ignores SIGINT once it has caught a KeyboardInterrupt (trainer/call.py), and a
+    child inherits an ignored SIGINT: after an in-process Ctrl+C test, every train.py this worker
+    started was deaf to Ctrl+C (the startup Ctrl+C test then failed, depending on test order)."""
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
