@@ -6,7 +6,7 @@ import pytest
 
 from crack_lightning import CrackLightningError, find_user_error
 from crack_lightning.config_checks import check_types
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, refused, run_train_py
 
 
 def test_the_shipped_configs_pass(tmp_path, tiny_data):
@@ -78,3 +78,13 @@ def test_train_stops_on_a_bad_value_before_touching_data(tmp_path, tiny_data):
     with pytest.raises(CrackLightningError, match="model.lr='abc'"):
         train(compose_cfg(tmp_path, tiny_data, ["model.lr=abc"]))
     assert not (tmp_path / "run" / "splits.csv").exists() and not (tmp_path / "data").exists()
+
+
+def test_the_flat_data_keys_of_before_are_told_their_new_names(tmp_path, tiny_data):
+    """`data.batch_size=8` (gone: Hydra advised `+data.batch_size`) and `data.cache=false` (now a
+    group) as a user of the flat data config types them: one line with the new spelling."""
+    base = ["debug=fast", f"data.root={tiny_data}", f"paths.log_dir={tmp_path}", f"paths.data_dir={tmp_path}"]
+    refused(run_train_py([*base, "data.batch_size=8"]), "data.batch_size is now data.loader.batch_size",
+            "write data.loader.batch_size=8")
+    refused(run_train_py([*base, "data.cache=false"]), "data.cache is a group", "write data.cache.enabled=false")
+    assert not list(tmp_path.rglob("splits.csv"))

@@ -101,6 +101,8 @@ def hydra_error(err: BaseException, command: str = "python train.py") -> str | N
                     f"inside the shell's quotes, e.g. {command} \"{key}='{value}'\".")
         return (f"Cannot read the override{f' `{bad}`' if bad else ''}: {text.split(' See https')[0]}. "
                 f"Quote values with spaces or special characters for Hydra, e.g. \"key='a value'\".")
+    if isinstance(err, ConfigCompositionException) and (renamed := _moved_key(text)):
+        return f"{renamed}. Every setting and its spelling: {command} --cfg job"
     if isinstance(err, ConfigCompositionException):
         cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ and str(err.__cause__).strip() else ""
         return f"{text}{f' ({cause})' if cause else ''}. Every setting and its spelling: {command} --cfg job"
@@ -109,6 +111,20 @@ def hydra_error(err: BaseException, command: str = "python train.py") -> str | N
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"{key + ': ' if key else ''}{first}. Check that setting on the command line or in conf/."
     return None
+
+
+def _moved_key(text: str) -> str | None:
+    """``data.batch_size=8`` after the data keys were grouped: the new name, not Hydra's advice
+    to append it with ``+``."""
+    import re
+
+    from crack_lightning.data.settings import moved
+
+    found = re.match(r"Could not override '([^']+)'", text)
+    key = found.group(1) if found else None
+    value = next((a.partition("=")[2] for a in sys.argv[1:] if a.partition("=")[0] == key), None)
+    new = moved(key, value) if key and value is not None else None
+    return f"{key} is now {new.partition('=')[0]}: write {new}" if new else None
 
 
 def _bad_override(text: str) -> str | None:

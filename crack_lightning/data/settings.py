@@ -26,7 +26,15 @@ from enum import Enum
 from pathlib import Path
 
 from crack_lightning import CrackLightningError
-from crack_lightning.utils.checks import Auto, auto_or_bool, bad_setting, choice, is_count, is_number, settings_from, whole
+from crack_lightning.utils.checks import (
+    Auto, as_override, auto_or_bool, bad_setting, choice, is_count, is_number, settings_from, whole,
+)
+
+
+def moved(key: str, value) -> str | None:
+    """``data.cache=false`` -> ``data.cache.enabled=false``: the new spelling of an old flat key."""
+    new = MOVED.get(key)
+    return f"{new}={as_override(value)}" if new else None
 
 
 def check_fractions(fractions) -> tuple[float, float, float]:
@@ -99,7 +107,7 @@ class SplitSettings:
 
     @classmethod
     def from_config(cls, node) -> "SplitSettings":
-        return settings_from(cls, node, cls.KEY)
+        return settings_from(cls, node, cls.KEY, MOVED.get(cls.KEY))
 
 
 class BadFilePolicy(str, Enum):
@@ -126,7 +134,7 @@ class ScreeningSettings:
 
     @classmethod
     def from_config(cls, node) -> "ScreeningSettings":
-        return settings_from(cls, node, cls.KEY)
+        return settings_from(cls, node, cls.KEY, MOVED.get(cls.KEY))
 
 
 @dataclass
@@ -148,7 +156,7 @@ class CacheSettings:
 
     @classmethod
     def from_config(cls, node) -> "CacheSettings":
-        return settings_from(cls, node, cls.KEY)
+        return settings_from(cls, node, cls.KEY, MOVED.get(cls.KEY))
 
     @property
     def used(self) -> bool:
@@ -178,7 +186,20 @@ class LoaderSettings:
 
     @classmethod
     def from_config(cls, node) -> "LoaderSettings":
-        return settings_from(cls, node, cls.KEY)
+        return settings_from(cls, node, cls.KEY, MOVED.get(cls.KEY))
+
+
+# The flat keys of data/crack.yaml before the groups, and where each went: a user's old command
+# line is told the new name (cli.entry for keys that are gone, settings_from for the group names).
+MOVED = {
+    "data.split": "data.split.strategy", "data.split_fractions": "data.split.fractions",
+    "data.split_seed": "data.split.seed", "data.split_file": "data.split.file", "data.grouping": "data.split.grouping",
+    "data.on_bad_file": "data.screening.on_bad_file", "data.min_image_side": "data.screening.min_side",
+    "data.max_image_pixels": "data.screening.max_pixels", "data.cache": "data.cache.enabled",
+    "data.cache_dir": "data.cache.dir", "data.cache_on_device": "data.cache.on_device",
+    **{f"data.{k}": f"data.loader.{k}"
+       for k in ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers")},
+}
 
 
 def check_data(data) -> None:

@@ -71,9 +71,10 @@ def whole(key: str, value: Any, minimum: int = 0, maximum: int | None = None) ->
     return value
 
 
-def settings_from(cls: type[S], node: Any, key: str) -> S:
+def settings_from(cls: type[S], node: Any, key: str, was: str | None = None) -> S:
     """A settings dataclass from its config node: ``None`` (the defaults), a dict or
-    ``DictConfig`` (what Hydra's ``instantiate`` passes), or an instance already."""
+    ``DictConfig`` (what Hydra's ``instantiate`` passes), or an instance already. ``was``: the
+    key a single value under ``key`` now belongs to (``key`` was a setting, not a group)."""
     if node is None:
         return cls()
     if isinstance(node, cls):
@@ -82,7 +83,8 @@ def settings_from(cls: type[S], node: Any, key: str) -> S:
         node = OmegaConf.to_container(node, resolve=True)
     names = [f.name for f in dataclasses.fields(cls)]
     if not isinstance(node, Mapping):
-        raise bad_setting(key, node, f"a group of settings ({', '.join(names)})")
+        hint = f"; write {was}={as_override(node)}" if was else ""
+        raise bad_setting(key, node, f"{key} is a group of settings ({', '.join(names)}){hint}")
     unknown = sorted(set(node) - set(names))
     if unknown:
         raise CrackLightningError(f"{key}.{unknown[0]}: no such setting; {key} has {', '.join(names)}.")
