@@ -5,6 +5,10 @@ __version__ = "0.1.0"
 from crack_lightning import resolvers as _resolvers  # noqa: E402,F401  (conf/ uses them)
 
 
+# The exit status of a command stopped by SIGTERM or Ctrl+C (128 + SIGTERM, as a shell reports it).
+SIGTERM_EXIT = 143
+
+
 class CrackLightningError(ValueError):
     """A problem the user can fix (bad config, bad dataset, missing weights).
 

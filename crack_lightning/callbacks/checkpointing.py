@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from crack_lightning.cli.entry import SIGTERM_EXIT
+from crack_lightning import SIGTERM_EXIT
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ it before torch or Lightning are imported.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-SIGTERM_EXIT = 128 + signal.SIGTERM  # the documented status of an interrupted command
+from crack_lightning import SIGTERM_EXIT
+
 # The user's own HYDRA_FULL_ERROR, kept for the processes a command starts (DDP ranks inherit
 # the environment, where HYDRA_FULL_ERROR is then ours).
 _USER_FULL_ERROR = "CRACK_LIGHTNING_HYDRA_FULL_ERROR"

@@ -1,4 +1,11 @@
-"""Data: the ImageFolder data module, splits, transforms and the synthetic dataset."""
+"""Data: the ImageFolder data module and everything before its loaders.
+
+:mod:`.datamodule` (loaders, device batches), :mod:`.prepare` (generate -> screen -> split ->
+decode), :mod:`.settings` (``data.split``, ``.screening``, ``.cache``, ``.loader``),
+:mod:`.imagefolder` (which files are images of which class), :mod:`.splits`,
+:mod:`.augmentation`, :mod:`.decoded_cache`; :mod:`.sources` (where datasets come from),
+:mod:`.quality` (is the data fit to train on), :mod:`.synthetic` (the stand-in dataset).
+"""
 
 __all__ = ["CrackDataModule"]
 
