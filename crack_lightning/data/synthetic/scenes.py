@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from crack_lightning.data.synthetic.render import CLASSES, background, crack_mask, develop, distract
-from crack_lightning.utils.parallel import new_pool
+from crack_lightning.utils.parallel import parallel_map
 
 SCENES_CSV = "synthetic_scenes.csv"  # ground truth of layout="scenes": path -> scene
 
@@ -87,21 +87,13 @@ def generate_scenes(root: Path, per_class: int, seed: int, size: int, tiles: int
                 need[label] -= 1
                 rows.append((label, index, r, c, data))
 
-    batch = 8 * max(1, workers)
-    pool = None
-    if workers > 1:
-        pool = new_pool(workers)
-    try:
-        start = 0
-        while any(need.values()):
-            jobs = [(seed, i, tiles, size) for i in range(start, start + batch)]
-            results = pool.map(_scene_patches, jobs, chunksize=1) if pool else map(_scene_patches, jobs)
-            for index, patches in zip(range(start, start + batch), results):
-                take(index, patches)
-            start += batch
-    finally:
-        if pool is not None:
-            pool.terminate()
+    batch = 8 * max(1, workers)  # scenes per round: how many it takes is known only when enough are cut
+    start = 0
+    while any(need.values()):
+        jobs = [(seed, i, tiles, size) for i in range(start, start + batch)]
+        for index, patches in zip(range(start, start + batch), parallel_map(_scene_patches, jobs, workers, chunk=1)):
+            take(index, patches)
+        start += batch
     rng = np.random.default_rng([seed, 3])
     names = {label: iter(rng.permutation(per_class) + 1) for label in (0, 1)}
     table = []
