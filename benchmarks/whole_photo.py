@@ -21,6 +21,7 @@ above in BENCHMARKS.md (80-110 images/s on 2 cores): near the 46 windows/s 20 s 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.data.synthetic.scenes import render_scene
 from crack_lightning.inference import tiling
 from crack_lightning.inference.backends import open_backend
-from crack_lightning.model_card import ModelCard, Preprocessing
+from crack_lightning.model_card import ModelCard
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -53,7 +54,7 @@ def build_checkpoint(path: Path, backbone: str, image_size: int, patch: int = 22
     torch.manual_seed(0)  # the same random weights, the same verdict, every run
     model = instantiate(cfg.model)
     dm = instantiate(cfg.data, data_config=model.data_config)
-    preprocessing = Preprocessing.from_dict({**dm.preprocessing(), "patch_size": [patch, patch]})
+    preprocessing = dataclasses.replace(dm.preprocessing(), patch_size=(patch, patch))
     model.card = ModelCard(["Negative", "Positive"], preprocessing, config=OmegaConf.to_container(cfg, resolve=True))
     checkpoint = {"state_dict": model.state_dict()}
     model.on_save_checkpoint(checkpoint)

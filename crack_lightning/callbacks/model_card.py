@@ -30,8 +30,8 @@ class ModelCardFromData(L.Callback):
         if getattr(pl_module, "card", None) is not None or not getattr(datamodule, "class_names", None) \
                 or not hasattr(datamodule, "preprocessing"):
             return
-        pl_module.card = ModelCard(
-            class_names=list(datamodule.class_names),
-            preprocessing=Preprocessing.from_dict(datamodule.preprocessing(), where="datamodule.preprocessing()"),
-            config=self.config,
-        )
+        preprocessing = datamodule.preprocessing()  # a data module of one's own may give the stored dict
+        if not isinstance(preprocessing, Preprocessing):
+            preprocessing = Preprocessing.from_dict(preprocessing, where="datamodule.preprocessing()")
+        pl_module.card = ModelCard(class_names=list(datamodule.class_names), preprocessing=preprocessing,
+                                   config=self.config)

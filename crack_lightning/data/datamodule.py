@@ -19,6 +19,7 @@ from crack_lightning.data.dataset import ImageListDataset
 from crack_lightning.data.decoded_cache import DecodedImages, ResidentImages, collate_gathered
 from crack_lightning.data.prepare import Preparation
 from crack_lightning.data.settings import CacheSettings, LoaderSettings, ScreeningSettings, SplitSettings
+from crack_lightning.model_card import Preprocessing
 from crack_lightning.trainer.distributed import eval_sampler
 from crack_lightning.utils.parallel import auto_workers, available_cores
 
@@ -105,25 +106,19 @@ class CrackDataModule(L.LightningDataModule):
     def std(self) -> tuple[float, ...]:
         return tuple(self.data_config["std"])
 
-    def preprocessing(self) -> dict:
-        """What prediction and export must repeat, saved in every checkpoint: the input
-        size, interpolation, mean and std of :func:`eval_transform`, and ``patch_size``,
-        the native [height, width] of the training images (the window of whole-photo
-        prediction). Call after ``setup``."""
+    def preprocessing(self) -> Preprocessing:
+        """What prediction and export must repeat, saved in every checkpoint (the model card's
+        part): the input size, interpolation, mean and std of :func:`eval_transform`, and the
+        native [height, width] of the training images (the window of whole-photo prediction).
+        Call after ``setup``."""
         from PIL import Image
 
         first = next((part[0] for part in (self.splits or {}).values() if part), None)
         patch_size = None
         if first is not None:
             with Image.open(first.path) as img:  # reads the header only
-                patch_size = [img.height, img.width]
-        return {
-            "input_size": [int(v) for v in self.data_config["input_size"][-2:]],
-            "interpolation": self.data_config.get("interpolation", "bilinear"),
-            "mean": [float(v) for v in self.mean],
-            "std": [float(v) for v in self.std],
-            "patch_size": patch_size,
-        }
+                patch_size = (img.height, img.width)
+        return Preprocessing.from_timm_data_config(self.data_config, patch_size)
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node: the image check and the (costly)
