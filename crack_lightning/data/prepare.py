@@ -103,7 +103,7 @@ class Preparation:
         first = self.screened is None
         if first:
             # a grouped split reads the check's decode: border profiles computed in the same pass
-            grouped = self.split.strategy is SplitStrategy.GROUPED
+            grouped = self.split.by_borders
             extra = grouping.border_extra(self.split.grouping) if grouped else None
             workers = self.split.grouping.workers if grouped else None
             self.screened = screening.screen(self.root, class_names, self.cache.dir, self.screening, workers, extra)
@@ -126,7 +126,8 @@ class Preparation:
             labels = self.groups(samples)
             groups = {s.path: int(g) for s, g in zip(samples, labels)}
             splits = grouped_split(samples, labels, split.fractions, split.seed)
-            info.update(groups=int(labels.max()) + 1, grouping=dataclasses.asdict(split.grouping))
+            how = {"pattern": split.group_pattern} if split.group_pattern else dataclasses.asdict(split.grouping)
+            info.update(groups=int(labels.max()) + 1, grouping=how)
         else:
             splits = stratified_split(samples, split.fractions, split.seed)
         check_support(splits, class_names, self.root)
@@ -138,6 +139,11 @@ class Preparation:
     def groups(self, samples: list[Sample]) -> np.ndarray:
         """Group index per sample, from the cache when the files have not changed."""
         paths = [s.path for s in samples]
+        if self.split.group_pattern:  # the photo id in each file name: nothing to decode or cache
+            ids = self.split.photo_ids([p.relative_to(self.root).as_posix() for p in paths])
+            labels = np.unique(ids, return_inverse=True)[1]
+            log.info("Grouped %d images into %d photos by data.split.group_pattern", len(paths), labels.max() + 1)
+            return labels
         settings = self.split.grouping
         prints = [self.screened.fingerprints.get(p) for p in paths]
         self.screened.fingerprints.clear()  # ~1 KB per image: not kept for the run

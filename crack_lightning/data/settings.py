@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -96,9 +97,23 @@ class SplitSettings:
     seed: int | None = 0  # 0 is a seed like any other
     file: Path | None = None  # splits.csv; an existing one is reused as is (resume)
     grouping: GroupingSettings = field(default_factory=GroupingSettings)  # strategy grouped only
+    # grouped by file name instead of by borders: a regex searched in the path under data.root whose
+    # first group names the photo, e.g. SDNET2018's 7001-115.jpg -> 7001 with (\d+)-\d+\.\w+$
+    group_pattern: str | None = None
 
     def __post_init__(self):
         self.strategy = choice(f"{self.KEY}.strategy", self.strategy, SplitStrategy)
+        if self.group_pattern is not None:
+            key = f"{self.KEY}.group_pattern"
+            try:
+                groups = re.compile(str(self.group_pattern)).groups
+            except re.error as err:
+                raise bad_setting(key, self.group_pattern, f"not a regular expression ({err})") from None
+            if groups < 1:
+                raise bad_setting(key, self.group_pattern, "needs a group ( ... ) that captures the photo id, "
+                                                             "e.g. (\\d+)-\\d+\\.\\w+$")
+            if self.strategy is not SplitStrategy.GROUPED:
+                raise bad_setting(key, self.group_pattern, f"groups a split: set {self.KEY}.strategy=grouped too")
         self.fractions = check_fractions(self.fractions)
         if self.seed is not None:
             whole(f"{self.KEY}.seed", self.seed)
@@ -108,6 +123,23 @@ class SplitSettings:
     @classmethod
     def from_config(cls, node) -> "SplitSettings":
         return settings_from(cls, node, cls.KEY, MOVED.get(cls.KEY))
+
+    @property
+    def by_borders(self) -> bool:
+        """Grouped by matching borders and near-duplicates (no ``group_pattern``)."""
+        return self.strategy is SplitStrategy.GROUPED and self.group_pattern is None
+
+    def photo_ids(self, relative_paths: list[str]) -> list[str]:
+        """The photo id ``group_pattern`` finds in each path; one line naming the paths it misses."""
+        pattern = re.compile(self.group_pattern)
+        found = [pattern.search(p) for p in relative_paths]
+        missed = [p for p, m in zip(relative_paths, found) if m is None or m.group(1) is None]
+        if missed:
+            raise CrackLightningError(
+                f"{self.KEY}.group_pattern={self.group_pattern}: {len(missed)} of {len(relative_paths)} image "
+                f"paths do not match it (e.g. {', '.join(missed[:3])}); every image needs its photo id. Fix the "
+                f"pattern, or group by borders without it.")
+        return [m.group(1) for m in found]
 
 
 class BadFilePolicy(str, Enum):
