@@ -40,6 +40,7 @@ RULES: dict[str, tuple[str, Callable[[Any], bool], bool]] = {
                                   "operating point)", lambda v: is_number(v) and v > 0, True),
     "finetune.backbone_lr_ratio": ("a number >= 0", lambda v: is_number(v) and v >= 0, True),
     "eval.target_recall": ("a number in (0, 1]", lambda v: is_number(v) and 0 < v <= 1, True),
+    "eval.prevalence": ("null or a crack rate in (0, 1)", lambda v: is_number(v) and 0 < v < 1, True),
     "trainer.compile": ("false, true or inference", lambda v: v is False or v is True or v == "inference", True),
 }
 

@@ -20,6 +20,7 @@ def test_the_shipped_configs_pass(tmp_path, tiny_data):
     ("trainer.max_epochs=true", "trainer.max_epochs=True"),
     ("data.image_size=[32]", "data.image_size=[32]"),
     ("eval.target_recall=1.5", "eval.target_recall=1.5 (expected a number in (0, 1])"),
+    ("eval.prevalence=1", "eval.prevalence=1 (expected null or a crack rate in (0, 1))"),
     ("model.drop_rate=1", "model.drop_rate=1"),
     ("trainer.compile=maybe", "trainer.compile='maybe' (expected false, true or inference)"),
 ])

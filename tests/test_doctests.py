@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["crack_lightning.data.settings", "crack_lightning.utils.checks", "crack_lightning.utils.parallel"]  # model_card: test_model_card
+MODULES = ["crack_lightning.data.settings", "crack_lightning.utils.checks", "crack_lightning.utils.parallel",
+           "crack_lightning.evaluation.operating_point"]  # model_card: test_model_card
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from crack_lightning.evaluation.gradcam import gradcam
 from crack_lightning.data.splits import read_splits
 from crack_lightning.inference import load_classifier
 from crack_lightning.inference.checkpoint import read_checkpoint
+from tests.conftest import compose_cfg
 
 
 def scores(n: int = 4000, separation: float = 1.0, seed: int = 0):
@@ -146,3 +148,21 @@ def test_a_checkpoint_that_runs_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(CrackLightningError, match="refused"):
         load_classifier(evil)
     assert not marker.exists()
+
+
+def test_the_test_split_read_at_the_sites_crack_rate(tmp_path, tiny_data):
+    """eval.prevalence: the test split's recall and false-alarm rate carried to a 5 % crack rate, in
+    metrics.json (both thresholds) and in the report."""
+    from crack_lightning.train import train
+
+    train(compose_cfg(tmp_path, tiny_data, ["backbone=custom_cnn", "eval.prevalence=0.05"]))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for suffix, recall in (("", "test/recall"), ("_at_threshold", "test/recall_at_threshold")):
+        missed = metrics[f"test/missed_cracks_per_1000_at_prevalence{suffix}"]
+        assert missed == pytest.approx(1000 * (1 - metrics[recall]) * 0.05, abs=1e-3)
+        alarms = metrics[f"test/false_alarms_per_1000_at_prevalence{suffix}"]
+        precision = metrics[f"test/precision_at_prevalence{suffix}"]
+        assert 0 <= alarms <= 950 and (0 <= precision <= 1 or math.isnan(precision))  # NaN: nothing flagged
+    report = (tmp_path / "run" / "classification_report.txt").read_text()
+    assert report.count("Where 0.05 of the images are cracks (eval.prevalence): precision") == 2
+

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from sklearn.metrics import classification_report
 
-from crack_lightning.evaluation import calibration_error
+from crack_lightning.evaluation import at_prevalence, calibration_error
 from crack_lightning.utils.files import write_atomic
 from crack_lightning.trainer.distributed import gather_uneven
 from crack_lightning.reports.plots import (
@@ -71,13 +71,18 @@ class TestReport(L.Callback):
     ``pr_roc_curves.png`` (both thresholds marked), ``reliability_diagram.png`` (before
     and after temperature scaling) and ``test_predictions.png`` (test images with
     predicted and true labels, mistakes first, in red). The figures also go to
-    TensorBoard. A crack is predicted when its probability is > the threshold.
+    TensorBoard. A crack is predicted when its probability is > the threshold. With a
+    ``prevalence`` (``eval.prevalence``, the crack rate where the model will work), the report
+    and the test metrics (``test/precision_at_prevalence``, ``test/false_alarms_per_1000_at_prevalence``,
+    ``test/missed_cracks_per_1000_at_prevalence``, each also ``..._at_threshold``) say what both
+    thresholds give at that rate.
     """
 
-    def __init__(self, output_dir: str, num_images: int = 16, n_bins: int = 15):
+    def __init__(self, output_dir: str, num_images: int = 16, n_bins: int = 15, prevalence: float | None = None):
         self.output_dir = Path(output_dir)
         self.num_images = num_images
         self.n_bins = n_bins
+        self.prevalence = prevalence  # eval.prevalence: the crack rate where the model will work
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._probs: list[torch.Tensor] = []
@@ -98,6 +103,11 @@ class TestReport(L.Callback):
         self._split = tuple(
             gather_uneven(torch.cat(parts), pl_module.device).cpu() for parts in (self._probs, self._raw, self._targets)
         )
+        if self.prevalence is not None:  # the same gathered split on every rank: the same values
+            probs, _, targets = self._split
+            for suffix, threshold in (("", 0.5), ("_at_threshold", float(pl_module.threshold))):
+                for name, value in at_prevalence(probs, targets, threshold, self.prevalence).items():
+                    pl_module.log(f"test/{name}_at_prevalence{suffix}", value, sync_dist=True)  # equal on every rank
 
     @rank_zero_only
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -139,6 +149,12 @@ class TestReport(L.Callback):
             missed, false_alarms = int(((preds == 0) & (y == 1)).sum()), int(((preds == 1) & (y == 0)).sum())
             report = classification_report(y, preds, labels=[0, 1], target_names=names, digits=4, zero_division=0)
             lines += ["", f"At the {label} threshold {threshold:.4g}: {missed} missed cracks, {false_alarms} false alarms", report]
+            if self.prevalence is not None:
+                site = at_prevalence(probs, targets, threshold, self.prevalence)
+                lines.append(
+                    f"Where {self.prevalence:.3g} of the images are cracks (eval.prevalence): precision "
+                    f"{site['precision']:.4f}, {site['false_alarms_per_1000']:.1f} false alarms and "
+                    f"{site['missed_cracks_per_1000']:.1f} missed cracks per 1,000 images.")
         return "\n".join(lines) + "\n"
 
     def _prediction_grid(self, images, probs, preds, targets, names, mean, std) -> Figure:

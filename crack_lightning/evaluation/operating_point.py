@@ -116,3 +116,24 @@ def degenerate(temperature: float, choice: ThresholdChoice, probs: torch.Tensor,
                         f"(precision {choice.precision:.3f} = the crack share): the model does not separate "
                         f"the classes on validation; train longer or on more data before trusting it")
     return problems
+
+
+def at_prevalence(probs: torch.Tensor, targets: torch.Tensor, threshold: float, prevalence: float) -> dict[str, float]:
+    """What a threshold gives where cracks are ``prevalence`` of the images (a site, not the
+    test split, whose crack share is often a balanced 50 %): the split's crack recall (TPR)
+    and false-alarm rate (FPR) carried to that rate by Bayes' rule.
+
+    >>> at_prevalence(torch.tensor([0.9, 0.8, 0.2, 0.6]), torch.tensor([1, 1, 0, 0]), 0.5, 0.1)  # doctest: +ELLIPSIS
+    {'precision': 0.1818..., 'false_alarms_per_1000': 450.0, 'missed_cracks_per_1000': 0.0}
+    """
+    if not 0.0 < prevalence < 1.0:
+        raise ValueError(f"eval.prevalence={prevalence}: choose a crack rate in (0, 1).")
+    predicted, cracks = probs.float() > threshold, targets.bool()
+    tpr = float(predicted[cracks].float().mean()) if cracks.any() else float("nan")
+    fpr = float(predicted[~cracks].float().mean()) if (~cracks).any() else float("nan")
+    flagged = tpr * prevalence + fpr * (1 - prevalence)
+    return {
+        "precision": tpr * prevalence / flagged if flagged > 0 else float("nan"),
+        "false_alarms_per_1000": 1000 * fpr * (1 - prevalence),
+        "missed_cracks_per_1000": 1000 * (1 - tpr) * prevalence,
+    }
