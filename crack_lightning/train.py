@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning.callbacks import OperatingPoint
-from crack_lightning.callbacks.model_card import ModelCardFromData
+from crack_lightning.callbacks.model_card import ClassWeightsFromData, ModelCardFromData
 from crack_lightning.config_checks import check_config
 from crack_lightning.utils.files import write_atomic
 from crack_lightning.resume import continue_logs, resume_point
@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = instantiate(cfg.data, data_config=model.data_config)
     config = OmegaConf.to_container(cfg, resolve=True)
     # not a config choice: without the card a checkpoint is of no use to predict.py / export.py
-    callbacks = [ModelCardFromData(config), *instantiate_group(cfg.get("callbacks"))]
+    callbacks = [ModelCardFromData(config), ClassWeightsFromData(), *instantiate_group(cfg.get("callbacks"))]
     if cfg.get("finetune"):
         callbacks.append(instantiate(cfg.finetune))
     loggers = instantiate_group(cfg.get("logger"))

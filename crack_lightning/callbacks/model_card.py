@@ -1,10 +1,15 @@
-"""Hand the model its card -- class names, preprocessing, run config -- when training starts."""
+"""Hand the model what only the data knows when training starts: its card (class names,
+preprocessing, run config) and, for ``model.class_weights: auto``, the class weights."""
 
 from __future__ import annotations
+
+import logging
 
 import lightning as L
 
 from crack_lightning.model_card import ModelCard, Preprocessing
+
+log = logging.getLogger(__name__)
 
 
 class ModelCardFromData(L.Callback):
@@ -35,3 +40,20 @@ class ModelCardFromData(L.Callback):
             preprocessing = Preprocessing.from_dict(preprocessing, where="datamodule.preprocessing()")
         pl_module.card = ModelCard(class_names=list(datamodule.class_names), preprocessing=preprocessing,
                                    config=self.config)
+
+
+class ClassWeightsFromData(L.Callback):
+    """In ``setup``, give a model with ``class_weights: auto`` the inverse class frequency of the
+    training split, ``n / (classes * n_c)`` (scikit-learn's "balanced"): on a set with 10 %
+    cracks a crack weighs 9 times a sound patch. The data module's split is only known after its
+    ``setup``; a resumed run gets the same weights from the same split."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if getattr(pl_module, "hparams", {}).get("class_weights") != "auto" or stage != "fit":
+            return
+        counts = trainer.datamodule.class_counts("train")
+        weights = [sum(counts) / (len(counts) * n) for n in counts]
+        pl_module.set_class_weights(weights)
+        names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(len(counts))]
+        log.info("Class weights (model.class_weights=auto, from the training split): %s",
+                 ", ".join(f"{name} {w:.3g}" for name, w in zip(names, weights)))

@@ -120,6 +120,11 @@ class CrackDataModule(L.LightningDataModule):
                 patch_size = (img.height, img.width)
         return Preprocessing.from_timm_data_config(self.data_config, patch_size)
 
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class (label order) in ``split``; call after ``setup``."""
+        labels = [s.label for s in self.splits[split]]
+        return [labels.count(label) for label in range(len(self.class_names))]
+
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node: the image check and the (costly)
         # grouped split are made once, and every rank's setup() reads their files.

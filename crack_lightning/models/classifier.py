@@ -11,6 +11,7 @@ import timm
 from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics import MetricCollection, SumMetric
 from torchmetrics.classification import (
     BinaryAccuracy,
@@ -52,6 +53,21 @@ class _Counts(MetricCollection):
             self[name].update(value)
 
 
+def _class_weights(setting, num_classes: int) -> list[float] | None:
+    """``model.class_weights`` as weights, or None ("none"; "auto": set when training starts)."""
+    if setting is None or (isinstance(setting, str) and setting in ("none", "auto")):
+        return None
+    try:
+        values = [] if isinstance(setting, str) else list(setting)  # Hydra gives a ListConfig
+    except TypeError:  # a single number
+        values = []
+    if len(values) != num_classes or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                             for v in values):
+        raise CrackLightningError(f"model.class_weights={setting}: choose none, auto or {num_classes} positive "
+                                  f"weights, [no crack, crack], e.g. [1.0, 5.0].")
+    return [float(v) for v in values]
+
+
 class CrackClassifier(L.LightningModule):
     """Crack / no-crack classifier over any timm backbone.
 
@@ -67,6 +83,10 @@ class CrackClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         channels_last: NHWC memory format for model and input (1.4-1.7x faster for
             MobileNetV2 even on CPU; the usual win on tensor-core GPUs).
+        class_weights: the cross-entropy's class weights: ``"none"``, ``"auto"`` (inverse class
+            frequency of the training split, handed over when training starts by
+            :class:`~crack_lightning.callbacks.model_card.ClassWeightsFromData`) or one weight
+            per class, ``[no crack, crack]``.
         on_nonfinite_loss: a NaN or infinite training loss either ``"stop"``s the run
             (:class:`NonFiniteLossError`, before the bad batch touches the weights, so the
             last checkpoint stays the last good one) or is ``"skip"``ped with a warning
@@ -85,14 +105,18 @@ class CrackClassifier(L.LightningModule):
         channels_last: bool = True,
         num_classes: int = 2,
         on_nonfinite_loss: str = "stop",
+        class_weights: str | list[float] = "none",
     ):
         super().__init__()
         if on_nonfinite_loss not in ("stop", "skip"):
             raise CrackLightningError(f"model.on_nonfinite_loss={on_nonfinite_loss}: choose stop or skip.")
+        weights = _class_weights(class_weights, num_classes)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(backbone.num_features, num_classes))
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # not in the state dict: "auto" is made again from the same split when a run resumes, and
+        # a checkpoint loads into a model built from its config whichever weights it trained with
+        self.register_buffer("class_weight", torch.tensor(weights or [1.0] * num_classes), persistent=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # ("train" cannot be a ModuleDict key: it would shadow nn.Module.train)
@@ -120,6 +144,10 @@ class CrackClassifier(L.LightningModule):
     def data_config(self) -> dict:
         """The backbone's timm data config: input size, interpolation, mean, std."""
         return timm.data.resolve_data_config({}, model=self.backbone)
+
+    def set_class_weights(self, weights: list[float]) -> None:
+        """The cross-entropy's weight per class (``class_weights: auto`` gets them from the data)."""
+        self.class_weight.copy_(torch.as_tensor(weights, dtype=self.class_weight.dtype))
 
     def set_operating_point(self, point: dict) -> None:
         """Read scores at ``point``'s ``threshold`` and ``temperature`` (buffers and card alike)."""
@@ -161,7 +189,8 @@ class CrackClassifier(L.LightningModule):
     def _step(self, batch, stage: str, batch_idx: int = 0) -> dict[str, torch.Tensor] | None:
         images, targets = batch
         logits = self(images)
-        loss = self.criterion(logits, targets)
+        loss = F.cross_entropy(logits, targets, weight=self.class_weight,
+                               label_smoothing=self.hparams.label_smoothing)
         if stage == "train" and not torch.isfinite(loss):  # the step's one host sync
             return self._nonfinite_loss(loss, batch_idx)  # nothing logged from a broken batch
         probs = self.crack_probability(logits)

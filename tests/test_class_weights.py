@@ -1,0 +1,58 @@
+"""model.class_weights: none, auto (inverse class frequency of the training split) or one weight per
+class; a wrong value is one line."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from crack_lightning import CrackLightningError
+from crack_lightning.backbones import create_backbone
+from crack_lightning.callbacks.model_card import ClassWeightsFromData
+from crack_lightning.models import CrackClassifier
+
+
+def _model(**kwargs) -> CrackClassifier:
+    return CrackClassifier(create_backbone("custom_cnn", pretrained=False), optimizer=torch.optim.AdamW, **kwargs)
+
+
+def test_given_weights_weigh_the_loss_and_stay_out_of_the_state_dict():
+    model = _model(class_weights=[1.0, 4.0])
+    logits, targets = torch.tensor([[2.0, -1.0], [0.5, 0.2]]), torch.tensor([1, 0])
+    expected = torch.nn.functional.cross_entropy(logits, targets, weight=torch.tensor([1.0, 4.0]))
+    assert torch.allclose(torch.nn.functional.cross_entropy(logits, targets, weight=model.class_weight), expected)
+    assert model.class_weight.tolist() == [1.0, 4.0]
+    assert "class_weight" not in model.state_dict()  # a checkpoint loads whatever weights it trained with
+    assert _model().class_weight.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("value", ["balanced", [1.0], [1.0, 0.0], 3.0, [1.0, True]])
+def test_a_wrong_setting_is_one_line(value):
+    with pytest.raises(CrackLightningError, match=r"model.class_weights=.*: choose none, auto or 2 positive weights"):
+        _model(class_weights=value)
+
+
+class _Data:
+    class_names = ["Negative", "Positive"]
+
+    @staticmethod
+    def class_counts(split: str) -> list[int]:
+        assert split == "train"
+        return [90, 10]
+
+
+class _Trainer:
+    datamodule = _Data()
+
+
+def test_auto_weighs_a_crack_as_the_training_split_lacks_it(caplog):
+    model = _model(class_weights="auto")
+    with caplog.at_level(logging.INFO):
+        ClassWeightsFromData().setup(_Trainer(), model, "fit")
+    assert model.class_weight.tolist() == pytest.approx([100 / 180, 100 / 20])  # a crack weighs 9 sound patches
+    assert "Negative 0.556, Positive 5" in caplog.text
+    untouched = _model()
+    ClassWeightsFromData().setup(_Trainer(), untouched, "fit")
+    assert untouched.class_weight.tolist() == [1.0, 1.0]
