@@ -13,7 +13,7 @@ from crack_lightning.train import train
 from tests.conftest import compose_cfg, run_train_py
 
 METRIC_KEYS = {
-    "test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/loss", "best_ckpt",
+    "test/acc", "test/precision", "test/recall", "test/f1", "test/auroc", "test/ap", "test/loss", "best_ckpt",
     "test/acc_at_threshold", "test/precision_at_threshold", "test/recall_at_threshold", "test/f1_at_threshold",
     "test/threshold", "test/missed_cracks", "test/missed_cracks_at_threshold", "test/images",
 }

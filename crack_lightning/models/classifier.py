@@ -16,6 +16,7 @@ from torchmetrics import MetricCollection, SumMetric
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
+    BinaryAveragePrecision,
     BinaryF1Score,
     BinaryPrecision,
     BinaryRecall,
@@ -37,8 +38,9 @@ def _binary_metrics(with_auroc: bool = True) -> MetricCollection:
         "recall": BinaryRecall(),
         "f1": BinaryF1Score(),
     }
-    if with_auroc:
+    if with_auroc:  # threshold-free; average precision is the one that notices imbalance
         metrics["auroc"] = BinaryAUROC()
+        metrics["ap"] = BinaryAveragePrecision()
     return MetricCollection(metrics)
 
 
