@@ -56,3 +56,24 @@ def test_auto_weighs_a_crack_as_the_training_split_lacks_it(caplog):
     untouched = _model()
     ClassWeightsFromData().setup(_Trainer(), untouched, "fit")
     assert untouched.class_weight.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("sampler, low, high", [("balanced", 0.35, 0.65), ("none", 0.05, 0.15)])
+def test_a_balanced_sampler_draws_the_rare_class_as_often(tmp_path, sampler, low, high):
+    """data.loader.sampler=balanced on a set with 10 % cracks: the training batches hold about as
+    many cracks as sound patches; none keeps the set's share."""
+    from crack_lightning.data import CrackDataModule
+    from crack_lightning.data.synthetic.generate import generate
+
+    root = tmp_path / "imbalanced"
+    generate(root, per_class=100, seed=0, size=48)
+    for extra in sorted((root / "Positive").glob("*.jpg"))[10:]:
+        extra.unlink()  # 10 cracks, 100 sound patches
+    (root / "synthetic.json").unlink()
+    torch.manual_seed(0)
+    dm = CrackDataModule(str(root), {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3},
+                         split={"strategy": "random", "fractions": [0.6, 0.2, 0.2]}, cache={"enabled": False},
+                         loader={"batch_size": 8, "num_workers": 0, "sampler": sampler})
+    dm.setup("fit")
+    labels = torch.cat([targets for _ in range(5) for _, targets in dm.train_dataloader()])
+    assert low <= labels.float().mean().item() <= high, labels.float().mean()

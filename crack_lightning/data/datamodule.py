@@ -12,13 +12,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_transform
 from crack_lightning.data.dataset import ImageListDataset
 from crack_lightning.data.decoded_cache import DecodedImages, ResidentImages, collate_gathered
 from crack_lightning.data.prepare import Preparation
-from crack_lightning.data.settings import CacheSettings, LoaderSettings, ScreeningSettings, SplitSettings
+from crack_lightning.data.settings import CacheSettings, LoaderSettings, Sampler, ScreeningSettings, SplitSettings
 from crack_lightning.model_card import Preprocessing
 from crack_lightning.trainer.distributed import eval_sampler
 from crack_lightning.utils.parallel import auto_workers, available_cores
@@ -209,12 +209,14 @@ class CrackDataModule(L.LightningDataModule):
         return images, [label for _, label in samples]
 
     def _loader(self, dataset, train: bool) -> DataLoader:
+        balanced = train and self.loader.sampler is Sampler.BALANCED
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            # under DDP, validation and test score each image once (no padding repeats)
-            sampler=None if train else eval_sampler(dataset),
+            shuffle=train and not balanced,
+            # under DDP, validation and test score each image once (no padding repeats); Lightning
+            # shards a balanced sampler's draws across the ranks (DistributedSamplerWrapper)
+            sampler=self._balanced_sampler() if balanced else None if train else eval_sampler(dataset),
             # a last batch of one image breaks BatchNorm in training
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
@@ -222,6 +224,13 @@ class CrackDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             collate_fn=collate_gathered if isinstance(dataset, DecodedImages) else None,
         )
+
+    def _balanced_sampler(self) -> WeightedRandomSampler:
+        """One epoch of draws with replacement, each class equally likely (torch's global RNG,
+        which the run's seed sets)."""
+        counts = self.class_counts("train")
+        weights = [1.0 / counts[s.label] for s in self.splits["train"]]
+        return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, train=True)

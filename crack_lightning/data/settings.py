@@ -195,6 +195,13 @@ class CacheSettings:
         return self.dir is not None and self.enabled is not False
 
 
+class Sampler(str, Enum):
+    """How the training loader draws its images."""
+
+    NONE = "none"  # each image once per epoch, shuffled
+    BALANCED = "balanced"  # with replacement, every class equally often (imbalanced data)
+
+
 @dataclass
 class LoaderSettings:
     """``data.loader``: the DataLoaders' settings; ``auto`` picks for this machine."""
@@ -206,8 +213,10 @@ class LoaderSettings:
     num_workers: int | Auto = "auto"  # auto: cores - 1, at most 8; 0 with the decoded cache
     pin_memory: bool | Auto = "auto"  # auto: when CUDA is available
     persistent_workers: bool | Auto = "auto"  # auto: when there are workers
+    sampler: Sampler = Sampler.NONE  # balanced: the training loader draws every class equally often
 
     def __post_init__(self):
+        self.sampler = choice(f"{self.KEY}.sampler", self.sampler, Sampler)
         whole(f"{self.KEY}.batch_size", self.batch_size, minimum=1)
         if self.eval_batch_size is not None:
             whole(f"{self.KEY}.eval_batch_size", self.eval_batch_size, minimum=1)
