@@ -83,6 +83,7 @@ class TestReport(L.Callback):
         self.num_images = num_images
         self.n_bins = n_bins
         self.prevalence = prevalence  # eval.prevalence: the crack rate where the model will work
+        self._site: dict[float, dict] = {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._probs: list[torch.Tensor] = []
@@ -103,10 +104,12 @@ class TestReport(L.Callback):
         self._split = tuple(
             gather_uneven(torch.cat(parts), pl_module.device).cpu() for parts in (self._probs, self._raw, self._targets)
         )
+        self._site = {}  # threshold -> what it gives at eval.prevalence: logged here, reported in on_test_end
         if self.prevalence is not None:  # the same gathered split on every rank: the same values
             probs, _, targets = self._split
             for suffix, threshold in (("", 0.5), ("_at_threshold", float(pl_module.threshold))):
-                for name, value in at_prevalence(probs, targets, threshold, self.prevalence).items():
+                self._site[threshold] = at_prevalence(probs, targets, threshold, self.prevalence)
+                for name, value in self._site[threshold].items():
                     pl_module.log(f"test/{name}_at_prevalence{suffix}", value, sync_dist=True)  # equal on every rank
 
     @rank_zero_only
@@ -149,8 +152,8 @@ class TestReport(L.Callback):
             missed, false_alarms = int(((preds == 0) & (y == 1)).sum()), int(((preds == 1) & (y == 0)).sum())
             report = classification_report(y, preds, labels=[0, 1], target_names=names, digits=4, zero_division=0)
             lines += ["", f"At the {label} threshold {threshold:.4g}: {missed} missed cracks, {false_alarms} false alarms", report]
-            if self.prevalence is not None:
-                site = at_prevalence(probs, targets, threshold, self.prevalence)
+            if threshold in self._site:
+                site = self._site[threshold]
                 lines.append(
                     f"Where {self.prevalence:.3g} of the images are cracks (eval.prevalence): precision "
                     f"{site['precision']:.4f}, {site['false_alarms_per_1000']:.1f} false alarms and "

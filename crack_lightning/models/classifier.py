@@ -197,7 +197,7 @@ class CrackClassifier(L.LightningModule):
             return self._nonfinite_loss(loss, batch_idx)  # nothing logged from a broken batch
         probs = self.crack_probability(logits)
         # updated per batch, logged once per epoch (_log_epoch_metrics): logging the metric objects
-        # every step costs Lightning bookkeeping a fast GPU step cannot spare (make bench profiles it)
+        # every step adds Lightning bookkeeping to each step, time a fast GPU step cannot spare
         getattr(self, f"{stage}_metrics").update(probs, targets)
         # the epoch loss is averaged over the ranks; shards differ by at most one image
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
