@@ -2,24 +2,31 @@
 
 Each image has its own RNG seeded with ``[seed, class, index]``, so output is independent of
 order and worker count, and a seed gives byte-identical JPEGs (the pictures: :mod:`.render`).
+Two more kinds: ``multiclass``, one folder per defect (:mod:`.defects`), and ``sdnet``, an
+SDNET2018-like nested set cut from photos (:mod:`.sdnet`).
 The generator writes only into a new or empty folder, or one it generated itself (its marker
 ``synthetic.json`` names its parameters, and so every file it wrote).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from collections import Counter
 import time
 from pathlib import Path
 
 import numpy as np
 
 from crack_lightning import CrackLightningError
+from crack_lightning.data.synthetic import sdnet
+from crack_lightning.data.synthetic.defects import DEFAULT_CLASSES, check_classes, generate_multiclass
 from crack_lightning.data.synthetic.render import CLASSES, render_sample
 from crack_lightning.data.synthetic.scenes import SCENES_CSV, generate_scenes
 from crack_lightning.utils.parallel import parallel_map
 
 VERSION = 2  # bump whenever rendering changes, so cached datasets are regenerated
 META = "synthetic.json"
+KINDS = ("binary", "multiclass", "sdnet")
 
 
 def _render_to(job):
@@ -44,9 +51,48 @@ def _read_meta(root: Path) -> dict | None:
 def _written_by(meta: dict) -> set[str]:
     """The files (relative paths) a generation with ``meta``'s parameters writes, marker included:
     the generator's names are fixed by its parameters, so they are known before it starts."""
-    n = int(meta["per_class"])
-    files = {f"{c}/{i:05d}.jpg" for c in CLASSES for i in range(1, n + 1)} | {META}
+    n, kind = int(meta["per_class"]), meta.get("kind", "binary")
+    try:
+        if kind == "sdnet":
+            photos = sdnet.plan(n, int(meta["seed"]), int(meta["tiles"]), float(meta["crack_share"]))
+            return {sdnet.patch_path(d, p, c, y) for d, p, cells in photos for c, y in cells} | {META}
+        classes = CLASSES if kind == "binary" else check_classes(meta["classes"]) if kind == "multiclass" else ()
+    except (KeyError, TypeError, ValueError, CrackLightningError):  # a marker we cannot read names no images
+        classes = ()
+    files = {f"{c}/{i:05d}.jpg" for c in classes for i in range(1, n + 1)} | {META}
     return files | {SCENES_CSV} if meta.get("layout") == "scenes" else files
+
+
+def class_folders_of(kind: str = "binary", classes=None, **_generate_kwargs) -> list[str]:
+    """The folders :func:`generate` with these keywords fills, one per class (kind=sdnet: the
+    nested ``D/CD``, ...), relative to its root: known before it has run."""
+    if kind not in KINDS:
+        raise CrackLightningError(f"kind={kind!r}: choose {', '.join(KINDS)}")
+    if kind == "multiclass":
+        return list(check_classes(DEFAULT_CLASSES if classes is None else classes))
+    return list(sdnet.FOLDERS if kind == "sdnet" else CLASSES)
+
+
+def _params(per_class, seed, size, layout, tiles, kind, classes, crack_share) -> dict:
+    """The marker's parameters, checked; kind=binary's are those of the generator before kinds."""
+    folders = class_folders_of(kind, classes)  # checks kind and classes
+    if layout not in ("independent", "scenes"):
+        raise CrackLightningError(f"layout={layout!r}: choose 'independent' or 'scenes'")
+    if kind != "binary" and layout != "independent":
+        raise CrackLightningError(f"layout={layout!r} is for kind=binary only; drop it for kind={kind}")
+    if classes is not None and kind != "multiclass":
+        raise CrackLightningError(f"classes={classes!r} is for kind=multiclass only; drop it, or set kind=multiclass")
+    if crack_share is not None and kind != "sdnet":
+        raise CrackLightningError(f"crack_share={crack_share!r} is for kind=sdnet only; drop it, or set kind=sdnet")
+    params = {"version": VERSION, "per_class": int(per_class), "seed": int(seed), "size": int(size)}
+    if kind == "multiclass":
+        params.update(kind=kind, classes=folders)
+    elif kind == "sdnet":
+        share = sdnet.check(per_class, tiles, 0.15 if crack_share is None else crack_share)
+        params.update(kind=kind, tiles=int(tiles), crack_share=share)
+    elif layout == "scenes":  # independent datasets keep their old synthetic.json (no regeneration)
+        params.update(layout=layout, tiles=int(tiles))
+    return params
 
 
 def _foreign_files(root: Path, meta: dict | None) -> list[str]:
@@ -66,27 +112,37 @@ def _is_complete(root: Path, meta: dict | None, params: dict) -> bool:
 
 
 def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwrite: bool = False,
-             workers: int = 1, layout: str = "independent", tiles: int = 4) -> dict:
-    """Write ``per_class`` JPEGs to ``root/{Positive,Negative}``; return a summary dict.
+             workers: int = 1, layout: str = "independent", tiles: int = 4, kind: str = "binary",
+             classes=None, crack_share: float | None = None) -> dict:
+    """Write a synthetic dataset of ``size`` px JPEGs to ``root``; return a summary dict
+    (``counts``: images per folder, the parameters, ``generated``, ``seconds``).
 
-    ``layout="independent"`` renders every image on its own; ``"scenes"`` cuts them
-    from shared ``tiles`` x ``tiles`` wall scenes like the real dataset (see
-    :mod:`crack_lightning.data.synthetic.scenes`).  Skips all work if ``root`` holds a complete
-    dataset with the same parameters (``synthetic.json``) unless ``overwrite``.
-    Output is identical for any ``workers``.
+    ``kind``:
+
+    * ``"binary"``: ``per_class`` JPEGs in ``Positive/`` and ``Negative/``, ``00001.jpg`` on.
+      ``layout="independent"`` renders every image on its own; ``"scenes"`` cuts them from
+      shared ``tiles`` x ``tiles`` wall scenes like the real dataset (:mod:`.scenes`).
+    * ``"multiclass"``: ``per_class`` JPEGs in one folder per name of ``classes`` (at least 2 of
+      ``crack``, ``joint``, ``stain``, ``spalling``, ``clean``; default the first three and
+      ``clean``), named as in binary (:mod:`.defects`).
+    * ``"sdnet"``: SDNET2018's layout ``D/{CD,UD}``, ``P/{CP,UP}``, ``W/{CW,UW}``, where
+      ``per_class`` is the number of images *per domain*, ``crack_share`` (default 0.15) of them
+      cracked; patches are cut from photos of ``tiles`` x ``tiles`` and named
+      ``<photo id>-<patch>.jpg``, ids unique across the set (:mod:`.sdnet`).
+
+    Skips all work if ``root`` holds a complete dataset with the same parameters
+    (``synthetic.json``) unless ``overwrite``.  Output is identical for any ``workers``.
 
     It writes only into a new or empty folder, or one it generated before (its marker,
     ``synthetic.json``, is written first), and deletes only files it wrote itself: a folder
     holding any other file raises :class:`NotGeneratedHere` and is left untouched."""
     root = Path(root)
-    if layout not in ("independent", "scenes"):
-        raise CrackLightningError(f"layout={layout!r}: choose 'independent' or 'scenes'")
+    params = _params(per_class, seed, size, layout, tiles, kind, classes, crack_share)
     if root.exists() and not root.is_dir():
         raise NotGeneratedHere(f"{root} is a file; the synthetic generator writes into a new or empty folder.")
-    params = {"version": VERSION, "per_class": int(per_class), "seed": int(seed), "size": int(size)}
-    if layout == "scenes":  # independent datasets keep their old synthetic.json (no regeneration)
-        params.update(layout=layout, tiles=int(tiles))
-    summary = {"root": str(root), "counts": {c: int(per_class) for c in CLASSES}, **params}
+    folders = class_folders_of(kind, classes)
+    images = Counter(rel.rsplit("/", 1)[0] for rel in _written_by(params) if rel.endswith(".jpg"))
+    summary = {"root": str(root), "counts": {f: images[f] for f in folders}, **params}
     old = _read_meta(root)
     foreign = _foreign_files(root, old)
     if foreign:
@@ -97,13 +153,23 @@ def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwr
     if not overwrite and _is_complete(root, old, params):
         return {**summary, "generated": False, "seconds": 0.0}
     t0 = time.perf_counter()
-    for rel in sorted(_written_by(old)) if old else []:  # our own files of a run with other parameters
+    ours = _written_by(old) if old else set()
+    for rel in sorted(ours):  # our own files of a run with other parameters
         (root / rel).unlink(missing_ok=True)
-    for c in CLASSES:
+    # and the folders they leave empty: another kind's empty class folder would read as a class
+    for d in sorted({q for rel in ours for q in Path(rel).parents} - {Path(".")}, key=lambda q: -len(q.parts)):
+        with contextlib.suppress(OSError):  # not empty, or not there
+            (root / d).rmdir()
+    for c in folders:
         (root / c).mkdir(parents=True, exist_ok=True)
     # the marker first: an interrupted run leaves a folder that is still recognisably ours
     (root / META).write_text(json.dumps({**params, "complete": False}, indent=2) + "\n")
-    if layout == "scenes":
+    if kind == "sdnet":
+        sdnet.generate_sdnet(root, params["per_class"], params["seed"], params["size"], params["tiles"],
+                             params["crack_share"], workers)
+    elif kind == "multiclass":
+        generate_multiclass(root, tuple(params["classes"]), params["per_class"], params["seed"], params["size"], workers)
+    elif layout == "scenes":
         generate_scenes(root, int(per_class), int(seed), int(size), int(tiles), workers)
     else:
         jobs = [(str(root), k, i, int(seed), int(size)) for k in range(len(CLASSES)) for i in range(per_class)]

@@ -48,7 +48,7 @@ def _interp_matrix(s, cells):
     return w.astype(np.float32), np.ascontiguousarray(w.T, np.float32)
 
 
-def _smooth_noise(rng, size, cells):
+def smooth_noise(rng, size, cells):
     """Value noise in ~[0, 1]: a cells x cells random grid upsampled bicubically."""
     w, wt = _interp_matrix(size, cells)
     a = w @ rng.random((cells, cells), dtype=np.float32)
@@ -60,7 +60,7 @@ def _smooth_noise(rng, size, cells):
     return out
 
 
-def _blur121(a, passes=1):
+def blur121(a, passes=1):
     """Separable [1,2,1]/4 blur with edge replication; cheap stand-in for a Gaussian."""
     for _ in range(passes):
         p = np.pad(a, 1, mode="edge")
@@ -84,12 +84,12 @@ def background(rng, s, scale=1):
     ang = rng.uniform(0, 2 * math.pi)
     # Uneven lighting: gradient, very-low-frequency blotches, lens vignetting.
     light = 1 + rng.uniform(0, 0.4) * ((xx - 0.5) * math.cos(ang) + (yy - 0.5) * math.sin(ang))
-    light += rng.uniform(0, 0.35) * (_smooth_noise(rng, s, int(rng.integers(2, 4))) - 0.5)
+    light += rng.uniform(0, 0.35) * (smooth_noise(rng, s, int(rng.integers(2, 4))) - 0.5)
     light -= rng.uniform(0, 0.3) * 2 * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
     tex = rng.uniform(0.3, 1.7)  # texture strength of this surface
-    field = 1 + tex * 0.12 * (_smooth_noise(rng, s, int(rng.integers(5, 14)) * scale) - 0.5)
+    field = 1 + tex * 0.12 * (smooth_noise(rng, s, int(rng.integers(5, 14)) * scale) - 0.5)
     # Aggregate: thresholded mid-frequency noise gives irregular lighter/darker patches.
-    agg = _smooth_noise(rng, s, int(rng.integers(20, 45)) * scale)
+    agg = smooth_noise(rng, s, int(rng.integers(20, 45)) * scale)
     field += tex * rng.uniform(-0.06, 0.06) * np.clip((agg - rng.uniform(0.6, 0.85)) * 8, 0, 1)
     # Fine grain (uniform noise: half the cost of Gaussian, same look after JPEG).
     # Kept moderate: strong grain and many dark pores drown thin cracks at 96 px
@@ -172,7 +172,7 @@ def crack_mask(rng, s):
             h += rng.choice([-1, 1]) * rng.uniform(0.4, 1.2)
             bp = _walk(rng, s, pts[k], h, rng.uniform(0.15, 0.6) * s, tort)
             _stroke(d, bp, np.linspace(1, 0.4, len(bp)) * max(1.5, widths[k] * rng.uniform(0.3, 0.7)), fill)
-    return _blur121(np.asarray(m, np.float32) / 255)  # soft edges: a groove, not a pen stroke
+    return blur121(np.asarray(m, np.float32) / 255)  # soft edges: a groove, not a pen stroke
 
 
 def line_mask(rng, s, width):
@@ -182,7 +182,7 @@ def line_mask(rng, s, width):
     cx, cy = rng.uniform(0.15, 0.85, 2) * s
     dx, dy = 1.5 * s * math.cos(ang), 1.5 * s * math.sin(ang)
     ImageDraw.Draw(m).line((cx - dx, cy - dy, cx + dx, cy + dy), fill=255, width=max(1, int(round(width))))
-    return _blur121(np.asarray(m, np.float32) / 255), (cx, cy, ang)
+    return blur121(np.asarray(m, np.float32) / 255), (cx, cy, ang)
 
 
 def distract(rng, s, lum, kinds):
@@ -198,7 +198,7 @@ def distract(rng, s, lum, kinds):
             step = np.where(side, np.float32(rng.uniform(0.65, 0.9)), np.float32(1))
             lum = lum * step * (1 - rng.uniform(0.1, 0.3) * m)
         elif kind == "stain":  # water/rust stains: soft dark blobs (two octaves: organic shapes)
-            n = _smooth_noise(rng, s, int(rng.integers(3, 6))) + 0.35 * _smooth_noise(rng, s, 11)
+            n = smooth_noise(rng, s, int(rng.integers(3, 6))) + 0.35 * smooth_noise(rng, s, 11)
             lum = lum * (1 - rng.uniform(0.2, 0.55) * np.clip((n - rng.uniform(0.75, 0.95)) * 4, 0, 1))
         elif kind == "shadow":  # soft- or hard-edged shadow over part of the image
             ang = rng.uniform(0, 2 * math.pi)
@@ -213,7 +213,7 @@ def distract(rng, s, lum, kinds):
                 dx, dy = rng.uniform(0.08, 0.35) * s * np.array([math.cos(ang), math.sin(ang)])
                 fill = int(128 + rng.choice([-1, 1]) * rng.uniform(0.15, 0.4) * 127)
                 d.line((cx - dx, cy - dy, cx + dx, cy + dy), fill=fill, width=int(rng.integers(1, 3)))
-            lum = lum * (1 + _blur121(np.asarray(m, np.float32) - 128) / 127)
+            lum = lum * (1 + blur121(np.asarray(m, np.float32) - 128) / 127)
     return lum
 
 
@@ -236,16 +236,18 @@ def render_sample(rng: np.random.Generator, crack: bool, size: int = 227) -> tup
     return Image.fromarray(develop(rng, lum), "RGB"), int(rng.integers(60, 96))
 
 
-def develop(rng: np.random.Generator, lum: np.ndarray) -> np.ndarray:
-    """The camera's part: optical blur, auto-exposure, colour cast, tone map -> uint8 RGB."""
+def develop(rng: np.random.Generator, lum: np.ndarray, tone=(0.4, 0.82), warm=(-0.02, 0.12)) -> np.ndarray:
+    """The camera's part: optical blur, auto-exposure, colour cast, tone map -> uint8 RGB.
+
+    ``tone``, ``warm``: ranges of the mean brightness and of the beige cast (a surface's look)."""
     b = rng.uniform(0, 1)  # optical blur of varying strength
     if b > 0.3:
-        lum = (1 - b) * lum + b * _blur121(lum, 1 + int(b > 0.8))
+        lum = (1 - b) * lum + b * blur121(lum, 1 + int(b > 0.8))
     # Auto-exposure: normalise around the mean, then a mild contrast stretch.  (A
     # wide stretch range hides std better but made the CNN rely on luck.)
     lum = 1 + rng.uniform(0.85, 1.2) * (lum - lum.mean())
-    warm = rng.uniform(-0.02, 0.12)  # colour cast: neutral grey to beige
-    colour = rng.uniform(0.4, 0.82) * np.array([1 + warm, 1 + 0.35 * warm, 1 - 0.6 * warm], np.float32)
+    warm = rng.uniform(*warm)  # colour cast: neutral grey to beige
+    colour = rng.uniform(*tone) * np.array([1 + warm, 1 + 0.35 * warm, 1 - 0.6 * warm], np.float32)
     colour *= 1 + rng.normal(0, 0.012, 3).astype(np.float32)
     # Tone-map through a 4096-entry lookup table (soft highlight shoulder instead
     # of hard clipping); one np.take is far cheaper than float maths on (s, s, 3).
