@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from crack_lightning.callbacks import OperatingPoint
 from crack_lightning.callbacks.model_card import ClassWeightsFromData, ModelCardFromData
 from crack_lightning.config_checks import check_config
+from crack_lightning.data.labelled import data_classes
 from crack_lightning.utils.files import write_atomic
 from crack_lightning.resume import continue_logs, resume_point
 from crack_lightning.reports.run_report import write_run_report
@@ -46,9 +47,11 @@ def train(cfg: DictConfig) -> float | None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
-    model = instantiate(cfg.model)
-    datamodule = instantiate(cfg.data, data_config=model.data_config)
     config = OmegaConf.to_container(cfg, resolve=True)
+    # the data's classes size the model's head; the card's config keeps them for predict and export
+    config["model"].update(data_classes(cfg.data))
+    model = instantiate(cfg.model, **{k: config["model"][k] for k in ("num_classes", "class_names", "positive_classes")})
+    datamodule = instantiate(cfg.data, data_config=model.data_config)
     # not a config choice: without the card a checkpoint is of no use to predict.py / export.py
     callbacks = [ModelCardFromData(config), ClassWeightsFromData(), *instantiate_group(cfg.get("callbacks"))]
     if cfg.get("finetune"):

@@ -18,7 +18,8 @@ from crack_lightning import CrackLightningError
 from crack_lightning.data import CrackDataModule
 from crack_lightning.data.quality import fingerprints, screening
 from crack_lightning.data.dataset import ImageListDataset, to_rgb
-from crack_lightning.data.imagefolder import resolve_class_names, scan_samples
+from crack_lightning.data.imagefolder import order_classes, resolve_class_names, scan_samples
+from crack_lightning.data.labelled import LabelledSet
 from crack_lightning.data.synthetic.render import render_sample
 from tests.conftest import compose_cfg
 
@@ -173,14 +174,14 @@ def test_every_good_file_loads_as_rgb_in_the_jpeg_path(bad_root, tmp_path):
 def test_screening_is_cached_by_the_file_list(bad_root, tmp_path, monkeypatch):
     root, good, bad, _ = bad_root
     names = resolve_class_names(root, None)
-    first = screening.screen(root, names, tmp_path / "cache")
+    first = screening.screen(LabelledSet(root).scan(names), tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("screening-*.json"))) == 1
     monkeypatch.setattr(screening, "check_files", lambda *a, **k: pytest.fail("checked again, unchanged files"))
-    again = screening.screen(root, names, tmp_path / "cache")
+    again = screening.screen(LabelledSet(root).scan(names), tmp_path / "cache")
     assert again.good == first.good and again.bad == first.bad
     monkeypatch.undo()
     (root / "Positive" / "cmyk.jpg").write_bytes(b"")  # a changed file: checked again
-    third = screening.screen(root, names, tmp_path / "cache")
+    third = screening.screen(LabelledSet(root).scan(names), tmp_path / "cache")
     assert (root / "Positive" / "cmyk.jpg").resolve() in third.bad
     assert len(list((tmp_path / "cache").glob("screening-*.json"))) == 2
 
@@ -245,17 +246,21 @@ def test_missing_root(tmp_path):
 
 def test_single_class(tmp_path):
     root = _classes(tmp_path / "one", "Positive")
-    with pytest.raises(CrackLightningError, match=r"1 class folder.*binary crack / no-crack.*Add the missing"):
+    with pytest.raises(CrackLightningError, match=r"1 class folder.*at least two.*Add the missing"):
         resolve_class_names(root, None)
     wrapped = _classes(tmp_path / "outer" / "concrete", "Positive", "Negative").parent
     with pytest.raises(CrackLightningError, match=r"Did you mean data.root=.*concrete\?"):
         resolve_class_names(wrapped, None)
 
 
-def test_more_than_two_classes_is_refused_as_not_binary(tmp_path):
+def test_more_classes_are_sorted_and_crack_found_by_name(tmp_path):
+    """Three folders are three classes in ImageFolder's (sorted) order; the crack class is
+    found by its name, or named with data.positive_classes (which must leave a class over)."""
     root = _classes(tmp_path / "three", "Positive", "Negative", "Spalling")
-    with pytest.raises(CrackLightningError, match=r"3 class folders.*binary crack / no-crack.*Move the other"):
-        resolve_class_names(root, None)
+    assert resolve_class_names(root, None) == ["Negative", "Positive", "Spalling"]
+    assert order_classes(["Positive", "Negative", "Spalling"], ["Positive", "Spalling"])[1] == [1, 2]
+    with pytest.raises(CrackLightningError, match=r"every class .* is a crack class"):
+        resolve_class_names(root, ["Positive", "Negative", "Spalling"])
     _classes(tmp_path / "hidden", "Positive", "Negative", ".ipynb_checkpoints", "__MACOSX")
     assert resolve_class_names(tmp_path / "hidden", None) == ["Negative", "Positive"]
 
@@ -263,10 +268,10 @@ def test_more_than_two_classes_is_refused_as_not_binary(tmp_path):
 def test_other_class_names(tmp_path):
     assert resolve_class_names(_classes(tmp_path / "a", "cracked", "intact"), None) == ["intact", "cracked"]
     root = _classes(tmp_path / "b", "with_crack", "background")
-    with pytest.raises(CrackLightningError, match=r"cannot tell which.*Set data.positive_class="):
+    with pytest.raises(CrackLightningError, match=r"cannot tell which.*Set data.positive_classes="):
         resolve_class_names(root, None)
     assert resolve_class_names(root, "with_crack") == ["background", "with_crack"]
-    with pytest.raises(CrackLightningError, match=r"data.positive_class=Positive is not a class folder"):
+    with pytest.raises(CrackLightningError, match=r"data.positive_classes=\['Positive'\]: Positive is not a class"):
         resolve_class_names(root, "Positive")
 
 

@@ -54,8 +54,8 @@ def test_auto_weighs_a_crack_as_the_training_split_lacks_it(caplog):
     model = _model(class_weights="auto")
     with caplog.at_level(logging.INFO):
         ClassWeightsFromData().setup(_Trainer(), model, "fit")
-    assert model.class_weight.tolist() == pytest.approx([100 / 180, 100 / 20])  # a crack weighs 9 sound patches
-    assert "Negative 0.556, Positive 5" in caplog.text
+    assert model.class_weight.tolist() == pytest.approx([0.2, 1.8])  # a crack weighs 9 sound patches; mean 1
+    assert "Negative 0.2, Positive 1.8" in caplog.text
     untouched = _model()
     ClassWeightsFromData().setup(_Trainer(), untouched, "fit")
     assert untouched.class_weight.tolist() == [1.0, 1.0]

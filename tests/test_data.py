@@ -85,7 +85,7 @@ def test_dataset_shape_problems_have_clear_messages(tmp_path):
     with pytest.raises(CrackLightningError, match="no such folder"):
         resolve_class_names(tmp_path / "missing", None)
     (tmp_path / "one" / "Positive").mkdir(parents=True)
-    with pytest.raises(CrackLightningError, match="exactly two"):
+    with pytest.raises(CrackLightningError, match="at least two"):
         resolve_class_names(tmp_path / "one", None)
     (tmp_path / "one" / "Negative").mkdir()
     names = resolve_class_names(tmp_path / "one", None)

@@ -128,7 +128,8 @@ def test_hydra_and_config_refusals_are_one_line_exit_2(tmp_path, tiny_data):
         (["finetune.unfreeze_stages=0"], ("finetune.unfreeze_stages=0",)),
         (["data.loader.num_workers=abc"], ("data.loader.num_workers=abc", "auto or a whole number")),
         (["++trainer.limit_val_batches=0"], ("trainer.limit_val_batches=0", "needs validation")),
-        (["data.positive_class=裂缝"], ("non-ASCII", "\"data.positive_class='裂缝'\"")),
+        (["data.positive_classes=裂缝"], ("non-ASCII", "\"data.positive_classes='裂缝'\"")),
+        (["data.positive_class=Positive"], ("data.positive_class", "data.positive_classes=Positive")),
     ]
     if not torch.cuda.is_available():
         cases.append((["trainer=gpu"], ("no CUDA GPU", "trainer=cpu")))
@@ -136,8 +137,8 @@ def test_hydra_and_config_refusals_are_one_line_exit_2(tmp_path, tiny_data):
         refused(run_train_py([*base, *args]), *words)
     line = refused(run_py("predict.py", ["ckpt=x.ckpt", "input=/x/照片"]), "non-ASCII")
     assert "\"input='/x/照片'\"" in line
-    quoted = run_train_py([*base, "data.positive_class='裂缝'", "--cfg", "job"])  # the advice composes
-    assert quoted.returncode == 0 and "positive_class: 裂缝" in quoted.stdout
+    quoted = run_train_py([*base, "data.positive_classes='裂缝'", "--cfg", "job"])  # the advice composes
+    assert quoted.returncode == 0 and "positive_classes: 裂缝" in quoted.stdout
 
 
 def test_ctrl_c_before_training_is_one_line_and_143(tmp_path, tiny_data):

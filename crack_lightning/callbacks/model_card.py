@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import lightning as L
+from timm.loss.class_weights import compute_class_weights
 
 from crack_lightning.model_card import ModelCard, Preprocessing
 
@@ -44,7 +45,7 @@ class ModelCardFromData(L.Callback):
 
 class ClassWeightsFromData(L.Callback):
     """In ``setup``, give a model with ``class_weights: auto`` the inverse class frequency of the
-    training split, ``n / (classes * n_c)`` (scikit-learn's "balanced"): on a set with 10 %
+    training split (timm's ``inv_freq``, ``n / n_c`` scaled to mean 1): on a set with 10 %
     cracks a crack weighs 9 times a sound patch. The data module's split is only known after its
     ``setup``; a resumed run gets the same weights from the same split."""
 
@@ -52,7 +53,7 @@ class ClassWeightsFromData(L.Callback):
         if getattr(pl_module, "hparams", {}).get("class_weights") != "auto" or stage != "fit":
             return
         counts = trainer.datamodule.class_counts("train")
-        weights = [sum(counts) / (len(counts) * n) for n in counts]
+        weights = compute_class_weights(counts, sum(counts), method="inv_freq")[1].tolist()
         pl_module.set_class_weights(weights)
         names = getattr(trainer.datamodule, "class_names", None) or [str(i) for i in range(len(counts))]
         log.info("Class weights (model.class_weights=auto, from the training split): %s",

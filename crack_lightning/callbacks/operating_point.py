@@ -60,9 +60,10 @@ class OperatingPoint(L.Callback):
         # every rank gets the whole split, each image once (see trainer.distributed)
         logits = gather_uneven(torch.cat(self._logits), pl_module.device).cpu()
         targets = gather_uneven(torch.cat(self._targets), pl_module.device).cpu()
-        temperature = fit_temperature(logits, targets) if self.calibrate else 1.0
-        raw = logits.softmax(dim=-1)[:, 1]
-        probs = (logits / temperature).softmax(dim=-1)[:, 1]
+        temperature = fit_temperature(logits, targets, pl_module.is_crack(targets)) if self.calibrate else 1.0
+        raw = pl_module.crack_probability(logits, 1.0)  # P(any crack class), before and after calibration
+        probs = pl_module.crack_probability(logits, temperature)
+        targets = pl_module.is_crack(targets)  # the threshold and ECE are those of cracks vs the rest
         choice = choose_threshold(probs, targets, self.target_recall)
         if choice.cracks == 0:
             log.warning("The validation split has no cracks: the threshold stays 0.5 and is not chosen for recall.")

@@ -7,8 +7,8 @@
 - a run folder that already holds files (another run's: its checkpoints would be restored,
   its logs cut, its config overwritten), unless the command is ``resume=<that folder>``;
 - a sweep folder that already holds files (its old jobs would be summarised as new ones);
-- a run, sweep, cache or output folder inside the data the command reads (``data.root``,
-  ``input``), or a data folder inside the run folder;
+- a run, sweep, cache or output folder inside the data the command reads (``data.root``, the
+  folder of ``data.manifest``, ``input``), or a data folder inside the run folder;
 - a folder it must write into but cannot create or write (checked now, not after an hour).
 
 New run folders are unique anyway (``<date>_<time>_<random>``, see :mod:`crack_lightning.resolvers`),
@@ -44,6 +44,10 @@ def _value(config: DictConfig, key: str) -> str | None:
     except Exception:  # noqa: BLE001 - an interpolation of what Hydra sets later
         return None
     return None if value in (None, "", "???") else str(value)
+
+
+# files that list the data: what they list lies in their folder (paths relative to it)
+TABLES = ("data.manifest",)
 
 
 def _folder_of(spec: str) -> Path:
@@ -106,7 +110,8 @@ class OwnFolders(Callback):
                  f"one, or leave {key} unset for a fresh one.{way}")
 
     def _check_apart(self, config: DictConfig, out_dir: Path, out_key: str) -> None:
-        reads = [(key, _folder_of(value)) for key in self.reads if (value := _value(config, key))]
+        reads = [(key, _folder_of(value).parent if key in TABLES else _folder_of(value))
+                 for key in self.reads if (value := _value(config, key))]
         outputs = [(out_key, out_dir)] + [(key, Path(v).expanduser()) for key in self.writes + self.fresh
                                           if (v := _value(config, key))]
         for read_key, data in reads:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_transform
 from crack_lightning.data.dataset import ImageListDataset
 from crack_lightning.data.decoded_cache import DecodedImages, ResidentImages, collate_gathered
+from crack_lightning.data.labelled import labelled_set
 from crack_lightning.data.prepare import Preparation
 from crack_lightning.data.settings import CacheSettings, LoaderSettings, Sampler, ScreeningSettings, SplitSettings
 from crack_lightning.model_card import Preprocessing
@@ -35,7 +36,13 @@ class CrackDataModule(L.LightningDataModule):
             from ``CrackClassifier.data_config``.
         augmentation: a :class:`~crack_lightning.data.augmentation.FlipRotate` (training
             randomness, per image or per batch); ``None`` trains on the evaluation transform.
-        positive_class: the crack folder's name; inferred from common names when ``None``.
+        positive_classes: the crack class(es), a name or a list; inferred from common names
+            (Positive/, crack/, ...) when ``None``. With more than two classes, the crack extras
+            (operating threshold, missed cracks) read P(any of them).
+        class_map: ``{folder under root: class name}`` for nested layouts (SDNET2018's ``D/CD``:
+            the top folder becomes the image's domain); ``None``: the class folders of ``root``.
+        manifest: a ``.csv`` / ``.parquet`` table (``path,label`` and optional ``group``,
+            ``split``, ``domain``), instead of any folder layout (:mod:`~crack_lightning.data.labelled`).
         split: ``data.split``, a :class:`~crack_lightning.data.settings.SplitSettings` or its
             dict (``strategy`` random or grouped, ``fractions``, ``seed``, ``file``, ``grouping``).
         screening: ``data.screening``, a :class:`~crack_lightning.data.settings.ScreeningSettings`
@@ -62,7 +69,9 @@ class CrackDataModule(L.LightningDataModule):
         root: str,
         data_config: dict,
         augmentation: FlipRotate | None = None,
-        positive_class: str | None = None,
+        positive_classes: str | list[str] | None = None,
+        class_map: dict | None = None,
+        manifest: str | None = None,
         split: SplitSettings | dict | None = None,
         screening: ScreeningSettings | dict | None = None,
         cache: CacheSettings | dict | None = None,
@@ -92,10 +101,11 @@ class CrackDataModule(L.LightningDataModule):
         )
         self.resident: ResidentImages | None = None
         report_dir = Path(report_dir) if report_dir else (self.split.file.parent if self.split.file else None)
+        self.labelled = labelled_set(root, positive_classes, class_map, manifest, synthetic)
         self.preparation = Preparation(
-            self.root, self.data_config, positive_class, self.split, ScreeningSettings.from_config(screening),
-            self.cache, dict(synthetic) if synthetic else None, report_dir / "skipped_files.txt" if report_dir else None)
+            self.labelled, self.data_config, self.split, ScreeningSettings.from_config(screening), self.cache, dict(synthetic) if synthetic else None, report_dir / "skipped_files.txt" if report_dir else None)
         self.class_names: list[str] = []
+        self.positive: list[int] = []  # the crack classes' labels
         self.splits: dict | None = None
 
     @property
@@ -134,6 +144,7 @@ class CrackDataModule(L.LightningDataModule):
         if self.splits is not None:  # fit then test: keep the datasets already built
             return
         self.class_names, self.splits = self.preparation.load(announce=self._is_first())
+        self.positive = self.labelled.classes()[1]
         augmentation = self.augmentation or FlipRotate(0.0, 0.0, 0.0)
         if self.cache.used:  # (a build here, without prepare_data, may use every core: nothing else runs yet)
             datasets = self.preparation.datasets(self.splits, available_cores())
@@ -149,7 +160,8 @@ class CrackDataModule(L.LightningDataModule):
             self.val_dataset = ImageListDataset(self.splits["val"], eval_tf)
             self.test_dataset = ImageListDataset(self.splits["test"], eval_tf)
         counts = {k: len(v) for k, v in self.splits.items()}
-        log.info("Classes %s (crack = %s); split sizes %s", self.class_names, self.class_names[1], counts)
+        log.info("Classes %s (crack = %s); split sizes %s", self.class_names,
+                 " + ".join(self.class_names[k] for k in self.positive), counts)
 
     def _is_first(self) -> bool:
         return self.trainer is None or self.trainer.is_global_zero

@@ -27,7 +27,8 @@ NOT_AN_IMAGE_NAME = "not an image file name"
 @dataclass(frozen=True)
 class Sample:
     path: Path  # absolute, under the dataset root (a link there may point elsewhere)
-    label: int  # 1 = crack (positive class), 0 = no crack
+    label: int  # index into the class names (two classes: 1 = crack, 0 = no crack)
+    domain: str | None = None  # where it was taken (SDNET2018's D/P/W), when the layout or manifest says
 
 
 def is_system_name(name: str) -> bool:
@@ -73,13 +74,10 @@ def find_imagefolder(top: Path, classes: list[str], depth: int = 2) -> Path | No
     return None
 
 
-def resolve_class_names(root: Path, positive_class: str | None) -> list[str]:
-    """Return ``[negative_name, positive_name]`` for the two class folders under ``root``.
-
-    Label indices follow this order, so label 1 is always the crack class whatever
-    the folders are called (ImageFolder's alphabetical order would not guarantee it).
-    Each refusal is one line naming ``data.root`` / ``data.positive_class`` and the fix.
-    """
+def resolve_class_names(root: Path, positive_classes=None) -> list[str]:
+    """The class folders under ``root`` in label order (:func:`order_classes`): for two,
+    ``[no crack, crack]``, so label 1 is the crack class whatever the folders are called.
+    Each refusal is one line naming ``data.root`` / ``data.positive_classes`` and the fix."""
     root = Path(root)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "no such folder"
@@ -88,33 +86,51 @@ def resolve_class_names(root: Path, positive_class: str | None) -> list[str]:
             f"sub-folder per class (e.g. Positive/ and Negative/), or run `make data`."
         )
     classes = class_folders(root)
-    binary = "crack-lightning trains a binary crack / no-crack classifier and needs exactly two class folders"
     if len(classes) < 2:
-        inner = [c for c in classes if len(class_folders(root / c)) == 2]
+        inner = [c for c in classes if len(class_folders(root / c)) >= 2]
         hint = (f"Did you mean data.root={root / inner[0]}?" if inner else
                 "Add the missing class folder (e.g. Positive/ for cracks and Negative/ for the rest), "
                 "with images in each.")
         raise CrackLightningError(
-            f"data.root={root} holds {len(classes)} class folder(s) {classes}; {binary}. {hint}")
-    if len(classes) > 2:
-        raise CrackLightningError(
-            f"data.root={root} holds {len(classes)} class folders {classes}; {binary} (crack and "
-            f"no crack). Move the other folders out of data.root, or merge them into those two.")
-    if positive_class is None:
-        matches = [c for c in classes if c.lower() in POSITIVE_NAMES]
-        if len(matches) != 1:
+            f"data.root={root} holds {len(classes)} class folder(s) {classes}; a classifier needs at least "
+            f"two. {hint}")
+    return order_classes(classes, positive_classes, where=f"data.root={root}")[0]
+
+
+def order_classes(names: list[str], positive_classes=None, where: str = "the data") -> tuple[list[str], list[int]]:
+    """``(class names in label order, indices of the crack classes)``.
+
+    ``positive_classes`` (``data.positive_classes``: a name or a list) says which classes are
+    cracks; by default the one(s) named like :data:`POSITIVE_NAMES`. Two classes keep the order
+    ``[no crack, crack]``; more are sorted (ImageFolder's order). At least one class must be a
+    crack and one not: the crack extras (operating threshold, missed cracks) read P(any crack).
+
+    >>> order_classes(["Positive", "Negative"])
+    (['Negative', 'Positive'], [1])
+    >>> order_classes(["stain", "crack", "clean", "joint"])
+    (['clean', 'crack', 'joint', 'stain'], [1])
+    """
+    names = sorted(set(names))
+    if isinstance(positive_classes, str):
+        positive_classes = [positive_classes]
+    if positive_classes is None:
+        positive = [c for c in names if c.lower() in POSITIVE_NAMES]
+        if not positive:
             raise CrackLightningError(
-                f"data.root={root}: cannot tell which of {classes} is the crack class. "
-                f"Set data.positive_class=<one of {classes}>."
-            )
-        positive_class = matches[0]
-    if positive_class not in classes:
+                f"{where}: cannot tell which of {names} is the crack class. "
+                f"Set data.positive_classes=[<one or more of {names}>].")
+    else:
+        positive = [str(c) for c in positive_classes]
+        if unknown := [c for c in positive if c not in names]:
+            raise CrackLightningError(
+                f"data.positive_classes={positive}: {unknown[0]} is not a class of {where}; choose from {names}.")
+    if len(set(positive)) == len(names):
         raise CrackLightningError(
-            f"data.positive_class={positive_class} is not a class folder of {root}; "
-            f"choose one of {classes}."
-        )
-    negative = next(c for c in classes if c != positive_class)
-    return [negative, positive_class]
+            f"data.positive_classes={positive}: every class of {where} is a crack class; leave at least one "
+            f"for the rest (e.g. no crack), so missed cracks and the crack threshold mean something.")
+    if len(names) == 2:
+        names = [next(c for c in names if c not in positive), positive[0]]
+    return names, [i for i, c in enumerate(names) if c in positive]
 
 
 def scan_files(root: Path, class_names: list[str]) -> tuple[list[Sample], list[tuple[Path, str]], list[tuple[Path, str]]]:
@@ -221,7 +237,7 @@ def check_classes(root: Path, class_names: list[str], samples: list[Sample], ski
 
 
 def scan_samples(root: Path, class_names: list[str]) -> list[Sample]:
-    """All image files of the two classes, in a stable (sorted) order (unchecked)."""
+    """All image files of the classes, in a stable (sorted) order (unchecked)."""
     samples, _, _ = scan_files(root, class_names)
     check_classes(root, class_names, samples)
     return samples

@@ -28,7 +28,8 @@ import numpy as np
 from crack_lightning import CrackLightningError
 from crack_lightning.data import decoded_cache
 from crack_lightning.data.decoded_cache import DecodedImages
-from crack_lightning.data.imagefolder import Sample, resolve_class_names
+from crack_lightning.data.imagefolder import Sample
+from crack_lightning.data.labelled import LabelledSet
 from crack_lightning.data.quality import grouping, screening
 from crack_lightning.data.settings import CacheSettings, ScreeningSettings, SplitSettings, SplitStrategy
 from crack_lightning.data.splits import (
@@ -48,20 +49,22 @@ class Preparation:
     """The preparation of one dataset in one process. ``prepare_data`` runs :meth:`prepare`
     (once per node); every rank's ``setup`` runs :meth:`load`, which reads what it saved."""
 
-    def __init__(self, root: Path, data_config: dict, positive_class: str | None, split: SplitSettings,
+    def __init__(self, labelled: LabelledSet, data_config: dict, split: SplitSettings,
                  screening_settings: ScreeningSettings, cache: CacheSettings, synthetic: dict | None = None,
                  report: Path | None = None):
-        self.root, self.data_config, self.positive_class = root, data_config, positive_class
+        self.labelled, self.root, self.data_config = labelled, labelled.root, data_config
         self.split, self.screening, self.cache = split, screening_settings, cache
         self.synthetic = synthetic
         self.report = report  # skipped_files.txt
         self.screened: screening.Screening | None = None
+        self.given_groups: dict[Path, str] | None = None  # a manifest's group column
+        self.given_splits: dict[Path, str] | None = None  # a manifest's split column
 
     def prepare(self, workers: int, announce: bool = True) -> None:
         """Every step, saving what ``load`` reads: image checks, groups, split, decoded cache."""
         if self.synthetic is not None:
             self.generate()
-        class_names = resolve_class_names(self.root, self.positive_class)
+        class_names, _ = self.labelled.classes()
         samples = self.usable(class_names, announce)  # stops here, before training, with on_bad_file=error
         if self.split.file is None:
             return
@@ -74,7 +77,7 @@ class Preparation:
 
     def load(self, announce: bool) -> tuple[list[str], dict[str, list[Sample]]]:
         """The class names and the split: the saved one, else a new one (saved when ``announce``)."""
-        class_names = resolve_class_names(self.root, self.positive_class)
+        class_names, _ = self.labelled.classes()
         samples = self.usable(class_names, announce)  # from the cache prepare() filled, on every rank
         if self.split.file is not None and self.split.file.is_file():
             self.check_saved_strategy()
@@ -102,11 +105,14 @@ class Preparation:
         in a process reports the others (when ``announce``)."""
         first = self.screened is None
         if first:
+            scanned = self.labelled.scan(class_names)
+            self.given_groups, self.given_splits = scanned.groups, scanned.splits
             # a grouped split reads the check's decode: border profiles computed in the same pass
-            grouped = self.split.by_borders
+            # (not when a manifest's group or split column says already)
+            grouped = self.split.by_borders and scanned.groups is None and scanned.splits is None
             extra = grouping.border_extra(self.split.grouping) if grouped else None
             workers = self.split.grouping.workers if grouped else None
-            self.screened = screening.screen(self.root, class_names, self.cache.dir, self.screening, workers, extra)
+            self.screened = screening.screen(scanned, self.cache.dir, self.screening, workers, extra)
         return screening.apply_bad_file_policy(self.screened, class_names, self.screening.on_bad_file,
                                                self.report, announce and first)
 
@@ -115,30 +121,44 @@ class Preparation:
         self.screened.fingerprints.clear()  # no grouping to make
         splits = read_splits(self.split.file, self.root, class_names)
         splits = screening.drop_unusable(splits, self.screened, self.screening.on_bad_file, self.split.file, announce)
-        check_support(splits, class_names, self.root)
+        check_support(splits, class_names, self.labelled.where)
         return splits
+
+    @property
+    def strategy(self) -> str:
+        """How the split is made: ``data.split.strategy``, or ``manifest`` when its split column says."""
+        return "manifest" if self.given_splits else self.split.strategy.value
 
     def new_split(self, class_names: list[str], samples: list[Sample], save: bool) -> dict[str, list[Sample]]:
         split = self.split
-        info = {"strategy": split.strategy.value, "seed": split.seed, "fractions": list(split.fractions)}
+        info = {"strategy": self.strategy, "seed": split.seed, "fractions": list(split.fractions)}
         groups = None
-        if split.strategy is SplitStrategy.GROUPED:
+        if self.given_splits:  # the manifest's own split, as it is
+            splits = {name: [s for s in samples if self.given_splits[s.path] == name] for name in ("train", "val", "test")}
+            info = {"strategy": self.strategy}
+        elif split.strategy is SplitStrategy.GROUPED:
             labels = self.groups(samples)
             groups = {s.path: int(g) for s, g in zip(samples, labels)}
             splits = grouped_split(samples, labels, split.fractions, split.seed)
-            how = {"pattern": split.group_pattern} if split.group_pattern else dataclasses.asdict(split.grouping)
+            how = ({"column": "group"} if self.given_groups else {"pattern": split.group_pattern}
+                   if split.group_pattern else dataclasses.asdict(split.grouping))
             info.update(groups=int(labels.max()) + 1, grouping=how)
         else:
             splits = stratified_split(samples, split.fractions, split.seed)
-        check_support(splits, class_names, self.root)
+        _, positive = self.labelled.classes()
+        check_support(splits, class_names, self.labelled.where)
         if save and split.file is not None:
-            write_splits(split.file, splits, self.root, class_names, info, groups)
-            log.info("Made a %s split -> %s", split.strategy.value, split.file)
+            write_splits(split.file, splits, self.root, class_names, info, groups, positive)
+            log.info("Made a %s split -> %s", self.strategy, split.file)
         return splits
 
     def groups(self, samples: list[Sample]) -> np.ndarray:
         """Group index per sample, from the cache when the files have not changed."""
         paths = [s.path for s in samples]
+        if self.given_groups:  # the manifest's group column: replaces border matching
+            labels = np.unique([self.given_groups.get(p, f"/{p}") for p in paths], return_inverse=True)[1]
+            log.info("Grouped %d images into %d groups by the manifest's group column", len(paths), labels.max() + 1)
+            return labels
         if self.split.group_pattern:  # the photo id in each file name: nothing to decode or cache
             ids = self.split.photo_ids([p.relative_to(self.root).as_posix() for p in paths])
             labels = np.unique(ids, return_inverse=True)[1]
@@ -164,7 +184,7 @@ class Preparation:
     def check_saved_strategy(self) -> None:
         info = read_split_info(self.split.file)
         made_by = info.get("strategy") if info else None
-        asked = self.split.strategy.value
+        asked = self.strategy
         if made_by is not None and made_by != asked:
             key = f"{SplitSettings.KEY}.strategy"
             raise CrackLightningError(

@@ -233,6 +233,7 @@ class LoaderSettings:
 # The flat keys of data/crack.yaml before the groups, and where each went: a user's old command
 # line is told the new name (cli.entry for keys that are gone, settings_from for the group names).
 MOVED = {
+    "data.positive_class": "data.positive_classes",
     "data.split": "data.split.strategy", "data.split_fractions": "data.split.fractions",
     "data.split_seed": "data.split.seed", "data.split_file": "data.split.file", "data.grouping": "data.split.grouping",
     "data.on_bad_file": "data.screening.on_bad_file", "data.min_image_side": "data.screening.min_side",

@@ -30,10 +30,10 @@ def stratified_split(samples: list[Sample], fractions, seed: int) -> dict[str, l
     The same samples, fractions and seed always give the same split.
     """
     train_f, val_f, test_f = check_fractions(fractions)
-    labels = [s.label for s in samples]
+    labels = [_stratum(s) for s in samples]
     try:
         train, rest = train_test_split(samples, train_size=train_f, stratify=labels, random_state=seed)
-        rest_labels = [s.label for s in rest]
+        rest_labels = [_stratum(s) for s in rest]
         val, test = train_test_split(
             rest, test_size=test_f / (val_f + test_f), stratify=rest_labels, random_state=seed
         )
@@ -43,6 +43,11 @@ def stratified_split(samples: list[Sample], fractions, seed: int) -> dict[str, l
             f"Add images or change data.split.fractions."
         ) from None
     return {"train": train, "val": val, "test": test}
+
+
+def _stratum(s: Sample):
+    """What a split keeps the balance of: the class, and within it the domain when known."""
+    return s.label if s.domain is None else f"{s.label}/{s.domain}"
 
 
 def grouped_split(samples: list[Sample], groups, fractions, seed: int) -> dict[str, list[Sample]]:
@@ -55,9 +60,9 @@ def grouped_split(samples: list[Sample], groups, fractions, seed: int) -> dict[s
     point of the whole set's (``tests/test_grouping.py``).
     """
     fractions = np.array(check_fractions(fractions))
-    labels = np.array([s.label for s in samples])
+    labels = np.unique([str(_stratum(s)) for s in samples], return_inverse=True)[1]
     _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    counts = np.zeros((inverse.max() + 1, 2))
+    counts = np.zeros((inverse.max() + 1, max(2, labels.max() + 1)))
     np.add.at(counts, (inverse, labels), 1)
     target = fractions[:, None] * counts.sum(0)[None, :]  # (split, class) images wanted
     have = np.zeros_like(target)
@@ -78,7 +83,7 @@ def grouped_split(samples: list[Sample], groups, fractions, seed: int) -> dict[s
     return {name: [s for s, g in zip(samples, inverse) if assign[g] == k] for k, name in enumerate(SPLITS)}
 
 
-def check_support(splits: dict[str, list[Sample]], class_names: list[str], root: Path) -> None:
+def check_support(splits: dict[str, list[Sample]], class_names: list[str], where) -> None:
     """Refuse a split with a class missing from a split: with no crack in validation the
     recall-targeted threshold is chosen on nothing, and with none in test the reported recall
     and AUROC are undefined (torchmetrics gives 0.0), yet the run would end "successfully"."""
@@ -89,30 +94,37 @@ def check_support(splits: dict[str, list[Sample]], class_names: list[str], root:
         if missing:
             counts = ", ".join(f"{name} {n}" for name, n in totals.items())
             raise CrackLightningError(
-                f"data.root={root}: the {split} split has no '{missing[0]}' image (usable images per class: {counts}), "
+                f"{where}: the {split} split has no '{missing[0]}' image (usable images per class: {counts}), "
                 f"so its metrics and the operating threshold would measure nothing. Add images of that class (a few "
                 f"per split at least), or change data.split.fractions.")
 
 
 def write_splits(path: Path, splits: dict[str, list[Sample]], root: Path, class_names: list[str],
-                 info: dict | None = None, groups: dict[Path, int] | None = None) -> None:
-    """Write ``path,label,split[,group]`` rows (paths relative to ``root``), atomically.
+                 info: dict | None = None, groups: dict[Path, int | str] | None = None,
+                 positive: list[int] = (1,)) -> None:
+    """Write ``path,label,split[,group][,domain]`` rows (paths relative to ``root``), atomically.
 
     ``info`` (how the split was made: strategy, seed, fractions, ...) goes to the
-    ``splits.json`` beside it, with the size and crack share of every split."""
+    ``splits.json`` beside it, with the size and crack share (``positive`` classes) of every
+    split, and with more than two classes the images per class."""
     if info is not None:  # before the CSV: a CSV is never newer than its description
-        summary = {
-            name: {"images": len(part), "crack_share": round(sum(s.label for s in part) / max(1, len(part)), 4)}
-            for name, part in splits.items()
-        }
+        summary = {}
+        for name, part in splits.items():
+            summary[name] = {"images": len(part),
+                             "crack_share": round(sum(s.label in positive for s in part) / max(1, len(part)), 4)}
+            if len(class_names) > 2:
+                summary[name]["classes"] = {c: sum(s.label == k for s in part) for k, c in enumerate(class_names)}
         write_atomic(split_info_path(path), json.dumps({**info, "splits": summary}, indent=2) + "\n")
+    domains = any(s.domain is not None for part in splits.values() for s in part)
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"] + (["group"] if groups is not None else []))
+        writer.writerow(["path", "label", "split"] + (["group"] if groups is not None else [])
+                        + (["domain"] if domains else []))
         for split in SPLITS:
             for s in splits[split]:
                 row = [s.path.relative_to(root).as_posix(), class_names[s.label], split]
-                writer.writerow(row + ([groups[s.path]] if groups is not None else []))
+                writer.writerow(row + ([groups[s.path]] if groups is not None else [])
+                                + ([s.domain or ""] if domains else []))
 
 
 def split_info_path(path: Path) -> Path:
@@ -133,6 +145,7 @@ class SplitRow:
     split: str
     label: str | None   # None when the file has no label column or the cell is empty
     line: int           # line number in the file, for messages
+    domain: str | None = None
 
 
 def read_split_rows(path: Path, root: Path) -> list[SplitRow]:
@@ -152,7 +165,7 @@ def read_split_rows(path: Path, root: Path) -> list[SplitRow]:
                     f"Pass a splits.csv written by a training run (path,label,split).")
             root_abs = Path(root).resolve()
             return [SplitRow(_relative(row.get("path") or "", root_abs), (row.get("split") or "").strip(),
-                             (row.get("label") or "").strip() or None, line)
+                             (row.get("label") or "").strip() or None, line, (row.get("domain") or "").strip() or None)
                     for line, row in enumerate(reader, start=2)]
     except (OSError, UnicodeDecodeError) as err:
         raise CrackLightningError(f"{path}: cannot read it ({err}). Pass a readable splits.csv.") from None
@@ -189,5 +202,5 @@ def read_splits(path: Path, root: Path, class_names: list[str]) -> dict[str, lis
                 f"{path}:{row.line}: {file} is listed in the saved split but missing under data.root. "
                 f"Restore the file, or delete {path.name} to make a new split."
             )
-        splits[row.split].append(Sample(file, class_to_idx[row.label]))
+        splits[row.split].append(Sample(file, class_to_idx[row.label], row.domain))
     return splits

@@ -28,17 +28,24 @@ from torchmetrics.functional.classification import (
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, cracks: torch.Tensor | None = None,
+                    max_iter: int = 100) -> float:
     """Temperature scaling (Guo et al. 2017): the T > 0 minimising the cross-entropy of
-    ``logits / T``, clamped to ``TEMPERATURE_RANGE``. One parameter, so ranking (AUROC)
-    is unchanged; an over-confident model gets T > 1, which pulls its "100 %"
-    probabilities back towards what it earns.
+    ``logits / T`` over all classes, clamped to ``TEMPERATURE_RANGE``. One parameter, so ranking
+    (AUROC) is unchanged; an over-confident model gets T > 1, which pulls its "100 %"
+    probabilities back towards what it earns. ``cracks``: 1 where the label is a crack class
+    (default: label 1).
 
-    When the scores separate the two classes completely, the cross-entropy keeps falling
-    as T -> 0 and the split cannot tell what T should be: T stays 1 (no change)."""
-    margin = logits[:, 1] - logits[:, 0]
-    cracks = targets == 1
-    if not cracks.any() or cracks.all() or margin[~cracks].max() < margin[cracks].min():
+    When the scores separate the classes completely, the cross-entropy keeps falling as
+    T -> 0 and the split cannot tell what T should be: T stays 1 (no change)."""
+    cracks = (targets == 1) if cracks is None else cracks.bool()
+    if not cracks.any() or cracks.all():
+        return 1.0
+    if logits.shape[1] == 2:
+        margin = logits[:, 1] - logits[:, 0]
+        if margin[~cracks].max() < margin[cracks].min():
+            return 1.0
+    elif (logits.argmax(dim=1) == targets).all():  # every image right: nothing tells T
         return 1.0
     # callers may sit in Lightning's inference mode: leave it for this small fit
     with torch.inference_mode(False), torch.enable_grad():

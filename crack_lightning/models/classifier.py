@@ -1,4 +1,4 @@
-"""The LightningModule: a timm backbone, our own dropout + linear head, binary metrics."""
+"""The LightningModule: a timm backbone, our own dropout + linear head, crack and per-class metrics."""
 
 from __future__ import annotations
 
@@ -12,47 +12,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchmetrics import MetricCollection, SumMetric
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryAveragePrecision,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryRecall,
-)
+from torchmetrics import MetricCollection
 
 from crack_lightning import CrackLightningError
 from crack_lightning.model_card import SECTION, ModelCard
+from crack_lightning.models.metrics import Counts, class_metrics, crack_metrics
 
 class NonFiniteLossError(CrackLightningError):
     """The training loss became NaN or infinite (see ``on_nonfinite_loss``)."""
-
-
-def _binary_metrics(with_auroc: bool = True) -> MetricCollection:
-    # label 1 is the crack class (see crack_lightning.data.dataset), so precision,
-    # recall and F1 are those of cracks
-    metrics = {
-        "acc": BinaryAccuracy(),
-        "precision": BinaryPrecision(),
-        "recall": BinaryRecall(),
-        "f1": BinaryF1Score(),
-    }
-    if with_auroc:  # threshold-free; average precision is the one that notices imbalance
-        metrics["auroc"] = BinaryAUROC()
-        metrics["ap"] = BinaryAveragePrecision()
-    return MetricCollection(metrics)
-
-
-class _Counts(MetricCollection):
-    """Named sums (images scored, cracks missed), synchronised like the other metrics."""
-
-    def __init__(self, names: list[str], prefix: str):
-        super().__init__({name: SumMetric() for name in names}, prefix=prefix, compute_groups=False)
-
-    def update(self, values: dict[str, torch.Tensor]) -> None:
-        for name, value in values.items():
-            self[name].update(value)
 
 
 def _class_weights(setting, num_classes: int) -> list[float] | None:
@@ -66,7 +33,8 @@ def _class_weights(setting, num_classes: int) -> list[float] | None:
     if len(values) != num_classes or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
                                              for v in values):
         raise CrackLightningError(f"model.class_weights={setting}: choose none, auto or {num_classes} positive "
-                                  f"weights, [no crack, crack], e.g. [1.0, 5.0].")
+                                  f"weights, one per class in label order ([no crack, crack] for two), e.g. "
+                                  f"{[1.0] * (num_classes - 1) + [5.0]}.")
     return [float(v) for v in values]
 
 
@@ -89,6 +57,9 @@ class CrackClassifier(L.LightningModule):
             frequency of the training split, handed over when training starts by
             :class:`~crack_lightning.callbacks.model_card.ClassWeightsFromData`) or one weight
             per class, ``[no crack, crack]``.
+        num_classes, class_names, positive_classes: the classes, in label order, and the labels
+            of the crack classes (default ``[1]`` of two); train.py takes them from the data
+            (:mod:`crack_lightning.data.labelled`) and the checkpoint's config keeps them.
         on_nonfinite_loss: a NaN or infinite training loss either ``"stop"``s the run
             (:class:`NonFiniteLossError`, before the bad batch touches the weights, so the
             last checkpoint stays the last good one) or is ``"skip"``ped with a warning
@@ -108,27 +79,46 @@ class CrackClassifier(L.LightningModule):
         num_classes: int = 2,
         on_nonfinite_loss: str = "stop",
         class_weights: str | list[float] = "none",
+        class_names: list[str] | None = None,
+        positive_classes: list[int] | None = None,
     ):
         super().__init__()
         if on_nonfinite_loss not in ("stop", "skip"):
             raise CrackLightningError(f"model.on_nonfinite_loss={on_nonfinite_loss}: choose stop or skip.")
         weights = _class_weights(class_weights, num_classes)
+        # plain lists in the saved hyperparameters (Hydra hands ListConfigs; checkpoints load weights_only)
+        class_names = [str(c) for c in class_names] if class_names is not None else None
+        positive_classes = [int(k) for k in positive_classes] if positive_classes is not None else None
+        positive = [1] if positive_classes is None and num_classes == 2 else list(positive_classes or [])
+        if not positive or not all(0 <= int(k) < num_classes for k in positive) or len(positive) >= num_classes:
+            raise CrackLightningError(f"model.positive_classes={positive_classes}: give the crack classes' labels, "
+                                      f"some but not all of 0..{num_classes - 1}.")
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.backbone = backbone
         self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(backbone.num_features, num_classes))
         # not in the state dict: "auto" is made again from the same split when a run resumes, and
         # a checkpoint loads into a model built from its config whichever weights it trained with
         self.register_buffer("class_weight", torch.tensor(weights or [1.0] * num_classes), persistent=False)
+        # which labels are cracks: P(crack) is the sum of their probabilities (not saved: from the config)
+        mask = torch.zeros(num_classes, dtype=torch.bool)
+        mask[[int(k) for k in positive]] = True
+        self.register_buffer("positive_mask", mask, persistent=False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # ("train" cannot be a ModuleDict key: it would shadow nn.Module.train)
-        self.train_metrics = _binary_metrics().clone(prefix="train/")
-        self.val_metrics = _binary_metrics().clone(prefix="val/")
-        self.test_metrics = _binary_metrics().clone(prefix="test/")
-        # the same at the operating threshold (chosen on validation for a target recall),
+        binary = num_classes == 2
+        self.train_metrics = crack_metrics(binary).clone(prefix="train/")
+        self.val_metrics = crack_metrics(binary).clone(prefix="val/")
+        self.test_metrics = crack_metrics(binary).clone(prefix="test/")
+        # more classes: top-1 accuracy, macro/weighted averages, per class at test (on the softmax)
+        self.class_metrics = nn.ModuleDict() if binary else nn.ModuleDict({
+            stage: class_metrics(num_classes, class_names, per_class=stage == "test").clone(prefix=f"{stage}/")
+            for stage in ("fit", "val", "test")})
+        # the crack metrics at the operating threshold (chosen on validation for a target recall),
         # and the cracks missed at 0.5 and at that threshold
-        self.test_metrics_at_threshold = _binary_metrics(with_auroc=False).clone(prefix="test/", postfix="_at_threshold")
-        self.test_counts = _Counts(["images", "missed_cracks", "missed_cracks_at_threshold"], prefix="test/")
+        self.test_metrics_at_threshold = crack_metrics(binary, with_auroc=False).clone(
+            prefix="test/", postfix="_at_threshold")
+        self.test_counts = Counts(["images", "missed_cracks", "missed_cracks_at_threshold"], prefix="test/")
         # Operating point, fitted after training by callbacks.OperatingPoint and saved in
         # the state dict: crack when softmax(logits / temperature)[1] > threshold.
         self.register_buffer("temperature", torch.tensor(1.0))
@@ -184,9 +174,19 @@ class CrackClassifier(L.LightningModule):
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
 
-    def crack_probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """Calibrated probability of the crack class (temperature 1 until calibrated)."""
-        return (logits.detach().float() / self.temperature).softmax(dim=-1)[:, 1]
+    def probabilities(self, logits: torch.Tensor, temperature: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated probability of every class (temperature 1 until calibrated)."""
+        t = self.temperature if temperature is None else temperature
+        return (logits.detach().float() / t).softmax(dim=-1)
+
+    def crack_probability(self, logits: torch.Tensor, temperature: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated probability of a crack: of any crack class when there are more."""
+        probs = self.probabilities(logits, temperature)
+        return probs[:, self.positive_mask.to(probs.device)].sum(dim=-1).clamp(0.0, 1.0)
+
+    def is_crack(self, targets: torch.Tensor) -> torch.Tensor:
+        """1 where the label is a crack class, else 0 (the crack metrics' target)."""
+        return self.positive_mask.to(targets.device)[targets].long()
 
     def _step(self, batch, stage: str, batch_idx: int = 0) -> dict[str, torch.Tensor] | None:
         images, targets = batch
@@ -196,14 +196,17 @@ class CrackClassifier(L.LightningModule):
         if stage == "train" and not torch.isfinite(loss):  # the step's one host sync
             return self._nonfinite_loss(loss, batch_idx)  # nothing logged from a broken batch
         probs = self.crack_probability(logits)
+        cracks = self.is_crack(targets)
         # updated per batch, logged once per epoch (_log_epoch_metrics): logging the metric objects
         # every step adds Lightning bookkeeping to each step, time a fast GPU step cannot spare
-        getattr(self, f"{stage}_metrics").update(probs, targets)
+        getattr(self, f"{stage}_metrics").update(probs, cracks)
+        if self.class_metrics:
+            self.class_metrics["fit" if stage == "train" else stage].update(self.probabilities(logits), targets)
         # the epoch loss is averaged over the ranks; shards differ by at most one image
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
                  batch_size=len(targets), sync_dist=stage != "train")
         if stage == "test":
-            self._update_operating_metrics(probs, targets)
+            self._update_operating_metrics(probs, cracks)
         return {"loss": loss, "probs": probs, "targets": targets, "logits": logits.detach().float()}
 
     def _log_epoch_metrics(self, *collections, prog_bar: bool = False) -> None:
@@ -215,11 +218,14 @@ class CrackClassifier(L.LightningModule):
             self.log_dict({k: v.float() for k, v in metrics.compute().items()}, prog_bar=prog_bar, sync_dist=True)
             metrics.reset()
 
+    def _stage_metrics(self, stage: str) -> list[MetricCollection]:
+        return [self.class_metrics[stage]] if self.class_metrics else []
+
     def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics(self.train_metrics)
+        self._log_epoch_metrics(self.train_metrics, *self._stage_metrics("fit"))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics(self.val_metrics, prog_bar=True)
+        self._log_epoch_metrics(self.val_metrics, *self._stage_metrics("val"), prog_bar=True)
 
     def on_test_epoch_start(self) -> None:
         # the threshold is fixed for a test run (loaded with the checkpoint): set it once
@@ -227,10 +233,12 @@ class CrackClassifier(L.LightningModule):
             metric.threshold = float(self.threshold)
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics(self.test_metrics, self.test_metrics_at_threshold, self.test_counts)
+        self._log_epoch_metrics(self.test_metrics, *self._stage_metrics("test"), self.test_metrics_at_threshold,
+                                self.test_counts)
         self.log("test/threshold", self.threshold, sync_dist=True)
 
     def _update_operating_metrics(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        """``targets``: 1 for a crack (any crack class), 0 for the rest."""
         self.test_metrics_at_threshold.update(probs, targets)
         cracks = targets == 1
         # a crack is predicted when probability > threshold (torchmetrics' rule)

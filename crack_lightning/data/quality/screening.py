@@ -41,7 +41,8 @@ from PIL import Image
 
 from crack_lightning import CrackLightningError
 from crack_lightning.data.settings import BadFilePolicy, ScreeningSettings
-from crack_lightning.data.imagefolder import Sample, check_classes, scan_files
+from crack_lightning.data.imagefolder import Sample, check_classes
+from crack_lightning.data.labelled import Scanned
 from crack_lightning.data.quality.fingerprints import Fingerprint, fingerprint_files
 from crack_lightning.utils.files import files_key, write_atomic
 
@@ -111,17 +112,16 @@ def check_files(paths: list[Path], min_side: int, max_pixels: int, workers: int 
     return bad, prints
 
 
-def screen(root: Path, class_names: list[str], cache_dir: Path | None = None,
-           settings: ScreeningSettings | None = None, workers: int | None = None,
-           extra: Callable | None = None) -> Screening:
-    """Scan ``root``'s two class folders and check every image file (cached in ``cache_dir``).
+def screen(scanned: Scanned, cache_dir: Path | None = None, settings: ScreeningSettings | None = None,
+           workers: int | None = None, extra: Callable | None = None) -> Screening:
+    """Check every image file of a scanned set (:class:`~crack_lightning.data.labelled.LabelledSet`),
+    cached in ``cache_dir``.
 
     When the files are decoded (no cached verdicts), ``extra`` runs on each image in the
     same pass and the fingerprints are kept in :attr:`Screening.fingerprints`."""
     settings = settings or ScreeningSettings()
     min_side, max_pixels = settings.min_side, settings.max_pixels
-    root = Path(root).resolve()
-    samples, broken, ignored = scan_files(root, class_names)
+    root, samples, broken, ignored = scanned.root, scanned.samples, scanned.broken, scanned.ignored
     paths = [s.path for s in samples]
     cache = None
     if cache_dir is not None:

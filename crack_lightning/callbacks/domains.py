@@ -1,0 +1,92 @@
+"""Test metrics per domain: where each image was taken (SDNET2018's decks, pavements, walls),
+when the class map or the manifest says. A model can hold 0.95 recall overall and 0.6 on
+one surface; the overall number hides it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_auroc,
+    binary_average_precision,
+    binary_f1_score,
+    binary_precision,
+    binary_recall,
+    multiclass_accuracy,
+    multiclass_f1_score,
+)
+
+from crack_lightning.trainer.distributed import gather_uneven
+from crack_lightning.utils.files import write_atomic
+
+PREFIX = "test/domain"  # test/domain/<domain>/<metric>: apart from test/<metric>/<class>
+
+
+class DomainMetrics(L.Callback):
+    """After the test epoch, every test metric again for each domain of the test split
+    (logged as ``test/domain/<domain>/<metric>``, so it lands in ``metrics.json`` and
+    TensorBoard) and ``domain_metrics.json`` in ``output_dir``. Nothing when no image has a
+    domain. Under DDP each rank's images are gathered with their dataset index."""
+
+    def __init__(self, output_dir: str | None = None):
+        self.output_dir = Path(output_dir) if output_dir else None
+        self._parts: list[tuple[torch.Tensor, ...]] = []
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._parts = []
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if outputs is not None:
+            self._parts.append((outputs["probs"].float(), outputs["targets"], outputs["logits"].argmax(dim=1)))
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        domains = [s.domain for s in getattr(trainer.datamodule, "splits", {}).get("test", [])]
+        if not self._parts or not any(d is not None for d in domains):
+            return
+        loader = trainer.test_dataloaders
+        order = torch.tensor(list(iter(loader.sampler)), dtype=torch.long)  # this rank's dataset indices
+        probs, targets, predicted = (torch.cat(p) for p in zip(*self._parts))
+        device = pl_module.device
+        index = gather_uneven(order[:len(targets)].to(device), device).cpu()
+        probs, targets, predicted = (gather_uneven(t.to(device), device).cpu() for t in (probs, targets, predicted))
+        table = {}
+        for domain in sorted({d for d in domains if d is not None}):
+            keep = torch.tensor([domains[i] == domain for i in index.tolist()])
+            if keep.any():
+                table[domain] = domain_metrics(pl_module, probs[keep], targets[keep], predicted[keep])
+        for domain, values in table.items():
+            for key, value in values.items():
+                pl_module.log(f"{PREFIX}/{domain}/{key}", float(value), sync_dist=False)  # the same on every rank
+        if trainer.is_global_zero and self.output_dir is not None:
+            write_atomic(self.output_dir / "domain_metrics.json", json.dumps(table, indent=2) + "\n")
+
+
+def domain_metrics(pl_module, probs: torch.Tensor, targets: torch.Tensor, predicted: torch.Tensor) -> dict[str, float]:
+    """The headline test metrics of one domain's images: crack vs the rest at 0.5 and at the
+    operating threshold, missed cracks, and with more than two classes top-1 accuracy and macro-F1."""
+    cracks = pl_module.is_crack(targets)
+    threshold = float(pl_module.threshold)
+    both = bool(cracks.any() and (cracks == 0).any())  # AUROC / AP need both
+    num_classes = pl_module.hparams.num_classes
+    out = {"images": len(targets), "cracks": int(cracks.sum())}
+    if num_classes == 2:
+        out["acc"] = float(binary_accuracy(probs, cracks))
+    else:
+        out["acc"] = float(multiclass_accuracy(predicted, targets, num_classes, average="micro"))
+        out["macro_f1"] = float(multiclass_f1_score(predicted, targets, num_classes, average="macro"))
+    out.update(
+        precision=float(binary_precision(probs, cracks)),
+        recall=float(binary_recall(probs, cracks)),
+        f1=float(binary_f1_score(probs, cracks)),
+        recall_at_threshold=float(binary_recall(probs, cracks, threshold=threshold)),
+        precision_at_threshold=float(binary_precision(probs, cracks, threshold=threshold)),
+        missed_cracks=int(((cracks == 1) & (probs <= 0.5)).sum()),
+        missed_cracks_at_threshold=int(((cracks == 1) & (probs <= threshold)).sum()),
+    )
+    if both:
+        out.update(auroc=float(binary_auroc(probs, cracks)), ap=float(binary_average_precision(probs, cracks)))
+    return out
