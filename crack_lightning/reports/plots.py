@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from sklearn.calibration import CalibrationDisplay
-from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay, precision_score, recall_score
+from sklearn.metrics import (
+    ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay, confusion_matrix, precision_score, recall_score,
+)
 
 from crack_lightning.utils.files import atomic_path
 
@@ -51,15 +53,25 @@ def image_grid_figure(
     return fig
 
 
-def confusion_matrix_figure(targets: Sequence[int], preds: Sequence[int], class_names: Sequence[str]) -> Figure:
-    """Counts with row-normalised rates, true class on the rows."""
-    fig = Figure(figsize=(4.5, 4), layout="constrained")
+def confusion_matrix_figure(targets: Sequence[int], preds: Sequence[int], class_names: Sequence[str],
+                            title: str = "Confusion matrix (test)") -> Figure:
+    """Counts, true class on the rows; grows with the number of classes beyond two."""
+    extra = 0.9 * max(0, len(class_names) - 2)
+    fig = Figure(figsize=(4.5 + extra, 4 + extra), layout="constrained")
     ax = fig.subplots()
     ConfusionMatrixDisplay.from_predictions(
-        targets, preds, labels=list(range(len(class_names))), display_labels=class_names, ax=ax, colorbar=False, cmap="Blues"
+        targets, preds, labels=list(range(len(class_names))), display_labels=class_names, ax=ax, colorbar=False,
+        cmap="Blues", xticks_rotation="horizontal" if len(class_names) <= 2 else 45,
     )
-    ax.set_title("Confusion matrix (test)")
+    ax.set_title(title)
     return fig
+
+
+def confusion_table(targets: Sequence[int], preds: Sequence[int], class_names: Sequence[str]) -> list[list[str]]:
+    """The confusion matrix as rows of cells: a header of predicted classes, then one row per
+    true class (what ``confusion_matrix.csv`` and the text report show)."""
+    matrix = confusion_matrix(targets, preds, labels=list(range(len(class_names))))
+    return [["true \\ predicted", *class_names]] + [[name, *map(str, row)] for name, row in zip(class_names, matrix)]
 
 
 def curves_figure(targets: np.ndarray, probs: np.ndarray, thresholds: dict[str, float], split: str = "test") -> Figure:

@@ -35,6 +35,16 @@ KEY_METRICS = (
     ("test/acc_at_threshold", "accuracy at the threshold"),
     ("test/f1_at_threshold", "F1 at the threshold"),
 )
+# more than two classes: the crack metrics are cracks vs the rest, and a table has every class
+CLASS_KEY_METRICS = (
+    ("test/acc", "accuracy over all classes, at the most probable class"),
+    ("test/macro_f1", "F1 averaged over the classes"),
+    *((f"test/{name}", f"{label} of cracks vs the rest") for name, label in (
+        ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("auroc", "AUROC"), ("ap", "average precision"))),
+)
+PER_CLASS = ("precision", "recall", "f1", "auroc")  # test/<metric>/<class>, the table's columns
+AVERAGES = (("macro average", ("macro_precision", "macro_recall", "macro_f1", "macro_auroc")),
+            ("weighted average", (None, None, "weighted_f1", None)))
 
 
 def _select(cfg: DictConfig, key: str):
@@ -46,6 +56,21 @@ def _select(cfg: DictConfig, key: str):
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def class_table(numbers: dict[str, float]) -> tuple[list[str], set[str]]:
+    """More than two classes: the Markdown table of every class and the averages, and the keys it
+    shows; nothing for two classes (no ``test/f1/<class>`` metrics)."""
+    classes = [key.split("/", 2)[2] for key in numbers if key.startswith("test/f1/")]
+    if not classes:
+        return [], set()
+    rows = [(name, [f"test/{metric}/{name}" for metric in PER_CLASS]) for name in classes]
+    rows += [(label, [f"test/{key}" if key else None for key in keys]) for label, keys in AVERAGES]
+    lines = ["", "### Every class", "", "At the most probable class (the crack metrics above are cracks vs the rest).",
+             "", "| class | precision | recall | F1 | AUROC |", "|---|---|---|---|---|"]
+    lines += [f"| {label} | " + " | ".join(_fmt(numbers[k]) if k in numbers else "" for k in keys) + " |"
+              for label, keys in rows]
+    return lines, {k for _, keys in rows for k in keys if k}
 
 
 def run_report(cfg: DictConfig, output_dir: Path) -> str:
@@ -80,10 +105,12 @@ def run_report(cfg: DictConfig, output_dir: Path) -> str:
 
     lines += ["", "## Test metrics", ""]
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    classes, in_classes = class_table(numbers)
     if numbers:
         lines += ["| metric | value |", "|---|---|"]
-        named = dict(KEY_METRICS)
-        for key in [k for k, _ in KEY_METRICS if k in numbers] + sorted(k for k in numbers if k not in named):
+        named = dict(KEY_METRICS + (CLASS_KEY_METRICS if classes else ()))
+        rest = sorted(k for k in numbers if k not in named and k not in in_classes)
+        for key in [k for k in named if k in numbers] + rest:
             label = f"{key} ({named[key]})" if key in named else key
             lines.append(f"| {label} | {_fmt(numbers[key])} |")
         if metrics.get("best_ckpt"):
@@ -97,6 +124,9 @@ def run_report(cfg: DictConfig, output_dir: Path) -> str:
         lines.append("Not tested (no metrics.json: `test=false`, or the run stopped before testing).")
     if (output_dir / "classification_report.txt").is_file():
         lines += ["", "Per-class report: [classification_report.txt](classification_report.txt)"]
+    if (output_dir / "confusion_matrix.csv").is_file():  # more than two classes
+        lines += ["", "Confusion matrix (most probable class): [confusion_matrix.csv](confusion_matrix.csv)"]
+    lines += classes
 
     figures = [(name, title) for name, title in FIGURES if (output_dir / name).is_file()]
     if figures:

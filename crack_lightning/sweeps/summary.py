@@ -27,8 +27,10 @@ from crack_lightning.sweeps.job import ERROR_FILE, JOB_FILE
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 SUMMARY_PNG = "summary.png"
-# test metrics shown in summary.md (summary.csv has all of them)
-MD_TEST_METRICS = ("test/acc", "test/f1", "test/auroc", "test/loss", "test/threshold", "test/missed_cracks_at_threshold")
+# test metrics shown in summary.md when some job has them (summary.csv has all of them); macro-F1
+# only runs of more than two classes have (their f1 is that of cracks vs the rest)
+MD_TEST_METRICS = ("test/acc", "test/macro_f1", "test/f1", "test/auroc", "test/loss", "test/threshold",
+                   "test/missed_cracks_at_threshold")
 
 
 @dataclass
