@@ -1,8 +1,8 @@
 """The model card: what a trained classifier carries besides its weights, as one type.
 
-Class names, the preprocessing to repeat (input size, interpolation, mean, std, native
-patch size), the operating point (threshold, temperature and how they were chosen) and
-the run config. One producer, one shape -- timm's ``resolve_data_config`` idea:
+Class names and which of them are cracks, the preprocessing to repeat (input size,
+interpolation, mean, std, native patch size), the operating point (threshold, temperature
+and how they were chosen) and the run config. One producer, one shape -- timm's ``resolve_data_config`` idea:
 training hands the model its card (:class:`~crack_lightning.callbacks.model_card.ModelCardFromData`,
 completed by :class:`~crack_lightning.callbacks.OperatingPoint`), the checkpoint and the
 ``.onnx`` metadata store it, and predict, export and evaluation read it back with
@@ -19,6 +19,10 @@ imports torch (a state dict's 0-d tensors are read with ``float()``).
 >>> card = ModelCard(["Negative", "Positive"], pre, threshold=0.3)
 >>> ModelCard.from_onnx_metadata(card.to_onnx_metadata()) == card
 True
+>>> card.positive_classes, card.positive_labels  # two classes: label 1 is the crack class
+(['Positive'], [1])
+>>> ModelCard(["clean", "crack", "stain"], pre, config={"model": {"positive_classes": [1]}}).positive_classes
+['crack']
 >>> Preprocessing.from_dict({"input_size": [224, 224], "mean": [0.5] * 3})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 crack_lightning.CrackLightningError: preprocessing lacks interpolation, std (a card needs ...
@@ -117,17 +121,43 @@ class ModelCard:
     In a checkpoint the card is the ``crack_lightning`` entry (:meth:`to_checkpoint`)
     and the ``threshold`` / ``temperature`` buffers of the state dict; in an ``.onnx``
     file it is the ``metadata_props`` of :meth:`to_onnx_metadata` (no run config).
-    Crack when ``softmax(logits / temperature)[1] > threshold``.
+    Crack when P(any crack class) -- the sum of ``softmax(logits / temperature)`` over
+    ``positive_classes`` -- is above ``threshold``.
     """
 
-    class_names: list[str]  # [no-crack, crack]
+    class_names: list[str]  # in label order; two classes: [no-crack, crack]
     preprocessing: Preprocessing
     threshold: float = 0.5  # until an operating point is fitted
     temperature: float = 1.0
     operating_point: dict = field(default_factory=dict)  # how they were chosen (OperatingPoint)
     config: dict | None = None  # the resolved run config, to rebuild the model
+    # The crack classes' names. One source of truth: a checkpoint's run config (its model.positive_classes,
+    # labels: what the model's positive_mask sums); an .onnx file stores them as names (it has no config).
+    # Neither, as in files written before N classes: [class_names[1]] of two.
+    positive_classes: list[str] | None = None
 
     ONNX_KEYS: ClassVar[tuple[str, ...]] = ("preprocessing", "class_names", "threshold", "temperature")
+
+    def __post_init__(self):
+        labels = ((self.config or {}).get("model") or {}).get("positive_classes")
+        if labels is not None:
+            names = [self.class_names[int(k)] for k in labels]
+        elif self.positive_classes is not None:
+            names = [str(c) for c in self.positive_classes]
+        elif len(self.class_names) == 2:
+            names = [self.class_names[1]]
+        else:
+            raise CrackLightningError(f"model card of {self.class_names}: no positive_classes to say which are cracks "
+                                      f"(more than two classes need them); use the file train.py or export.py wrote.")
+        if unknown := [c for c in names if c not in self.class_names]:
+            raise CrackLightningError(f"model card: positive class {unknown[0]} is not one of {self.class_names}; "
+                                      f"use the file train.py or export.py wrote.")
+        object.__setattr__(self, "positive_classes", names)  # frozen: the dataclass's own way to fill a default
+
+    @property
+    def positive_labels(self) -> list[int]:
+        """The crack classes' labels (indices into ``class_names``)."""
+        return [self.class_names.index(c) for c in self.positive_classes]
 
     @staticmethod
     def missing(checkpoint) -> list[str]:
@@ -167,7 +197,8 @@ class ModelCard:
 
     @classmethod
     def from_onnx_metadata(cls, meta: dict[str, str], where: str = "the .onnx metadata") -> ModelCard:
-        """The card of an export.py file's ``metadata_props``; one line naming what it lacks."""
+        """The card of an export.py file's ``metadata_props``; one line naming what it lacks (files
+        written before N classes lack ``positive_classes``: two classes, label 1)."""
         if lacks := [key for key in cls.ONNX_KEYS if key not in meta]:
             raise CrackLightningError(f"{where}: lacks {', '.join(lacks)}; export the checkpoint again with export.py.")
         preprocessing = json.loads(meta["preprocessing"])
@@ -180,6 +211,7 @@ class ModelCard:
             threshold=float(meta["threshold"]),
             temperature=float(meta["temperature"]),
             operating_point=json.loads(meta.get("operating_point") or "{}"),
+            positive_classes=json.loads(meta["positive_classes"]) if "positive_classes" in meta else None,
         )
 
     def to_onnx_metadata(self) -> dict[str, str]:
@@ -190,6 +222,7 @@ class ModelCard:
             "threshold": repr(float(self.threshold)),
             "temperature": repr(float(self.temperature)),
             "operating_point": json.dumps(self.operating_point),
+            "positive_classes": json.dumps(list(self.positive_classes)),
         }
 
     def with_operating_point(self, point: dict) -> ModelCard:

@@ -1,15 +1,15 @@
 """Export a trained classifier to ONNX, checked against PyTorch (onnxruntime runs it: :mod:`~crack_lightning.inference.onnx_backend`).
 
 The ``.onnx`` file describes itself: next to the graph its metadata carries the
-preprocessing, class names, threshold, temperature, the checkpoint's SHA-256 and
-operating point, so ``predict.py`` needs the file and onnxruntime, not the checkpoint
-or the model code. Preprocessing stays outside the graph: resizing a PIL image is
+preprocessing, class names and crack classes, threshold, temperature, the checkpoint's
+SHA-256 and operating point, so ``predict.py`` needs the file and onnxruntime, not the
+checkpoint or the model code. Preprocessing stays outside the graph: resizing a PIL image is
 :func:`~crack_lightning.data.augmentation.eval_transform`'s job for both backends, so
 PyTorch and onnxruntime see identical tensors and a parity check compares models only.
 
 The graph has one input, ``images`` (float32 ``[batch, 3, H, W]``, batch dynamic), and
-two outputs, ``crack_probability`` (``[batch]``, temperature applied) and ``logits``
-(``[batch, 2]``, in ``class_names`` order).
+two outputs, ``crack_probability`` (``[batch]``, P(any crack class), temperature applied)
+and ``logits`` (``[batch, N]``, in ``class_names`` order).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class ParityError(CrackLightningError):
 
 class _Probabilities(nn.Module):
     """What the graph computes: the classifier's logits and its calibrated crack
-    probability, through the model's own ``forward`` and ``crack_probability``."""
+    probability, through the model's own ``forward`` and ``crack_probability`` (its
+    constant crack-class mask folds into a gather: two classes read label 1 alone)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -97,14 +98,21 @@ def export_onnx(loaded: LoadedClassifier, output: str | Path, opset: int = OPSET
         diff = None
         if check_images is not None:
             try:
-                diff = parity_check(TorchBackend(loaded), OnnxBackend(tmp), check_images, atol)
+                diff = parity_check(_every_score(TorchBackend(loaded)), _every_score(OnnxBackend(tmp)),
+                                    check_images, atol)
             except CrackLightningError as err:  # disagrees, or onnxruntime cannot load it
                 raise type(err)(f"{output} not written: {err}") from None
     return diff
 
 
+def _every_score(backend):
+    """The crack probability and every class's side by side: all that predict.py writes."""
+    return lambda images: np.column_stack(backend.scores(images))
+
+
 def parity_check(reference, candidate, images: np.ndarray | torch.Tensor, atol: float = 1e-4) -> float:
-    """Largest ``|p_candidate - p_reference|`` over ``images``; :class:`ParityError` above ``atol``.
+    """Largest ``|p_candidate - p_reference|`` over ``images`` (arrays of any shape);
+    :class:`ParityError` above ``atol``.
 
     The candidate runs the whole batch and then the first image alone, so a batch
     dimension frozen at export time fails here rather than in ``predict.py``.

@@ -4,9 +4,11 @@ exported ONNX file in onnxruntime.
 A backend takes a batch of *preprocessed* images -- float32 (N, 3, H, W), resized and
 normalised by :func:`crack_lightning.data.augmentation.eval_transform` with the
 backend's card (``card.preprocessing.to_timm_data_config()``) -- and returns calibrated
-crack probabilities, float32 (N,). It also carries what a prediction report needs: its
-:class:`~crack_lightning.model_card.ModelCard` (class names, operating threshold,
-temperature, preprocessing) and a short hash of the model file.
+crack probabilities, P(any crack class), float32 (N,); :meth:`Backend.scores` gives the
+probability of every class beside them, from the same forward pass. It also carries what
+a prediction report needs: its :class:`~crack_lightning.model_card.ModelCard` (class
+names, crack classes, operating threshold, temperature, preprocessing) and a short hash
+of the model file.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ class Backend(Protocol):
     model_hash: str  # first 12 hex digits of the model file's SHA-256
     card: ModelCard
 
-    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray: ...
+    def scores(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(crack probability (N,), probability of every class (N, C) in ``card.class_names``
+        order), calibrated, float32."""
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The crack probabilities alone: ``scores(images)[0]``."""
 
 
 class TorchBackend:
@@ -41,10 +48,14 @@ class TorchBackend:
         self.card = loaded.card
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    def scores(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         images = torch.as_tensor(images, dtype=torch.float32).to(self.device, non_blocking=True)
         logits = self.model(images)
-        return self.model.crack_probability(logits).cpu().numpy().astype(np.float32)
+        return tuple(p.cpu().numpy().astype(np.float32) for p in (
+            self.model.crack_probability(logits), self.model.probabilities(logits)))
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        return self.scores(images)[0]
 
 
 def open_backend(path: str | Path, device: str | torch.device = "cpu") -> Backend:

@@ -1,8 +1,10 @@
 """Run an exported ``.onnx`` file in onnxruntime: the file's contract and the backend that keeps it.
 
 The graph has one input, ``images`` (float32 ``[batch, 3, H, W]``, batch dynamic), and
-two outputs, ``crack_probability`` (``[batch]``, temperature applied) and ``logits``
-(``[batch, 2]``, in ``class_names`` order); :mod:`crack_lightning.export.onnx` writes it.
+two outputs, ``crack_probability`` (``[batch]``, P(any crack class), temperature applied)
+and ``logits`` (``[batch, N]``, in ``class_names`` order); :mod:`crack_lightning.export.onnx`
+writes it. The probability of every class is the backend's :func:`softmax` of the logits at
+the card's temperature, not a third output: files of every version have the same two.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ OUTPUTS = ("crack_probability", "logits")
 CONTRACT = (
     "input 'images': float32 [batch, 3, H, W], an RGB image resized to preprocessing.input_size "
     "[H, W] with preprocessing.interpolation (antialiased), scaled to [0, 1] and normalised with "
-    "preprocessing.mean/std. Outputs: 'crack_probability' float32 [batch] = "
-    "softmax(logits / temperature)[:, 1], crack if >= threshold; 'logits' float32 [batch, 2] "
-    "in class_names order."
+    "preprocessing.mean/std. Outputs: 'crack_probability' float32 [batch] = the sum over "
+    "positive_classes of softmax(logits / temperature), crack if > threshold; 'logits' float32 "
+    "[batch, N] in class_names order (N = len(class_names))."
 )
 
 
@@ -62,10 +64,20 @@ class OnnxBackend:
         self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
         self.model_hash = sha256_file(self.path)[:12]
 
-    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    def scores(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(to_numpy(images), dtype=np.float32)
-        (probs,) = self.session.run([OUTPUTS[0]], {INPUT: images})
-        return probs.astype(np.float32, copy=False)
+        crack, logits = self.session.run(list(OUTPUTS), {INPUT: images})
+        return crack.astype(np.float32, copy=False), softmax(logits, self.card.temperature)
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        return self.scores(images)[0]
+
+
+def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(logits / temperature)`` per row in float32, as ``CrackClassifier.probabilities``."""
+    z = np.asarray(logits, np.float32) / np.float32(temperature)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def to_numpy(images) -> np.ndarray:

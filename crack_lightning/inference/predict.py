@@ -6,8 +6,11 @@ must not cost the other thousand their predictions, so an unreadable image becom
 row with an ``error`` instead of an exception. With ``tile=true`` each input is a whole
 photo scored window by window (:mod:`crack_lightning.inference.tiling`).
 
-A crack is predicted when its probability is *above* the threshold, the rule the
-operating point was chosen for on validation (torchmetrics' rule, ``operating_point.rule``).
+A crack is predicted when its probability -- of any crack class, when there are more --
+is *above* the threshold, the rule the operating point was chosen for on validation
+(torchmetrics' rule, ``operating_point.rule``). With two classes ``label`` is that verdict;
+with more it is the most likely class, and the verdict gets its own ``crack`` column beside
+one calibrated ``prob_<class>`` per class (:func:`columns`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["path", "crack_probability", "label", "threshold", "model_hash", "error", "true_label"]
 PHOTO_COLUMNS = ["crack_area_fraction", "tiles", "crack_tiles", "tiles_csv", "heatmap"]
+
+
+def columns(class_names: list[str], tile: bool = False) -> list[str]:
+    """``predictions.csv``'s header: two classes as ever; more add the verdict ``crack`` (true /
+    false) and ``prob_<class>`` per class in label order (rows sum to 1), before the photo columns."""
+    classes = [] if len(class_names) == 2 else ["crack", *(f"prob_{name}" for name in class_names)]
+    return COLUMNS + classes + (PHOTO_COLUMNS if tile else [])
 
 
 def _pair(value, default: tuple[int, int]) -> tuple[int, int]:
@@ -69,21 +79,26 @@ def predict(cfg: DictConfig) -> dict:
     log.info("Model %s (%s), threshold %.6g, %d input(s)",
              backend.path, backend.model_hash, threshold, len(inputs.files))
     if cfg.tile:
-        probs, errors, extra = _tile_all(cfg, backend, inputs, threshold, out, batch_size)
+        probs, classes, errors, extra = _tile_all(cfg, backend, inputs, threshold, out, batch_size)
     else:
-        probs, errors = _classify_all(cfg, backend, inputs, batch_size)
+        probs, classes, errors = _classify_all(cfg, backend, inputs, batch_size)
         extra = [[] for _ in inputs.files]
     names = backend.card.class_names
+    many = len(names) > 2  # label is the most likely class; the verdict gets a column of its own
+    labels = classes.argmax(axis=1)  # (an unreadable file's NaN row gives 0; its cells stay empty)
     rows = []
     for i, path in enumerate(inputs.files):
         truth = inputs.labels[i] if inputs.labels else None
-        ok = not errors[i]
-        rows.append([str(path), f"{probs[i]:.9g}" if ok else "", names[int(probs[i] > threshold)] if ok else "",
-                     f"{threshold:.9g}", backend.model_hash, errors[i],
-                     names[truth] if truth is not None else "", *extra[i]])
+        ok, crack = not errors[i], bool(probs[i] > threshold)
+        label = names[labels[i] if many else int(crack)]
+        row = [str(path), f"{probs[i]:.9g}" if ok else "", label if ok else "", f"{threshold:.9g}",
+               backend.model_hash, errors[i], names[truth] if truth is not None else ""]
+        if many:
+            row += [str(crack).lower(), *(f"{p:.9g}" for p in classes[i])] if ok else [""] * (1 + len(names))
+        rows.append(row + extra[i])
     with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS + (PHOTO_COLUMNS if cfg.tile else []))
+        writer.writerow(columns(names, cfg.tile))
         writer.writerows(rows)
     summary = {
         "images": len(rows),
@@ -101,15 +116,19 @@ def predict(cfg: DictConfig) -> dict:
     if len(failed) > 10:
         log.warning("... and %d more unreadable: see the error column", len(failed) - 10)
     if inputs.labels:
-        summary["metrics"] = labelled_metrics(probs, errors, inputs, threshold, out / "metrics.json")
+        summary["metrics"] = labelled_metrics(probs, errors, inputs, threshold, out / "metrics.json",
+                                              backend.card.positive_labels, labels if many else None)
     if cfg.get("gradcam") and not cfg.tile:
-        summary["gradcam"] = _gradcam(backend, inputs.files, probs, errors, int(cfg.gradcam), out / "gradcam.png")
+        summary["gradcam"] = _gradcam(backend, inputs.files, probs, errors, int(cfg.gradcam), out / "gradcam.png",
+                                      [names[k] for k in labels])
     return summary
 
 
-def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: list[str], count: int, path: Path):
-    """``gradcam=N``: Grad-CAM of the crack class over the N images with the highest
-    crack probability (a checkpoint only: an ONNX file has no gradients)."""
+def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: list[str], count: int, path: Path,
+             labels: list[str]):
+    """``gradcam=N``: Grad-CAM of the crack class (more classes: of the predicted ``labels``)
+    over the N images with the highest crack probability (a checkpoint only: an ONNX file has
+    no gradients)."""
     from crack_lightning.evaluation.gradcam import gradcam_figure
     from crack_lightning.reports.plots import save_figure
 
@@ -121,38 +140,59 @@ def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: lis
     pre = backend.card.preprocessing
     dataset = ImageFiles([files[i] for i in ranked], pre)
     images = torch.stack([dataset[k][0] for k in range(len(ranked))])
-    titles = [f"{files[i].name}\ncrack prob {probs[i]:.3f}" for i in ranked]
-    fig = gradcam_figure(model, images, pre.mean, pre.std, titles,
-                         suptitle=f"Grad-CAM of the crack class: the {len(ranked)} most likely cracks")
+    two = len(backend.card.class_names) == 2
+    titles = [f"{files[i].name}\ncrack prob {probs[i]:.3f}" + ("" if two else f", {labels[i]}") for i in ranked]
+    fig = gradcam_figure(model, images, pre.mean, pre.std, titles, suptitle=f"Grad-CAM of the "
+                         f"{'crack' if two else 'predicted'} class: the {len(ranked)} most likely cracks")
     save_figure(fig, path)
     log.info("Grad-CAM of the %d most likely cracks -> %s", len(ranked), path)
     return str(path)
 
 
-def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs, batch_size: int) -> tuple[np.ndarray, list[str]]:
-    """One probability per file, in batches through a DataLoader (decoding in workers)."""
+def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per file its crack probability and every class's (NaN for an unreadable file), and the
+    errors, in batches through a DataLoader (decoding in workers)."""
     dataset = ImageFiles(inputs.files, backend.card.preprocessing)
     workers = auto_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(workers, len(dataset) - 1))
-    probs, errors = [], []
+    probs, classes, errors = [], [], []
     batches = iter(loader)  # workers fork before the progress bar's thread starts
     with progress_bar(len(dataset), "predicting", enabled=sys.stdout.isatty()) as advance:
         for images, batch_errors in batches:
-            p = np.asarray(backend(images), np.float32).reshape(-1)
-            probs.append(np.where([bool(e) for e in batch_errors], np.nan, p))
+            bad = np.array([bool(e) for e in batch_errors])
+            crack, every = backend.scores(images)
+            probs.append(np.where(bad, np.nan, np.asarray(crack, np.float32).reshape(-1)))
+            classes.append(np.where(bad[:, None], np.nan, every))
             errors += list(batch_errors)
             advance(len(batch_errors))
-    return np.concatenate(probs), errors
+    return np.concatenate(probs), np.concatenate(classes), errors
+
+
+class _MostCrackLike:
+    """``backend`` as tiling calls it (crack probabilities), keeping the probability of every
+    class of the most crack-like window so far: a photo's ``label`` and ``prob_<class>``."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.best, self.classes = backend, -np.inf, None
+
+    def __call__(self, crops) -> np.ndarray:
+        crack, every = self.backend.scores(crops)
+        if len(crack) and crack.max() > self.best:
+            self.best, self.classes = float(crack.max()), every[int(crack.argmax())]
+        return crack
 
 
 def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path, batch_size: int):
-    """Whole-photo mode: per photo its verdict (max tile probability) and its artefacts."""
+    """Whole-photo mode: per photo its verdict (max tile probability), the class probabilities
+    of that window, and its artefacts."""
     pre = backend.card.preprocessing
     size = _pair(cfg.tile_size, pre.native_size)
     stride = _pair(cfg.tile_stride, tuple(max(1, s // 2) for s in size))
     transform = eval_transform(pre.to_timm_data_config())
     heatmap = OmegaConf.to_container(cfg.heatmap) if cfg.get("heatmap") else {}
     probs, errors, extra, used = np.full(len(inputs.files), np.nan), [], [], set()
+    classes = np.full((len(inputs.files), len(backend.card.class_names)), np.nan)
     log.info("Tiles of %dx%d px every %dx%d px", *size, *stride)
     total = sum(tiling.tile_count(path, size, stride) for path in inputs.files)
     with progress_bar(total, "tiles", enabled=sys.stdout.isatty()) as advance:
@@ -165,14 +205,15 @@ def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path
                 errors.append(reason(err))
                 extra.append([""] * len(PHOTO_COLUMNS))
                 continue
-            result, _ = tiling.predict_photo(photo, backend, transform, threshold, size, stride, batch_size,
+            scored = _MostCrackLike(backend)
+            result, _ = tiling.predict_photo(photo, scored, transform, threshold, size, stride, batch_size,
                                              tiles_csv, png, heatmap, advance)
             del photo
-            probs[i] = result.max_probability
+            probs[i], classes[i] = result.max_probability, scored.classes
             errors.append("")
             extra.append([f"{result.crack_area_fraction:.6f}", result.tiles, result.crack_tiles,
                           str(tiles_csv), str(png)])
-    return probs, errors, extra
+    return probs, classes, errors, extra
 
 
 def _unique(stem: str, used: set[str]) -> str:
@@ -185,9 +226,12 @@ def _unique(stem: str, used: set[str]) -> str:
     return name
 
 
-def labelled_metrics(probs: np.ndarray, errors: list[str], inputs: Inputs, threshold: float, path: Path) -> dict:
-    """Precision, recall, F1 and accuracy of the crack class at ``threshold`` over the
-    readable images of the class folders; the missed cracks are the number to watch."""
+def labelled_metrics(probs: np.ndarray, errors: list[str], inputs: Inputs, threshold: float, path: Path,
+                     positive: tuple[int, ...] | list[int] = (1,), predicted: np.ndarray | None = None) -> dict:
+    """Precision, recall, F1 and accuracy of cracks (the ``positive`` labels) against the rest
+    at ``threshold`` over the readable images of the class folders; the missed cracks are the
+    number to watch. With the ``predicted`` labels (more than two classes) also the share of
+    images whose most likely class is their folder's, ``class_accuracy``."""
     # here, not at the top: torchmetrics takes seconds to import and only labelled runs need it
     from torchmetrics.functional.classification import (
         binary_accuracy, binary_f1_score, binary_precision, binary_recall, binary_stat_scores)
@@ -196,7 +240,7 @@ def labelled_metrics(probs: np.ndarray, errors: list[str], inputs: Inputs, thres
     if not keep:
         return {}
     preds = torch.as_tensor(probs[keep], dtype=torch.float32)
-    target = torch.as_tensor([inputs.labels[i] for i in keep])
+    target = torch.as_tensor([int(inputs.labels[i] in positive) for i in keep])
     tp, fp, tn, fn, _ = (int(v) for v in binary_stat_scores(preds, target, threshold=threshold))
     metrics = {
         "threshold": threshold,
@@ -210,6 +254,8 @@ def labelled_metrics(probs: np.ndarray, errors: list[str], inputs: Inputs, thres
         "false_alarms": fp,
         "counts": {"true_positive": tp, "false_positive": fp, "true_negative": tn, "false_negative": fn},
     }
+    if predicted is not None:
+        metrics["class_accuracy"] = round(float(np.mean([predicted[i] == inputs.labels[i] for i in keep])), 6)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("Metrics at threshold %.6g over %d labelled image(s): %s", threshold, len(keep),

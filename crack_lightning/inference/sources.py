@@ -28,9 +28,10 @@ from crack_lightning.model_card import Preprocessing
 @dataclass
 class Inputs:
     files: list[Path]
-    # per file: 1 crack, 0 no crack, None outside the class folders; None: no class folders
+    # per file: its class folder's index in class_folders (the model's label), None outside them;
+    # None: no class folders
     labels: list[int | None] | None = None
-    class_folders: list[str] | None = None  # [no-crack folder, crack folder] when labelled
+    class_folders: list[str] | None = None  # in label order when labelled (two: [no-crack, crack])
 
 
 def find_inputs(spec: str, class_names: list[str] | None = None) -> Inputs:
@@ -70,15 +71,18 @@ def in_glob(match: Path, pattern: Path) -> bool:
 
 
 def class_folders(root: Path, class_names: list[str] | None) -> list[str] | None:
-    """``[no-crack, crack]`` sub-folders of ``root``: the model's class names if both are
-    there, else two folders of which one is a crack name (Positive/, crack/, ...)."""
+    """The class sub-folders of ``root`` in label order: the model's class names if all are
+    there; else the folders training would take (one named like a crack: Positive/, crack/, ...)
+    -- for a model of two classes only two, ``[no-crack, crack]``, whatever their names (more
+    classes have no order that would match other names to the model's)."""
     folders = sub_folders(root)
     if class_names and all(name in folders for name in class_names):
         return list(class_names)
     try:
-        return resolve_class_names(root, positive_class=None)
-    except CrackLightningError:  # not two folders, or no crack name among them
+        found = resolve_class_names(root)
+    except CrackLightningError:  # fewer than two folders, or no crack name among them
         return None
+    return found if class_names is None or len(class_names) == len(found) == 2 else None
 
 
 def labelled(root: Path, files: list[Path], class_names: list[str] | None) -> Inputs:

@@ -3,7 +3,8 @@
 The model was trained on 227x227 patches cut from camera photos, so a whole photo is
 classified window by window, each window cropped at native resolution and then
 preprocessed exactly as a training patch (:func:`eval_transform`). A window is a crack
-when its probability is above the threshold; the photo is when any window is.
+when its crack probability -- the backend's, of any crack class when the model has more --
+is above the threshold; the photo is when any window is.
 
 Memory stays bounded whatever the photo size: windows are generated lazily and
 cropped batch by batch, and overlaps are averaged on the grid cut by the window edges
