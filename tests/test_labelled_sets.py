@@ -173,3 +173,26 @@ def test_a_missing_manifest_file_is_refused_before_anything_is_written(tmp_path)
     result = run_train_py(["debug=fast", f"data.manifest={tmp_path / 'data' / 'nope.csv'}",
                            f"paths.output_dir={tmp_path / 'run'}", f"paths.log_dir={tmp_path / 'logs'}"])
     refused(result, "data.manifest=", "no such file")
+
+
+def test_auto_class_weights_raise_crack_recall_on_an_imbalanced_set(tmp_path):
+    """10 % cracks, faint ones: unweighted, the model calls every test image sound at 0.5; with
+    model.class_weights=auto (same seed, same split) it finds some of them. Measured on three
+    such sets (seeds 1, 2; 400 and 600 images): recall 0 -> 0.42, 0.83, 0.13."""
+    from crack_lightning.train import train
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "imbalanced"
+    for name, n, crack in (("crack", 60, True), ("no_crack", 540, False)):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            _patch(rng, int(rng.integers(90, 170)), crack, size=32, depth=0.85).save(root / name / f"{i}.png")
+    recall = {}
+    for weights in ("none", "auto"):
+        out = tmp_path / weights
+        train(compose_cfg(out, root, [
+            "backbone=custom_cnn", f"model.class_weights={weights}", "finetune=full", "model.lr=1e-3",
+            "data.split.strategy=random", "data.split.fractions=[0.6,0.2,0.2]", "callbacks.test_report=null",
+            "callbacks.error_gallery=null", "callbacks.augmentation_preview=null"]))
+        recall[weights] = json.loads((out / "run" / "metrics.json").read_text())["test/recall"]
+    assert recall["auto"] > recall["none"], recall
