@@ -128,6 +128,8 @@ def test_a_manifest_group_column_replaces_border_matching(images, tmp_path):
 
 
 def test_a_manifest_without_split_or_group_is_split_by_the_run(images, tmp_path):
+    from crack_lightning.train import train
+
     manifest = _manifest(images, images.parent / "plain.csv", ["path", "label"])
     labelled = LabelledSet(tmp_path / "unused", manifest=manifest)
     names, positive = labelled.classes()
@@ -135,6 +137,11 @@ def test_a_manifest_without_split_or_group_is_split_by_the_run(images, tmp_path)
     scanned = labelled.scan(names)
     assert len(scanned.samples) == 108 and scanned.groups is None and scanned.splits is None
     assert all(s.path.is_file() and s.domain is None for s in scanned.samples)
+    train(compose_cfg(tmp_path, images, [f"data.manifest={manifest}", "backbone=custom_cnn", "trainer.max_epochs=1",
+                                         "finetune=full", "data.split.strategy=random"]))
+    info = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert info["strategy"] == "random" and sum(part["images"] for part in info["splits"].values()) == 108
+    assert {r["path"] for r in _rows(tmp_path / "run" / "splits.csv")} == {r["path"] for r in _rows(manifest)}
 
 
 def test_parquet_manifests_read_like_csv(images, tmp_path):
