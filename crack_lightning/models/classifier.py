@@ -182,7 +182,9 @@ class CrackClassifier(L.LightningModule):
     def crack_probability(self, logits: torch.Tensor, temperature: float | torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probability of a crack: of any crack class when there are more."""
         probs = self.probabilities(logits, temperature)
-        return probs[:, self.positive_mask.to(probs.device)].sum(dim=-1).clamp(0.0, 1.0)
+        # a product, not probs[:, mask]: boolean indexing waits for the device (nonzero) on every step;
+        # with two classes it is exactly probs[:, 1]
+        return (probs * self.positive_mask.to(probs.device, probs.dtype)).sum(dim=-1).clamp(0.0, 1.0)
 
     def is_crack(self, targets: torch.Tensor) -> torch.Tensor:
         """1 where the label is a crack class, else 0 (the crack metrics' target)."""
