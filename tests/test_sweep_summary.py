@@ -54,6 +54,8 @@ def test_sweep_through_train_py_with_a_failing_job(tmp_path, tiny_data):
         assert float(r["images_per_sec"]) > 0  # the last epoch's train/images_per_sec
     md = (sweep / "summary.md").read_text()
     assert "2 failed" in md and "Bad setting: model.lr=-1" in md and "summary.png" in md
+    acc = float(rows[0]["test/acc"])  # each metric with its 95 % interval
+    assert f"{acc:.6g} [{float(rows[0]['test/acc_ci_low']):.3g}, {float(rows[0]['test/acc_ci_high']):.3g}]" in md
     assert (sweep / "summary.png").stat().st_size > 1000
 
     # the command (`python -m crack_lightning.cli.sweep_summary <dir>`) rebuilds the same

@@ -1,10 +1,12 @@
-"""Test metrics per domain: where each image was taken (SDNET2018's decks, pavements, walls),
-when the class map or the manifest says. A model can hold 0.95 recall overall and 0.6 on
-one surface; the overall number hides it."""
+"""What the test split says beyond one number per metric, from the per-image results:
+:class:`DomainMetrics` (every metric per domain) and :class:`ConfidenceIntervals` (95 %
+intervals). Both read :class:`ImageResults`, the test epoch's per-image results gathered
+from every rank with their dataset index."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -26,11 +28,18 @@ from crack_lightning.utils.files import write_atomic
 PREFIX = "test/domain"  # test/domain/<domain>/<metric>: apart from test/<metric>/<class>
 
 
-class DomainMetrics(L.Callback):
-    """After the test epoch, every test metric again for each domain of the test split
-    (logged as ``test/domain/<domain>/<metric>``, so it lands in ``metrics.json`` and
-    TensorBoard) and ``domain_metrics.json`` in ``output_dir``. Nothing when no image has a
-    domain. Under DDP each rank's images are gathered with their dataset index."""
+@dataclass
+class ImageResults:
+    """Per test image, in the order of the data module's test split: crack probability, label, argmax."""
+
+    probs: torch.Tensor
+    targets: torch.Tensor
+    predicted: torch.Tensor
+
+
+class PerImageTest(L.Callback):
+    """Collects the test epoch's per-image outputs; :meth:`evaluate` gets them, gathered and put in
+    dataset order (under DDP each rank's loader sampler says which images it scored)."""
 
     def __init__(self, output_dir: str | None = None):
         self.output_dir = Path(output_dir) if output_dir else None
@@ -44,25 +53,42 @@ class DomainMetrics(L.Callback):
             self._parts.append((outputs["probs"].float(), outputs["targets"], outputs["logits"].argmax(dim=1)))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        domains = [s.domain for s in getattr(trainer.datamodule, "splits", {}).get("test", [])]
-        if not self._parts or not any(d is not None for d in domains):
+        if not self._parts:
             return
-        loader = trainer.test_dataloaders
-        order = torch.tensor(list(iter(loader.sampler)), dtype=torch.long)  # this rank's dataset indices
+        order = torch.tensor(list(iter(trainer.test_dataloaders.sampler)), dtype=torch.long)  # this rank's indices
         probs, targets, predicted = (torch.cat(p) for p in zip(*self._parts))
         device = pl_module.device
-        index = gather_uneven(order[:len(targets)].to(device), device).cpu()
-        probs, targets, predicted = (gather_uneven(t.to(device), device).cpu() for t in (probs, targets, predicted))
+        index, probs, targets, predicted = (gather_uneven(t.to(device), device).cpu() for t in (
+            order[:len(targets)], probs, targets, predicted))
+        rank = torch.argsort(index)
+        self.evaluate(trainer, pl_module, ImageResults(probs[rank], targets[rank], predicted[rank]))
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, images: ImageResults) -> None:
+        raise NotImplementedError
+
+    def write(self, trainer: L.Trainer, name: str, table: dict) -> None:
+        if trainer.is_global_zero and self.output_dir is not None:
+            write_atomic(self.output_dir / name, json.dumps(table, indent=2) + "\n")
+
+
+class DomainMetrics(PerImageTest):
+    """After the test epoch, every test metric again for each domain of the test split
+    (logged as ``test/domain/<domain>/<metric>``, so it lands in ``metrics.json`` and
+    TensorBoard) and ``domain_metrics.json`` in ``output_dir``. Nothing when no image has a
+    domain: a model can hold 0.95 recall overall and 0.6 on one surface."""
+
+    def evaluate(self, trainer, pl_module, images: ImageResults) -> None:
+        domains = [s.domain for s in getattr(trainer.datamodule, "splits", {}).get("test", [])]
+        if not any(d is not None for d in domains):
+            return
         table = {}
         for domain in sorted({d for d in domains if d is not None}):
-            keep = torch.tensor([domains[i] == domain for i in index.tolist()])
-            if keep.any():
-                table[domain] = domain_metrics(pl_module, probs[keep], targets[keep], predicted[keep])
+            keep = torch.tensor([d == domain for d in domains])
+            table[domain] = domain_metrics(pl_module, images.probs[keep], images.targets[keep], images.predicted[keep])
         for domain, values in table.items():
             for key, value in values.items():
                 pl_module.log(f"{PREFIX}/{domain}/{key}", float(value), sync_dist=False)  # the same on every rank
-        if trainer.is_global_zero and self.output_dir is not None:
-            write_atomic(self.output_dir / "domain_metrics.json", json.dumps(table, indent=2) + "\n")
+        self.write(trainer, "domain_metrics.json", table)
 
 
 def domain_metrics(pl_module, probs: torch.Tensor, targets: torch.Tensor, predicted: torch.Tensor) -> dict[str, float]:

@@ -18,6 +18,7 @@ from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_t
 from crack_lightning.data.dataset import ImageListDataset
 from crack_lightning.data.decoded_cache import DecodedImages, ResidentImages, collate_gathered
 from crack_lightning.data.labelled import labelled_set
+from crack_lightning.data.splits import read_split_rows
 from crack_lightning.data.prepare import Preparation
 from crack_lightning.data.settings import CacheSettings, LoaderSettings, Sampler, ScreeningSettings, SplitSettings
 from crack_lightning.model_card import Preprocessing
@@ -134,6 +135,17 @@ class CrackDataModule(L.LightningDataModule):
         """Images per class (label order) in ``split``; call after ``setup``."""
         labels = [s.label for s in self.splits[split]]
         return [labels.count(label) for label in range(len(self.class_names))]
+
+    def split_groups(self, split: str = "test") -> list[str] | None:
+        """The group (photo, manifest group) of each image of ``split``, in its order, as the saved
+        ``splits.csv`` records them; ``None`` when the split has no groups. Call after ``setup``."""
+        file = self.split.file
+        if file is None or not file.is_file():
+            return None
+        rows = read_split_rows(file, self.labelled.root)
+        group_of = {(self.labelled.root / r.path): r.group for r in rows}
+        groups = [group_of.get(s.path) for s in self.splits[split]]
+        return groups if all(g is not None for g in groups) else None
 
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node: the image check and the (costly)

@@ -146,6 +146,7 @@ class SplitRow:
     label: str | None   # None when the file has no label column or the cell is empty
     line: int           # line number in the file, for messages
     domain: str | None = None
+    group: str | None = None  # the photo / manifest group, when the split was grouped
 
 
 def read_split_rows(path: Path, root: Path) -> list[SplitRow]:
@@ -165,7 +166,8 @@ def read_split_rows(path: Path, root: Path) -> list[SplitRow]:
                     f"Pass a splits.csv written by a training run (path,label,split).")
             root_abs = Path(root).resolve()
             return [SplitRow(_relative(row.get("path") or "", root_abs), (row.get("split") or "").strip(),
-                             (row.get("label") or "").strip() or None, line, (row.get("domain") or "").strip() or None)
+                             (row.get("label") or "").strip() or None, line, (row.get("domain") or "").strip() or None,
+                             (row.get("group") or "").strip() or None)
                     for line, row in enumerate(reader, start=2)]
     except (OSError, UnicodeDecodeError) as err:
         raise CrackLightningError(f"{path}: cannot read it ({err}). Pass a readable splits.csv.") from None

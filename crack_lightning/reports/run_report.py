@@ -42,6 +42,7 @@ CLASS_KEY_METRICS = (
     *((f"test/{name}", f"{label} of cracks vs the rest") for name, label in (
         ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("auroc", "AUROC"), ("ap", "average precision"))),
 )
+CI = ("_ci_low", "_ci_high")  # test/<metric>_ci_low / _ci_high: callbacks/intervals.py
 PER_CLASS = ("precision", "recall", "f1", "auroc")  # test/<metric>/<class>, the table's columns
 AVERAGES = (("macro average", ("macro_precision", "macro_recall", "macro_f1", "macro_auroc")),
             ("weighted average", (None, None, "weighted_f1", None)))
@@ -107,12 +108,16 @@ def run_report(cfg: DictConfig, output_dir: Path) -> str:
     numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     classes, in_classes = class_table(numbers)
     if numbers:
-        lines += ["| metric | value |", "|---|---|"]
+        ci = {k for k in numbers if k.endswith(CI)}  # shown beside their metric
+        lines += ["| metric | value | 95 % interval |" if ci else "| metric | value |",
+                  "|---|---|---|" if ci else "|---|---|"]
         named = dict(KEY_METRICS + (CLASS_KEY_METRICS if classes else ()))
-        rest = sorted(k for k in numbers if k not in named and k not in in_classes)
+        rest = sorted(k for k in numbers if k not in named and k not in in_classes and k not in ci)
         for key in [k for k in named if k in numbers] + rest:
             label = f"{key} ({named[key]})" if key in named else key
-            lines.append(f"| {label} | {_fmt(numbers[key])} |")
+            interval = (f" | [{_fmt(numbers[key + '_ci_low'])}, {_fmt(numbers[key + '_ci_high'])}]"
+                        if key + "_ci_low" in numbers else " | " if ci else "")
+            lines.append(f"| {label} | {_fmt(numbers[key])}{interval} |")
         if metrics.get("best_ckpt"):
             ckpt = Path(metrics["best_ckpt"])
             try:

@@ -179,6 +179,13 @@ def summary_table(jobs: list[JobResult], monitor: str) -> tuple[list[str], list[
     return header, rows
 
 
+def _with_interval(test: dict, key: str) -> str:
+    """A metric and, when the run logged one (callbacks/intervals.py), its 95 % interval."""
+    low, high = test.get(f"{key}_ci_low"), test.get(f"{key}_ci_high")
+    interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
+    return _fmt(test.get(key)) + interval
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -207,7 +214,7 @@ def summary_markdown(sweep_dir: Path, jobs: list[JobResult], monitor: str, mode:
             except ValueError:
                 ckpt_cell = f"`{job.best_ckpt}`"
         cells = [str(rank), f"[{job.job}]({job.job}/)", job.status, " ".join(f"`{o}`" for o in overrides),
-                 _fmt(job.best), *(_fmt(job.test.get(k)) for k in test_keys), _fmt(job.epochs),
+                 _fmt(job.best), *(_with_interval(job.test, k) for k in test_keys), _fmt(job.epochs),
                  _fmt(job.wall_time_s), _fmt(job.images_per_sec), ckpt_cell]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     if failed:
