@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
-from crack_lightning.evaluation.intervals import auroc, bootstrap, ece, wilson
+from crack_lightning.evaluation.intervals import auroc, bootstrap, clustered_wilson, ece, wilson
 from tests.conftest import compose_cfg
 
 
@@ -27,10 +27,11 @@ def test_wilson_covers_a_known_rate_at_about_95_percent():
 def test_the_cluster_bootstrap_covers_correlated_groups_where_wilson_does_not():
     """24 photos of 10 patches; each photo has its own rate, so its patches succeed or fail
     together. The true rate is 0.9; an interval that treats the 240 patches as independent is too
-    narrow (seeded: Wilson covers 71 % of 150 draws, the cluster bootstrap 93 %)."""
+    narrow (seeded: Wilson covers 71 % of 150 draws; the cluster bootstrap 93 %, Wilson with the
+    design effect 95 %)."""
     rng = np.random.default_rng(1)
     groups = np.repeat(np.arange(24), 10)
-    covered = {"wilson": [], "cluster": []}
+    covered = {"wilson": [], "cluster": [], "design effect": []}
     for _ in range(150):
         rate = rng.beta(1.8, 0.2, 24)  # mean 0.9, strongly varying by photo
         ok = rng.random(240) < rate[groups]
@@ -38,8 +39,13 @@ def test_the_cluster_bootstrap_covers_correlated_groups_where_wilson_does_not():
         covered["wilson"].append(lo <= 0.9 <= hi)
         lo, hi = bootstrap(lambda i: ok[i].mean(), len(ok), groups, draws=300, seed=2)
         covered["cluster"].append(lo <= 0.9 <= hi)
+        lo, hi = clustered_wilson(np.bincount(groups, ok), np.bincount(groups))
+        covered["design effect"].append(lo <= 0.9 <= hi)
     assert np.mean(covered["wilson"]) < 0.85, covered
     assert 0.88 <= np.mean(covered["cluster"]) <= 0.99, np.mean(covered["cluster"])
+    assert 0.88 <= np.mean(covered["design effect"]) <= 0.99, np.mean(covered["design effect"])
+    low, high = clustered_wilson(np.full(60, 2), np.full(60, 2))  # 120 of 120 found: still not certain
+    assert high == 1.0 and low < 0.98
 
 
 def test_auroc_and_ece_agree_with_torchmetrics():
@@ -62,5 +68,5 @@ def test_a_run_reports_its_intervals(tmp_path, tiny_data):
         low, high = metrics[f"test/{key}_ci_low"], metrics[f"test/{key}_ci_high"]
         assert low <= metrics[f"test/{key}"] + 1e-9 and metrics[f"test/{key}"] <= high + 1e-9, key
     saved = json.loads((run / "intervals.json").read_text())
-    assert saved["method"].startswith("cluster bootstrap over")  # the tiny split is grouped by borders
+    assert "groups: Wilson with the design effect" in saved["method"]  # the tiny split is grouped by borders
     assert "95 % interval" in (run / "report.md").read_text()

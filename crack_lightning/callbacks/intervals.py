@@ -34,7 +34,8 @@ class ConfidenceIntervals(PerImageTest):
             if low is not None:  # undefined (precision with nothing called a crack): not logged
                 pl_module.log(f"test/{key}_ci_low", float(low), sync_dist=False)  # the same on every rank
                 pl_module.log(f"test/{key}_ci_high", float(high), sync_dist=False)
-        method = (f"cluster bootstrap over {len(set(groups))} groups" if groups is not None
+        method = (f"{len(set(groups))} groups: Wilson with the design effect for proportions, cluster bootstrap "
+                  f"for F1, AUROC and ECE" if groups is not None
                   else "Wilson score for proportions, bootstrap over images for F1, AUROC and ECE")
         self.write(trainer, "intervals.json", {"confidence": 0.95, "method": method, "draws": self.draws,
                                                "images": len(probs), "intervals": found})

@@ -1,9 +1,9 @@
 """95 % intervals for test metrics: a 240-image test set at 99 % must not read as certainty.
 
-Proportions of independent images (accuracy, precision, recall, the missed-crack rate) get
-Wilson score intervals; F1, AUROC and ECE, and every metric when the images come in groups
-(patches of one photo are not independent), get percentile bootstrap intervals -- resampling
-whole groups when there are groups (a cluster bootstrap), images otherwise. Numpy only.
+Proportions (accuracy, precision, recall, the missed-crack rate) get Wilson score intervals --
+with the sample size divided by the design effect when images come in groups (patches of one
+photo are not independent evidence); F1, AUROC and ECE get percentile bootstrap intervals,
+resampling whole groups when there are groups (a cluster bootstrap), images otherwise. Numpy only.
 
 >>> [round(v, 4) for v in wilson(238, 240)]  # 99.2 % of 240
 [0.97, 0.9977]
@@ -21,7 +21,7 @@ import numpy as np
 Z = {0.95: 1.959963984540054}  # the normal quantile of each two-sided confidence we use
 
 
-def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson(k: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion ``k / n`` (``(0, 1)`` when ``n`` is 0: nothing known)."""
     if n <= 0:
         return 0.0, 1.0
@@ -103,25 +103,39 @@ def metric_intervals(probs, cracks, correct, threshold: float, groups=None, n_bi
             f"recall{suffix}": lambda i, p=predicted: ((p[i] & (cracks[i] == 1)).sum(), (cracks[i] == 1).sum()),
         }
         for key, count in counts.items():
-            out[key] = _proportion(count, n, groups, draws, seed)
+            out[key] = _proportion(count, n, groups)
         out[f"f1{suffix}"] = bootstrap(lambda i, p=predicted: f1(p[i], cracks[i]), n, groups, draws, seed)
         # missed cracks: the count is cracks x the miss rate, whose interval is 1 - recall's
         low, high = out[f"recall{suffix}"]
         out[f"missed_cracks{suffix}"] = (int(cracks.sum()) * (1 - high), int(cracks.sum()) * (1 - low))
-    out["acc"] = _proportion(lambda i: (correct[i].sum(), len(i)), n, groups, draws, seed)
+    out["acc"] = _proportion(lambda i: (correct[i].sum(), len(i)), n, groups)
     out["auroc"] = bootstrap(lambda i: auroc(probs[i], cracks[i]), n, groups, draws, seed)
     out["ece"] = bootstrap(lambda i: ece(probs[i], cracks[i], n_bins), n, groups, draws, seed)
     return out
 
 
-def _proportion(count: Callable, n: int, groups, draws: int, seed: int) -> tuple[float, float]:
-    """Wilson for independent images; the cluster bootstrap of the ratio when they come in groups."""
+def clustered_wilson(successes, trials) -> tuple[float, float]:
+    """Wilson's interval of ``sum(successes) / sum(trials)`` over groups (one entry each), with
+    the sample size divided by the design effect (Kish): the ratio's cluster variance over the
+    binomial one, never below 1. Unlike a bootstrap it does not collapse to a point at 0 or
+    100 % (120 of 120 cracks found is not certainty)."""
+    y, m_g = np.asarray(successes, float), np.asarray(trials, float)
+    used = m_g > 0  # groups holding any trial (a photo without cracks adds nothing to recall)
+    y, m_g = y[used], m_g[used]
+    k, m = y.sum(), m_g.sum()
+    if m == 0 or k in (0, m) or len(y) < 2:
+        return wilson(k, m)
+    p = k / m
+    cluster = len(y) / (len(y) - 1) * ((y - p * m_g) ** 2).sum() / m ** 2
+    design = max(1.0, cluster / (p * (1 - p) / m))
+    return wilson(k / design, m / design)
+
+
+def _proportion(count: Callable, n: int, groups) -> tuple[float, float]:
+    """Wilson's interval of ``count``'s ``(successes, trials)``, clustered when there are groups."""
     if groups is None:
         k, m = count(np.arange(n))
-        return wilson(int(k), int(m))
-
-    def ratio(i):
-        k, m = count(i)
-        return k / m if m else float("nan")
-
-    return bootstrap(ratio, n, groups, draws, seed)
+        return wilson(float(k), float(m))
+    ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    per_group = np.array([count(np.flatnonzero(inverse == g)) for g in range(len(ids))], dtype=float)
+    return clustered_wilson(per_group[:, 0], per_group[:, 1])
