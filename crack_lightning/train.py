@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning.callbacks import OperatingPoint
 from crack_lightning.callbacks.model_card import ClassWeightsFromData, ModelCardFromData
-from crack_lightning.config_checks import check_config
+from crack_lightning.config_checks import OUR_DATA_MODULE, check_config
 from crack_lightning.data.labelled import data_classes
 from crack_lightning.utils.files import write_atomic
 from crack_lightning.resume import continue_logs, resume_point
@@ -49,8 +49,10 @@ def train(cfg: DictConfig) -> float | None:
 
     config = OmegaConf.to_container(cfg, resolve=True)
     # the data's classes size the model's head; the card's config keeps them for predict and export
-    config["model"].update(data_classes(cfg.data))
-    model = instantiate(cfg.model, **{k: config["model"][k] for k in ("num_classes", "class_names", "positive_classes")})
+    # (a data module of one's own: the model config says them, two classes by default)
+    classes = data_classes(cfg.data) if cfg.data.get("_target_") == OUR_DATA_MODULE else {}
+    config["model"].update(classes)
+    model = instantiate(cfg.model, **classes)
     datamodule = instantiate(cfg.data, data_config=model.data_config)
     # not a config choice: without the card a checkpoint is of no use to predict.py / export.py
     callbacks = [ModelCardFromData(config), ClassWeightsFromData(), *instantiate_group(cfg.get("callbacks"))]
