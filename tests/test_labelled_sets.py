@@ -79,12 +79,12 @@ def test_sdnet_layout_trains_with_its_class_map_groups_and_domains(tmp_path):
     assert set(per_domain) == tested
 
 
-def _manifest(root: Path, out: Path, columns: list[str]) -> Path:
-    """A manifest of ``root``'s SDNET-like images (paths relative to the manifest's folder)."""
+def _manifest(root: Path, out: Path, columns: list[str], absolute: bool = False) -> Path:
+    """A manifest of ``root``'s SDNET-like images (paths relative to the manifest's folder, or absolute)."""
     rows = []
     for path in sorted(root.rglob("*.jpg")):
         photo = int(path.stem.split("-")[0])
-        rows.append({"path": path.relative_to(out.parent).as_posix(),
+        rows.append({"path": path.as_posix() if absolute else path.relative_to(out.parent).as_posix(),
                      "label": "crack" if path.parent.name.startswith("C") else "no_crack",
                      "group": f"photo{photo}", "split": ("test", "val", "train", "train", "train", "train")[photo % 6],
                      "domain": path.parts[-3]})
@@ -130,7 +130,9 @@ def test_a_manifest_group_column_replaces_border_matching(images, tmp_path):
 def test_a_manifest_without_split_or_group_is_split_by_the_run(images, tmp_path):
     from crack_lightning.train import train
 
-    manifest = _manifest(images, images.parent / "plain.csv", ["path", "label"])
+    lists = tmp_path / "lists"  # elsewhere: its paths are absolute
+    lists.mkdir()
+    manifest = _manifest(images, lists / "plain.csv", ["path", "label"], absolute=True)
     labelled = LabelledSet(tmp_path / "unused", manifest=manifest)
     names, positive = labelled.classes()
     assert names == ["no_crack", "crack"] and positive == [1]

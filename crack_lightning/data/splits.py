@@ -122,7 +122,9 @@ def write_splits(path: Path, splits: dict[str, list[Sample]], root: Path, class_
                         + (["domain"] if domains else []))
         for split in SPLITS:
             for s in splits[split]:
-                row = [s.path.relative_to(root).as_posix(), class_names[s.label], split]
+                # under root as a relative path; a manifest's absolute path elsewhere as it is
+                where = s.path.relative_to(root) if s.path.is_relative_to(root) else s.path
+                row = [where.as_posix(), class_names[s.label], split]
                 writer.writerow(row + ([groups[s.path]] if groups is not None else [])
                                 + ([s.domain or ""] if domains else []))
 
