@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from crack_lightning.callbacks.domains import ImageResults, PerImageTest
-from crack_lightning.evaluation.intervals import ece, metric_intervals
+from crack_lightning.evaluation.intervals import metric_intervals
+from crack_lightning.evaluation.operating_point import calibration_error
 
 
 class ConfidenceIntervals(PerImageTest):
@@ -25,10 +26,11 @@ class ConfidenceIntervals(PerImageTest):
         correct = ((images.probs > 0.5).long() == cracks) if binary else images.predicted == images.targets
         split_groups = getattr(trainer.datamodule, "split_groups", None)
         groups = split_groups("test") if split_groups else None
+        # the point its interval is of
+        pl_module.log("test/ece", calibration_error(images.probs, cracks, self.n_bins), sync_dist=False)
         probs, cracks = images.probs.numpy(), cracks.numpy()
         found = metric_intervals(probs, cracks, correct.numpy(), float(pl_module.threshold), groups,
                                  self.n_bins, self.draws, self.seed)
-        pl_module.log("test/ece", ece(probs, cracks, self.n_bins), sync_dist=False)  # the point its interval is of
         found = {key: (None, None) if math.isnan(low) else (low, high) for key, (low, high) in found.items()}
         for key, (low, high) in found.items():
             if low is not None:  # undefined (precision with nothing called a crack): not logged

@@ -3,7 +3,8 @@
 Proportions (accuracy, precision, recall, the missed-crack rate) get Wilson score intervals --
 with the sample size divided by the design effect when images come in groups (patches of one
 photo are not independent evidence); F1, AUROC and ECE get percentile bootstrap intervals,
-resampling whole groups when there are groups (a cluster bootstrap), images otherwise. Numpy only.
+resampling whole groups when there are groups (a cluster bootstrap), images otherwise. The
+statistics are the libraries' (scikit-learn's AUROC, our torchmetrics ECE); this module only resamples.
 
 >>> [round(v, 4) for v in wilson(238, 240)]  # 99.2 % of 240
 [0.97, 0.9977]
@@ -17,6 +18,10 @@ import math
 from typing import Callable
 
 import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from crack_lightning.evaluation.operating_point import calibration_error
 
 Z = {0.95: 1.959963984540054}  # the normal quantile of each two-sided confidence we use
 
@@ -54,32 +59,8 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, groups=None, dra
 
 
 def auroc(probs: np.ndarray, cracks: np.ndarray) -> float:
-    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half); nan without both classes."""
-    pos, neg = int(cracks.sum()), int(len(cracks) - cracks.sum())
-    if not pos or not neg:
-        return float("nan")
-    order = np.argsort(probs, kind="mergesort")
-    ranks = np.empty(len(probs))
-    ranks[order] = np.arange(1, len(probs) + 1)
-    sorted_probs = probs[order]  # average the ranks of ties
-    _, first, counts = np.unique(sorted_probs, return_index=True, return_counts=True)
-    for start, count in zip(first[counts > 1], counts[counts > 1]):
-        ranks[order[start:start + count]] = start + (count + 1) / 2
-    return float((ranks[cracks == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def ece(probs: np.ndarray, cracks: np.ndarray, n_bins: int = 15) -> float:
-    """Expected calibration error of the crack probability: torchmetrics' binary rule (equal-width
-    bins of the probability, L1 gap between mean probability and crack rate, weighted by size)."""
-    # torchmetrics' bins exactly: float32 boundaries, [b_i, b_i+1), a probability of 1 in a bin of its own
-    boundaries = np.linspace(0, 1, n_bins + 1, dtype=np.float32).astype(np.float64)
-    probs = probs.astype(np.float32).astype(np.float64)
-    bins = np.searchsorted(boundaries, probs, side="right") - 1
-    total = 0.0
-    for b in np.unique(bins):
-        inside = bins == b
-        total += inside.mean() * abs(probs[inside].mean() - cracks[inside].mean())
-    return float(total)
+    """scikit-learn's AUROC; nan for a resample without both classes."""
+    return float(roc_auc_score(cracks, probs)) if 0 < cracks.sum() < len(cracks) else float("nan")
 
 
 def f1(predicted: np.ndarray, cracks: np.ndarray) -> float:
@@ -110,7 +91,8 @@ def metric_intervals(probs, cracks, correct, threshold: float, groups=None, n_bi
         out[f"missed_cracks{suffix}"] = (int(cracks.sum()) * (1 - high), int(cracks.sum()) * (1 - low))
     out["acc"] = _proportion(lambda i: (correct[i].sum(), len(i)), n, groups)
     out["auroc"] = bootstrap(lambda i: auroc(probs[i], cracks[i]), n, groups, draws, seed)
-    out["ece"] = bootstrap(lambda i: ece(probs[i], cracks[i], n_bins), n, groups, draws, seed)
+    tensors = torch.from_numpy(probs).float(), torch.from_numpy(cracks)  # the ECE of the report and the operating point
+    out["ece"] = bootstrap(lambda i: calibration_error(tensors[0][i], tensors[1][i], n_bins), n, groups, draws, seed)
     return out
 
 

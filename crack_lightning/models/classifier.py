@@ -181,7 +181,9 @@ class CrackClassifier(L.LightningModule):
 
     def crack_probability(self, logits: torch.Tensor, temperature: float | torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated probability of a crack: of any crack class when there are more."""
-        probs = self.probabilities(logits, temperature)
+        return self._crack_share(self.probabilities(logits, temperature))
+
+    def _crack_share(self, probs: torch.Tensor) -> torch.Tensor:
         # a product, not probs[:, mask]: boolean indexing waits for the device (nonzero) on every step;
         # with two classes it is exactly probs[:, 1]
         return (probs * self.positive_mask.to(probs.device, probs.dtype)).sum(dim=-1).clamp(0.0, 1.0)
@@ -197,13 +199,14 @@ class CrackClassifier(L.LightningModule):
                                label_smoothing=self.hparams.label_smoothing)
         if stage == "train" and not torch.isfinite(loss):  # the step's one host sync
             return self._nonfinite_loss(loss, batch_idx)  # nothing logged from a broken batch
-        probs = self.crack_probability(logits)
+        class_probs = self.probabilities(logits)
+        probs = self._crack_share(class_probs)
         cracks = self.is_crack(targets)
         # updated per batch, logged once per epoch (_log_epoch_metrics): logging the metric objects
         # every step adds Lightning bookkeeping to each step, time a fast GPU step cannot spare
         getattr(self, f"{stage}_metrics").update(probs, cracks)
         if self.class_metrics:
-            self.class_metrics["fit" if stage == "train" else stage].update(self.probabilities(logits), targets)
+            self.class_metrics["fit" if stage == "train" else stage].update(class_probs, targets)
         # the epoch loss is averaged over the ranks; shards differ by at most one image
         self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True,
                  batch_size=len(targets), sync_dist=stage != "train")
