@@ -41,7 +41,7 @@ def test_every_problem_is_listed_at_once(tmp_path, tiny_data):
     ("data.loader.batch_size=8.5", "data.loader.batch_size=8.5: a whole number >= 1."),
     ("data.loader.num_workers=abc", "data.loader.num_workers=abc: auto or a whole number >= 0."),
     ("data.loader.pin_memory=maybe", "data.loader.pin_memory=maybe: choose auto, true or false."),
-    ("data.split.strategy=grouped2", "data.split.strategy=grouped2: choose grouped or random."),
+    ("data.split.strategy=grouped2", "data.split.strategy=grouped2: choose grouped, random or test."),
     ("data.split.fractions=[0.8,0.1,0.2]", "data.split.fractions=[0.8, 0.1, 0.2]: give three positive fractions"),
     ("data.split.grouping.ratio=0", "data.split.grouping.ratio=0: a number in (0, 1]."),
     ("data.screening.on_bad_file=ignore", "data.screening.on_bad_file=ignore: choose skip or error."),

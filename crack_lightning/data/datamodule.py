@@ -57,6 +57,8 @@ class CrackDataModule(L.LightningDataModule):
             holding other data is trained on as it is, never written into.
         report_dir: where ``skipped_files.txt`` goes (the run folder); default: beside
             ``split.file``.
+        model_classes: ``(class names, crack labels)`` of a trained model to label the images by
+            (evaluate.py, recalibrate.py; see :class:`~crack_lightning.data.labelled.LabelledSet`).
 
     Example (``split.file`` is where ``splits.csv`` is written, or reused from)::
 
@@ -80,6 +82,7 @@ class CrackDataModule(L.LightningDataModule):
         image_size: int | list[int] | None = None,
         synthetic: dict | None = None,
         report_dir: str | None = None,
+        model_classes: tuple[list[str], list[int]] | None = None,
     ):
         super().__init__()
         self.root = Path(root).expanduser().resolve()
@@ -102,7 +105,7 @@ class CrackDataModule(L.LightningDataModule):
         )
         self.resident: ResidentImages | None = None
         report_dir = Path(report_dir) if report_dir else (self.split.file.parent if self.split.file else None)
-        self.labelled = labelled_set(root, positive_classes, class_map, manifest, synthetic)
+        self.labelled = labelled_set(root, positive_classes, class_map, manifest, synthetic, model_classes)
         self.preparation = Preparation(
             self.labelled, self.data_config, self.split, ScreeningSettings.from_config(screening), self.cache, dict(synthetic) if synthetic else None, report_dir / "skipped_files.txt" if report_dir else None)
         self.class_names: list[str] = []

@@ -52,10 +52,14 @@ class LabelledSet:
         manifest: ``data.manifest``, a ``.csv`` or ``.parquet`` file.
         synthetic_classes: the class folders ``data.synthetic`` will generate at ``root``, so the
             classes are known before the images exist (the demo's first run).
+        model_classes: ``(class names, crack labels)`` of the model that will score the images
+            (evaluate.py, recalibrate.py): labels index these. The set's classes must be among
+            them; a two-class set named otherwise is read crack to crack (``Positive`` -> ``crack``).
     """
 
     def __init__(self, root: Path | str, positive_classes=None, class_map: dict | None = None,
-                 manifest: Path | str | None = None, synthetic_classes: list[str] | None = None):
+                 manifest: Path | str | None = None, synthetic_classes: list[str] | None = None,
+                 model_classes: tuple[list[str], list[int]] | None = None):
         if class_map and manifest:
             raise CrackLightningError("data.class_map and data.manifest are both set: a manifest gives each image "
                                       "its label already; set one of them (the other to null).")
@@ -64,6 +68,8 @@ class LabelledSet:
         self.positive_classes = positive_classes
         self.class_map = _check_map(class_map) if class_map else None
         self.synthetic_classes = synthetic_classes
+        self.model_classes = model_classes
+        self.rename: dict[str, str] | None = None  # with model_classes: the set's class -> the model's
         self._rows: list[dict] | None = None
 
     @property
@@ -71,27 +77,61 @@ class LabelledSet:
         return f"data.manifest={self.manifest}" if self.manifest else f"data.root={self.root}"
 
     def classes(self) -> tuple[list[str], list[int]]:
-        """``(class names in label order, indices of the crack classes)``."""
+        """``(class names in label order, indices of the crack classes)``: the set's own, or
+        with ``model_classes`` the model's."""
+        if self.model_classes:
+            return self._as_model(self._found(own_names=True))
+        found = self._found()
+        if len(found) < 2:
+            raise CrackLightningError(f"{self.where}: {len(found)} class(es) {sorted(found)}; a classifier needs "
+                                      f"at least two.")
+        return order_classes(sorted(found), self.positive_classes, self.where)
+
+    def _found(self, own_names: bool = False) -> set[str]:
+        """The set's class names (``own_names``: plain folder names as they are, when a model's names
+        are asked for: they need not look like crack names)."""
         if self.manifest:
             found = {row["label"] for row in self.rows()}
         elif self.class_map:
             found = set(self.class_map.values())
         elif self.synthetic_classes and not (self.root.is_dir() and class_folders(self.root)):
             found = {PurePosixPath(f).parts[0] for f in self.synthetic_classes}  # not generated yet: its top folders
+        elif own_names and self.root.is_dir() and set(class_folders(self.root)) <= set(self.model_classes[0]):
+            found = set(class_folders(self.root))
         else:  # refuses a missing root or fewer than two folders in one line
             found = resolve_class_names(self.root, self.positive_classes)
-        if len(found) < 2:
-            raise CrackLightningError(f"{self.where}: {len(found)} class(es) {sorted(found)}; a classifier needs "
-                                      f"at least two.")
-        return order_classes(sorted(found), self.positive_classes, self.where)
+        return set(found)
+
+    def _as_model(self, found: set[str]) -> tuple[list[str], list[int]]:
+        names, positive = (list(x) for x in self.model_classes)
+        if found and found <= set(names):
+            self.rename = {name: name for name in found}
+        elif len(found) == 2 and len(names) == 2:  # [no crack, crack] to [no crack, crack]
+            own, _ = order_classes(sorted(found), self.positive_classes, self.where)
+            self.rename = {own[0]: names[1 - positive[0]], own[1]: names[positive[0]]}
+        else:
+            raise CrackLightningError(
+                f"{self.where}: its classes {sorted(found)} are not the model's {names}; name the folders (or the "
+                f"manifest's labels) as the model's classes, or map them with data.class_map={{<folder>: <class>}}.")
+        return names, positive
+
+    def _index(self, class_names: list[str]) -> dict[str, int]:
+        """Label of each of the set's class names (with ``model_classes``: the model's label)."""
+        index = {name: label for label, name in enumerate(class_names)}
+        return {own: index[model] for own, model in self.rename.items()} if self.rename else index
 
     def scan(self, class_names: list[str]) -> Scanned:
         """Every image of the set, labelled by ``class_names``' order (unchecked)."""
         if self.manifest:
             return self._scan_manifest(class_names)
+        index = self._index(class_names)
+        if not self.class_map and self.rename:  # the set's own folders, labelled as the model's classes
+            folders = sorted(self.rename)
+            samples, broken, ignored = scan_files(self.root, folders)
+            return Scanned(self.root, [Sample(s.path, index[folders[s.label]], s.domain) for s in samples],
+                           broken, ignored)
         if not self.class_map:
             return Scanned(self.root, *scan_files(self.root, class_names))
-        index = {name: label for label, name in enumerate(class_names)}
         folders = list(self.class_map)
         if missing := [f for f in folders if not (self.root / f).is_dir()]:
             raise CrackLightningError(f"data.class_map: {missing[0]} is no folder under data.root={self.root}; "
@@ -111,7 +151,7 @@ class LabelledSet:
         return self._rows
 
     def _scan_manifest(self, class_names: list[str]) -> Scanned:
-        index = {name: label for label, name in enumerate(class_names)}
+        index = self._index(class_names)
         samples, broken, ignored, groups, splits = [], [], [], {}, {}
         seen: dict[Path, str] = {}
         for row in self.rows():
@@ -207,11 +247,13 @@ def _read_parquet(path: Path) -> tuple[list[str], list[dict]]:
     return table.column_names, table.to_pylist()
 
 
-def labelled_set(root, positive_classes=None, class_map=None, manifest=None, synthetic: dict | None = None) -> LabelledSet:
+def labelled_set(root, positive_classes=None, class_map=None, manifest=None, synthetic: dict | None = None,
+                 model_classes: tuple[list[str], list[int]] | None = None) -> LabelledSet:
     """The ``data`` config's labelled set (the data module's, and train.py's before it builds the
     model: the number of classes sizes the head)."""
     return LabelledSet(root, positive_classes, class_map, manifest,
-                       synthetic_classes=synthetic_classes(synthetic) if synthetic else None)
+                       synthetic_classes=synthetic_classes(synthetic) if synthetic else None,
+                       model_classes=model_classes)
 
 
 def synthetic_classes(params: dict) -> list[str]:

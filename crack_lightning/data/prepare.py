@@ -121,19 +121,26 @@ class Preparation:
         self.screened.fingerprints.clear()  # no grouping to make
         splits = read_splits(self.split.file, self.root, class_names)
         splits = screening.drop_unusable(splits, self.screened, self.screening.on_bad_file, self.split.file, announce)
-        check_support(splits, class_names, self.labelled.where)
+        check_support(splits, class_names, self.labelled.where, self.split.strategy is SplitStrategy.TEST)
         return splits
 
     @property
     def strategy(self) -> str:
         """How the split is made: ``data.split.strategy``, or ``manifest`` when its split column says."""
-        return "manifest" if self.given_splits else self.split.strategy.value
+        if self.given_splits and self.split.strategy is not SplitStrategy.TEST:
+            return "manifest"
+        return self.split.strategy.value
 
     def new_split(self, class_names: list[str], samples: list[Sample], save: bool) -> dict[str, list[Sample]]:
         split = self.split
         info = {"strategy": self.strategy, "seed": split.seed, "fractions": list(split.fractions)}
         groups = None
-        if self.given_splits:  # the manifest's own split, as it is
+        if split.strategy is SplitStrategy.TEST:  # every image (a manifest's split column aside), in its groups
+            labels = self.groups(samples)
+            groups = {s.path: int(g) for s, g in zip(samples, labels)}
+            splits = {"train": [], "val": [], "test": list(samples)}
+            info = {"strategy": self.strategy, "groups": int(labels.max()) + 1 if len(labels) else 0}
+        elif self.given_splits:  # the manifest's own split, as it is
             splits = {name: [s for s in samples if self.given_splits[s.path] == name] for name in ("train", "val", "test")}
             info = {"strategy": self.strategy}
         elif split.strategy is SplitStrategy.GROUPED:
@@ -146,7 +153,7 @@ class Preparation:
         else:
             splits = stratified_split(samples, split.fractions, split.seed)
         _, positive = self.labelled.classes()
-        check_support(splits, class_names, self.labelled.where)
+        check_support(splits, class_names, self.labelled.where, self.split.strategy is SplitStrategy.TEST)
         if save and split.file is not None:
             write_splits(split.file, splits, self.root, class_names, info, groups, positive)
             log.info("Made a %s split -> %s", self.strategy, split.file)

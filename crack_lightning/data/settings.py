@@ -11,7 +11,7 @@ modules that use a group -- :mod:`.prepare`, :mod:`.quality.screening`,
 <SplitStrategy.GROUPED: 'grouped'>
 >>> SplitSettings.from_config({"strategy": "grouped2"})
 Traceback (most recent call last):
-crack_lightning.CrackLightningError: data.split.strategy=grouped2: choose grouped or random.
+crack_lightning.CrackLightningError: data.split.strategy=grouped2: choose grouped, random or test.
 >>> ScreeningSettings.from_config({"on_bad_file": "error"}).on_bad_file
 <BadFilePolicy.ERROR: 'error'>
 >>> CacheSettings.from_config({"enabled": "auto", "dir": "data/cache"}).used
@@ -84,6 +84,11 @@ class SplitStrategy(str, Enum):
 
     GROUPED = "grouped"  # patches that look cut from one photo stay in one split
     RANDOM = "random"  # per image, stratified by class
+    TEST = "test"  # every image is test, grouped as GROUPED would be (evaluate.py, recalibrate.py)
+
+    @property
+    def grouped(self) -> bool:
+        return self in (SplitStrategy.GROUPED, SplitStrategy.TEST)
 
 
 @dataclass
@@ -112,7 +117,7 @@ class SplitSettings:
             if groups < 1:
                 raise bad_setting(key, self.group_pattern, "needs a group ( ... ) that captures the photo id, "
                                                              "e.g. (\\d+)-\\d+\\.\\w+$")
-            if self.strategy is not SplitStrategy.GROUPED:
+            if not self.strategy.grouped:
                 raise bad_setting(key, self.group_pattern, f"groups a split: set {self.KEY}.strategy=grouped too")
         self.fractions = check_fractions(self.fractions)
         if self.seed is not None:
@@ -127,7 +132,7 @@ class SplitSettings:
     @property
     def by_borders(self) -> bool:
         """Grouped by matching borders and near-duplicates (no ``group_pattern``)."""
-        return self.strategy is SplitStrategy.GROUPED and self.group_pattern is None
+        return self.strategy.grouped and self.group_pattern is None
 
     def photo_ids(self, relative_paths: list[str]) -> list[str]:
         """The photo id ``group_pattern`` finds in each path; one line naming the paths it misses."""

@@ -83,10 +83,16 @@ def grouped_split(samples: list[Sample], groups, fractions, seed: int) -> dict[s
     return {name: [s for s, g in zip(samples, inverse) if assign[g] == k] for k, name in enumerate(SPLITS)}
 
 
-def check_support(splits: dict[str, list[Sample]], class_names: list[str], where) -> None:
+def check_support(splits: dict[str, list[Sample]], class_names: list[str], where, test_only: bool = False) -> None:
     """Refuse a split with a class missing from a split: with no crack in validation the
     recall-targeted threshold is chosen on nothing, and with none in test the reported recall
-    and AUROC are undefined (torchmetrics gives 0.0), yet the run would end "successfully"."""
+    and AUROC are undefined (torchmetrics gives 0.0), yet the run would end "successfully".
+    ``test_only`` (a set to evaluate): only an empty test split is refused; a site sample may
+    lack some of the model's classes, and the metrics a class needs say so."""
+    if test_only:
+        if not splits["test"]:
+            raise CrackLightningError(f"{where}: no usable image to evaluate on (see the skipped files above).")
+        return
     totals = {name: sum(s.label == k for part in splits.values() for s in part) for k, name in enumerate(class_names)}
     for split in SPLITS:
         present = {s.label for s in splits[split]}

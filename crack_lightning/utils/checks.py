@@ -55,7 +55,9 @@ def choice(key: str, value: Any, mode: type[E]) -> E:
     try:
         return mode(value)
     except ValueError:
-        raise bad_setting(key, value, "choose " + " or ".join(str(m.value) for m in mode)) from None
+        names = [str(m.value) for m in mode]
+        raise bad_setting(key, value, "choose " + (", ".join(names[:-1]) + " or " if len(names) > 1 else "")
+                          + names[-1]) from None
 
 
 def auto_or_bool(key: str, value: Any) -> bool | Auto:
