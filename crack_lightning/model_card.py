@@ -135,6 +135,9 @@ class ModelCard:
     # labels: what the model's positive_mask sums); an .onnx file stores them as names (it has no config).
     # Neither, as in files written before N classes: [class_names[1]] of two.
     positive_classes: list[str] | None = None
+    # named operating points beside the one above, e.g. a site's (recalibrate.py): name -> point
+    # (threshold, temperature and how they were chosen); read one with :meth:`at`
+    operating_points: dict = field(default_factory=dict)
 
     ONNX_KEYS: ClassVar[tuple[str, ...]] = ("preprocessing", "class_names", "threshold", "temperature")
 
@@ -183,6 +186,7 @@ class ModelCard:
             temperature=float(state.get("temperature", 1.0)),
             operating_point=dict(section.get("operating_point") or {}),
             config=section.get("config"),
+            operating_points=dict(section.get("operating_points") or {}),
         )
 
     def to_checkpoint(self) -> dict:
@@ -193,6 +197,8 @@ class ModelCard:
             "preprocessing": self.preprocessing.to_dict(),
             "operating_point": dict(self.operating_point),
             "config": self.config,
+            # only when there are some: a checkpoint without named points keeps the shape it always had
+            **({"operating_points": dict(self.operating_points)} if self.operating_points else {}),
         }
 
     @classmethod
@@ -212,6 +218,7 @@ class ModelCard:
             temperature=float(meta["temperature"]),
             operating_point=json.loads(meta.get("operating_point") or "{}"),
             positive_classes=json.loads(meta["positive_classes"]) if "positive_classes" in meta else None,
+            operating_points=json.loads(meta.get("operating_points") or "{}"),
         )
 
     def to_onnx_metadata(self) -> dict[str, str]:
@@ -223,7 +230,19 @@ class ModelCard:
             "temperature": repr(float(self.temperature)),
             "operating_point": json.dumps(self.operating_point),
             "positive_classes": json.dumps(list(self.positive_classes)),
+            "operating_points": json.dumps(self.operating_points),
         }
+
+    def point(self, name: str, key: str = "operating_point") -> dict:
+        """The named operating point ``name``; one line naming ``key`` and the names there are."""
+        if name not in self.operating_points:
+            there = ", ".join(sorted(self.operating_points)) or "none (recalibrate.py ckpt=... name=<site> adds one)"
+            raise CrackLightningError(f"{key}={name}: the model has no operating point of that name; it has {there}.")
+        return dict(self.operating_points[name])
+
+    def with_named_point(self, name: str, point: dict) -> ModelCard:
+        """This card with ``point`` stored as ``name`` (its default operating point unchanged)."""
+        return replace(self, operating_points={**self.operating_points, name: dict(point)})
 
     def with_operating_point(self, point: dict) -> ModelCard:
         """This card read at ``point``'s threshold and temperature (an :class:`OperatingPoint` fit)."""

@@ -215,8 +215,8 @@ def test_a_degenerate_operating_point_is_called_so():
     temperature 20 without a word."""
     targets = torch.tensor([0, 0, 1, 1])
     flat = torch.tensor([0.5, 0.5, 0.5, 0.5])
-    problems = degenerate(20.0, choose_threshold(flat, targets, 0.99), flat, targets)
+    problems = degenerate(20.0, choose_threshold(flat, targets, 0.5), flat, targets)
     assert len(problems) == 2 and "temperature hit its limit 20" in problems[0]
     assert "flags every validation image as a crack" in problems[1]
     good = torch.tensor([0.1, 0.2, 0.8, 0.9])
-    assert degenerate(1.3, choose_threshold(good, targets, 0.99), good, targets) == []
+    assert degenerate(1.3, choose_threshold(good, targets, 0.5), good, targets) == []

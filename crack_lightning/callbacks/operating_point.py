@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from crack_lightning.model_card import SECTION
-from crack_lightning.evaluation import calibration_error, choose_threshold, degenerate, fit_temperature
+from crack_lightning.evaluation import fit_point
 from crack_lightning.utils.files import atomic_path, write_atomic
 from crack_lightning.trainer.distributed import gather_uneven
 
@@ -60,23 +60,9 @@ class OperatingPoint(L.Callback):
         # every rank gets the whole split, each image once (see trainer.distributed)
         logits = gather_uneven(torch.cat(self._logits), pl_module.device).cpu()
         targets = gather_uneven(torch.cat(self._targets), pl_module.device).cpu()
-        temperature = fit_temperature(logits, targets, pl_module.is_crack(targets)) if self.calibrate else 1.0
-        raw = pl_module.crack_probability(logits, 1.0)  # P(any crack class), before and after calibration
-        probs = pl_module.crack_probability(logits, temperature)
-        targets = pl_module.is_crack(targets)  # the threshold and ECE are those of cracks vs the rest
-        choice = choose_threshold(probs, targets, self.target_recall)
-        if choice.cracks == 0:
+        point = fit_point(pl_module, logits, targets, self.target_recall, self.calibrate, self.n_bins)
+        if point["cracks"] == 0:
             log.warning("The validation split has no cracks: the threshold stays 0.5 and is not chosen for recall.")
-        point = {
-            "temperature": temperature,
-            **choice.to_dict(),
-            "images": len(targets),
-            "ece_before": calibration_error(raw, targets, self.n_bins),
-            "ece_after": calibration_error(probs, targets, self.n_bins),
-            "split": "val",
-            "rule": "crack when crack probability > threshold",
-            "warnings": degenerate(temperature, choice, probs, targets),
-        }
         pl_module.set_operating_point(point)
         for key in ("temperature", "threshold", "ece_before", "ece_after"):
             pl_module.log(f"calibration/{key}", float(point[key]), rank_zero_only=True)
@@ -88,8 +74,8 @@ class OperatingPoint(L.Callback):
         log.info(
             "Operating point on %d validation images: temperature %.3f, threshold %.4f for recall >= %.3f "
             "(precision %.3f, recall %.3f); ECE %.4f -> %.4f",
-            len(targets), temperature, choice.threshold, self.target_recall, choice.precision, choice.recall,
-            point["ece_before"], point["ece_after"],
+            point["images"], point["temperature"], point["threshold"], self.target_recall, point["precision"],
+            point["recall"], point["ece_before"], point["ece_after"],
         )
         for problem in point["warnings"] if trainer.is_global_zero else []:
             log.warning("Operating point: %s.", problem)

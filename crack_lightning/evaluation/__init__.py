@@ -4,8 +4,11 @@ from crack_lightning.evaluation.operating_point import (
     at_prevalence,
     calibration_error,
     choose_threshold,
+    cracks_needed,
     degenerate,
+    fit_point,
     fit_temperature,
 )
 
-__all__ = ["at_prevalence", "calibration_error", "choose_threshold", "degenerate", "fit_temperature"]
+__all__ = ["at_prevalence", "calibration_error", "choose_threshold", "cracks_needed", "degenerate", "fit_point",
+           "fit_temperature"]

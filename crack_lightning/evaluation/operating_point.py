@@ -109,19 +109,58 @@ def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_recall: 
     return ThresholdChoice(threshold, target_recall, precision, recall, cracks)
 
 
-def degenerate(temperature: float, choice: ThresholdChoice, probs: torch.Tensor, targets: torch.Tensor) -> list[str]:
+def fit_point(scorer, logits: torch.Tensor, targets: torch.Tensor, target_recall: float, calibrate: bool = True,
+              n_bins: int = 15, split: str = "val") -> dict:
+    """The operating point of ``scorer`` (a :class:`~crack_lightning.models.scoring.CrackScorer`)
+    fitted on these images' ``logits`` and class labels: the temperature (``calibrate``), then the
+    threshold with the best precision at crack recall >= ``target_recall``; with the calibration
+    error before and after, and in ``warnings`` what makes it untrustworthy."""
+    temperature = fit_temperature(logits, targets, scorer.is_crack(targets)) if calibrate else 1.0
+    raw = scorer.crack_probability(logits, 1.0)  # P(any crack class), before and after calibration
+    probs = scorer.crack_probability(logits, temperature)
+    cracks = scorer.is_crack(targets)  # the threshold and ECE are those of cracks vs the rest
+    choice = choose_threshold(probs, cracks, target_recall)
+    return {
+        "temperature": temperature,
+        **choice.to_dict(),
+        "images": len(cracks),
+        "ece_before": calibration_error(raw, cracks, n_bins),
+        "ece_after": calibration_error(probs, cracks, n_bins),
+        "split": split,
+        "rule": "crack when crack probability > threshold",
+        "warnings": degenerate(temperature, choice, probs, cracks, "validation" if split == "val" else split),
+    }
+
+
+def cracks_needed(target_recall: float) -> int:
+    """The fewest cracks that can show a recall of ``target_recall``: below 1 / (1 - target), one
+    missed crack already puts the recall under it, so the threshold can only be "catch every one".
+
+    >>> cracks_needed(0.99), cracks_needed(0.9), cracks_needed(1.0)
+    (100, 10, 0)
+    """
+    return 0 if target_recall >= 1 else math.ceil(1 / (1 - target_recall) - 1e-9)
+
+
+def degenerate(temperature: float, choice: ThresholdChoice, probs: torch.Tensor, targets: torch.Tensor,
+               split: str = "validation") -> list[str]:
     """What makes an operating point untrustworthy, in words (none for a sound one): a
     temperature stuck at its clamp, or a threshold that calls every validation image a crack
     (recall 1 bought by giving up: the model does not separate the classes there)."""
     problems = []
+    if 0 < choice.cracks < cracks_needed(choice.target_recall):
+        problems.append(f"only {choice.cracks} cracks to choose the threshold on: recall >= {choice.target_recall:g} "
+                        f"needs at least {cracks_needed(choice.target_recall)} to be supported (below that one missed "
+                        f"crack breaks it, so the threshold just catches every crack seen); label more cracks, "
+                        f"or read the recall's interval")
     if temperature in TEMPERATURE_RANGE:
-        problems.append(f"the temperature hit its limit {temperature:g}: the validation split cannot pin it "
+        problems.append(f"the temperature hit its limit {temperature:g}: the {split} images cannot pin it "
                         f"down (too few images, or scores that do not separate the classes)")
     negatives = targets == 0
     if choice.cracks and negatives.any() and bool((probs[negatives] > choice.threshold).all()):
-        problems.append(f"the threshold {choice.threshold:.4g} flags every validation image as a crack "
+        problems.append(f"the threshold {choice.threshold:.4g} flags every {split} image as a crack "
                         f"(precision {choice.precision:.3f} = the crack share): the model does not separate "
-                        f"the classes on validation; train longer or on more data before trusting it")
+                        f"the classes there; train longer or on more data before trusting it")
     return problems
 
 

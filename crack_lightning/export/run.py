@@ -32,7 +32,7 @@ DEFAULT_CHECK_IMAGES = 8
 def export(cfg: DictConfig) -> dict:
     """Export ``cfg.ckpt`` to ``cfg.format``; returns where it went and the parity result."""
     output = check_export(cfg)  # before the model is loaded: an existing output is refused in a second
-    loaded = load_classifier(cfg.ckpt)
+    loaded = load_classifier(cfg.ckpt, operating_point=cfg.get("operating_point"))
 
     images, source = None, "no check"
     if cfg.check:

@@ -58,11 +58,12 @@ class TorchBackend:
         return self.scores(images)[0]
 
 
-def open_backend(path: str | Path, device: str | torch.device = "cpu") -> Backend:
-    """A backend for ``path``: ``.onnx`` runs in onnxruntime, anything else is a checkpoint."""
+def open_backend(path: str | Path, device: str | torch.device = "cpu", operating_point: str | None = None) -> Backend:
+    """A backend for ``path``: ``.onnx`` runs in onnxruntime, anything else is a checkpoint; at
+    the model's named ``operating_point`` when given (recalibrate.py's)."""
     path = Path(path).expanduser()
     if path.suffix.lower() == ".onnx":
         from crack_lightning.inference.onnx_backend import OnnxBackend
 
-        return OnnxBackend(path)
-    return TorchBackend(load_classifier(path), device=device)
+        return OnnxBackend(path, operating_point=operating_point)
+    return TorchBackend(load_classifier(path, operating_point=operating_point), device=device)

@@ -74,8 +74,10 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedClassifier:
-    """Rebuild the model from the checkpoint's own config and load its weights.
+def load_classifier(path: str | Path, device: str | torch.device = "cpu",
+                    operating_point: str | None = None) -> LoadedClassifier:
+    """Rebuild the model from the checkpoint's own config and load its weights; read its scores
+    at the named ``operating_point`` (recalibrate.py's) instead of its own, when given.
 
     The backbone is built with ``pretrained=false``: the checkpoint has the weights, so
     nothing is downloaded.
@@ -93,6 +95,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
     except (RuntimeError, KeyError) as err:
         mismatch = weights_mismatch(model, checkpoint["state_dict"], model_cfg.backbone.get("name"))
         raise CrackLightningError(f"ckpt={path}: {mismatch}") from err
+    if operating_point:
+        model.set_operating_point(model.card.point(operating_point))
     model.eval().to(device)
     return LoadedClassifier(model=model, card=model.card, path=path, sha256=sha256_file(path))
 

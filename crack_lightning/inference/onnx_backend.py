@@ -34,7 +34,7 @@ class OnnxBackend:
     """An exported ``.onnx`` file run by onnxruntime on the CPU (see :class:`~crack_lightning.
     inference.backends.Backend`); the card comes from the file's metadata."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, operating_point: str | None = None):
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise CrackLightningError(
@@ -61,13 +61,24 @@ class OnnxBackend:
             )
         self.metadata = meta
         self.card = ModelCard.from_onnx_metadata(meta, where=str(self.path))
+        self.baked_temperature = self.card.temperature  # the graph's crack_probability applies this one
+        if operating_point:
+            self.card = self.card.with_operating_point(self.card.point(operating_point))
         self.checkpoint_sha256 = meta.get("checkpoint_sha256", "")
         self.model_hash = sha256_file(self.path)[:12]
 
     def scores(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         images = np.ascontiguousarray(to_numpy(images), dtype=np.float32)
         crack, logits = self.session.run(list(OUTPUTS), {INPUT: images})
-        return crack.astype(np.float32, copy=False), softmax(logits, self.card.temperature)
+        probs = softmax(logits, self.card.temperature)
+        if self.card.temperature != self.baked_temperature:  # a named point's: sum its classes here
+            crack = np.clip(probs[:, self.card.positive_labels].sum(axis=1), 0.0, 1.0)
+        return crack.astype(np.float32, copy=False), probs
+
+    def logits(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The class logits, before temperature scaling (float32 (N, C))."""
+        images = np.ascontiguousarray(to_numpy(images), dtype=np.float32)
+        return self.session.run([OUTPUTS[1]], {INPUT: images})[0].astype(np.float32, copy=False)
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         return self.scores(images)[0]

@@ -71,7 +71,7 @@ def predict(cfg: DictConfig) -> dict:
     folder has class sub-folders); return the summary that is also logged."""
     check_predict(cfg)  # predict.py checked already; here for in-process callers
     device = resolve_device(cfg.device)
-    backend = open_backend(cfg.ckpt, device)
+    backend = open_backend(cfg.ckpt, device, cfg.get("operating_point"))
     batch_size = resolve_batch_size(cfg.batch_size, device)
     threshold = backend.card.threshold if cfg.threshold is None else float(cfg.threshold)
     inputs = find_inputs(str(cfg.input), backend.card.class_names)
