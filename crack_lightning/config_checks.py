@@ -10,6 +10,7 @@ module makes them early and keeps the rules that span groups. Torch-free.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
@@ -70,6 +71,7 @@ def check_config(cfg: DictConfig) -> None:
 
         check_data(cfg.data)
     check_accelerator(cfg.trainer.get("accelerator"))
+    check_test_sets(cfg.get("eval", {}).get("test_sets"))
     unfreeze = cfg.get("finetune", {}).get("unfreeze_at_epoch") if cfg.get("finetune") else None
     max_epochs = cfg.trainer.get("max_epochs")
     if unfreeze is not None and max_epochs is not None and max_epochs >= 0 and unfreeze >= max_epochs:
@@ -77,6 +79,29 @@ def check_config(cfg: DictConfig) -> None:
             f"finetune.unfreeze_at_epoch={unfreeze} is not below trainer.max_epochs={max_epochs}: "
             f"the backbone would never train. Lower the one or raise the other, or use finetune=frozen."
         )
+
+
+def check_test_sets(test_sets) -> None:
+    """``eval.test_sets``: ``{name: a folder or a manifest, or a mapping of data keys}``, each there."""
+    from pathlib import Path
+
+    if not test_sets:
+        return
+    example = "eval.test_sets={site_b: /data/site_b, site_c: site_c.csv}"
+    if not OmegaConf.is_dict(test_sets) and not isinstance(test_sets, dict):
+        raise CrackLightningError(f"eval.test_sets={test_sets}: give named sets, e.g. {example}.")
+    for name, spec in test_sets.items():
+        key = f"eval.test_sets.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", str(name)):
+            raise CrackLightningError(f"{key}: name the set with letters, digits, '_', '-' or '.' (it names a "
+                                      f"folder of the run and its metrics), e.g. {example}.")
+        if isinstance(spec, str):
+            if not Path(spec).expanduser().exists():
+                raise CrackLightningError(f"{key}={spec}: no such folder or file; give a labelled folder or a "
+                                          f"manifest (.csv, .parquet), e.g. {example}.")
+        elif not (OmegaConf.is_dict(spec) or isinstance(spec, dict)):
+            raise CrackLightningError(f"{key}={spec}: give a folder, a manifest, or data keys such as "
+                                      f"{{root: <folder>, class_map: {{...}}}}, e.g. {example}.")
 
 
 def check_accelerator(accelerator: str | None) -> None:

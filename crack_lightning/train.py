@@ -20,6 +20,7 @@ from crack_lightning.callbacks import OperatingPoint
 from crack_lightning.callbacks.model_card import ClassWeightsFromData, ModelCardFromData
 from crack_lightning.config_checks import OUR_DATA_MODULE, check_config
 from crack_lightning.data.labelled import data_classes
+from crack_lightning.utils.config import instantiate_group
 from crack_lightning.utils.files import write_atomic
 from crack_lightning.resume import continue_logs, resume_point
 from crack_lightning.reports.run_report import write_run_report
@@ -29,13 +30,6 @@ from crack_lightning.trainer.console import quiet_lightning
 from crack_lightning.trainer.strategies import release_processes
 
 log = logging.getLogger(__name__)
-
-
-def instantiate_group(group: DictConfig | None) -> list:
-    """Instantiate every entry of a config group dict that has a ``_target_`` (nulls are skipped)."""
-    if not group:
-        return []
-    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -100,12 +94,16 @@ def _fit_and_test(cfg, config: dict, trainer, model, datamodule, ckpt_path, outp
             results = trainer.test(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)
         metrics = {k: float(v) for k, v in sorted(results[0].items())}
         metrics["best_ckpt"] = best_ckpt
+        if cfg.get("eval", {}).get("test_sets") and trainer.is_global_zero and best_ckpt:
+            from crack_lightning.evaluation.evaluate import evaluate_test_sets
+
+            metrics.update(evaluate_test_sets(cfg, best_ckpt, output_dir))
         if trainer.is_global_zero:
             write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             log.info("Test metrics: %s", json.dumps(metrics))
             for logger in trainer.loggers:  # TensorBoard's HPARAMS tab: the config next to its results
                 if isinstance(logger, TensorBoardLogger):
-                    logger.log_hyperparams(config, metrics={k: v for k, v in metrics.items() if k != "best_ckpt"})
+                    logger.log_hyperparams(config, metrics={k: v for k, v in metrics.items() if isinstance(v, float)})
                     logger.save()
 
     write_run_report(cfg, output_dir)  # report.md: config, test metrics, figures

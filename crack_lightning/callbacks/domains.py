@@ -30,11 +30,13 @@ PREFIX = "test/domain"  # test/domain/<domain>/<metric>: apart from test/<metric
 
 @dataclass
 class ImageResults:
-    """Per test image, in the order of the data module's test split: crack probability, label, argmax."""
+    """Per test image, in the order of the data module's test split: crack probability, label, argmax,
+    logits (before temperature scaling)."""
 
     probs: torch.Tensor
     targets: torch.Tensor
     predicted: torch.Tensor
+    logits: torch.Tensor
 
 
 class PerImageTest(L.Callback):
@@ -50,18 +52,18 @@ class PerImageTest(L.Callback):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if outputs is not None:
-            self._parts.append((outputs["probs"].float(), outputs["targets"], outputs["logits"].argmax(dim=1)))
+            logits = outputs["logits"].float()
+            self._parts.append((outputs["probs"].float(), outputs["targets"], logits.argmax(dim=1), logits))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._parts:
             return
         order = torch.tensor(list(iter(trainer.test_dataloaders.sampler)), dtype=torch.long)  # this rank's indices
-        probs, targets, predicted = (torch.cat(p) for p in zip(*self._parts))
+        parts = [torch.cat(p) for p in zip(*self._parts)]
         device = pl_module.device
-        index, probs, targets, predicted = (gather_uneven(t.to(device), device).cpu() for t in (
-            order[:len(targets)], probs, targets, predicted))
+        index, *parts = (gather_uneven(t.to(device), device).cpu() for t in (order[:len(parts[1])], *parts))
         rank = torch.argsort(index)
-        self.evaluate(trainer, pl_module, ImageResults(probs[rank], targets[rank], predicted[rank]))
+        self.evaluate(trainer, pl_module, ImageResults(*(t[rank] for t in parts)))
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, images: ImageResults) -> None:
         raise NotImplementedError

@@ -1,4 +1,5 @@
-"""The settings of ``predict.py`` and ``export.py``, checked before torch is imported.
+"""The settings of ``predict.py``, ``export.py``, ``evaluate.py`` and ``recalibrate.py``, checked
+before torch is imported.
 
 Importing torch, timm and Lightning takes seconds; a typo (``threshold=abc``), an impossible
 value (``heatmap.max_side=0``, which used to fail after the first photo) or a wrong file
@@ -52,7 +53,12 @@ PREDICT_RULES = {
     "heatmap.alpha": ("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1, False),
     "heatmap.cmap": ("a matplotlib colormap name, e.g. turbo or viridis", _colormap, False),
 }
+POINT_RULE = ("the name of one of the model's operating points (recalibrate.py name=), or null: its own",
+              lambda v: isinstance(v, str) and bool(v.strip()), True)
+PREDICT_RULES["operating_point"] = POINT_RULE
+EVALUATE_RULES = {"operating_point": POINT_RULE}
 EXPORT_RULES = {
+    "operating_point": POINT_RULE,
     "opset": ("a whole number", is_count, False),
     "check": ("true or false", lambda v: isinstance(v, bool), False),
     "check_images": ("a whole number >= 1, or null: 8", lambda v: is_count(v) and v >= 1, True),
@@ -73,6 +79,29 @@ def check_predict(cfg: DictConfig) -> None:
     check_types(cfg, PREDICT_RULES)
     check_device(str(cfg.device))
     require_model_file(cfg.ckpt, onnx_ok=True)
+
+
+def check_evaluate(cfg: DictConfig, usage: str = "python evaluate.py ckpt=<best.ckpt|model.onnx> data.root=<folder>") -> None:
+    """Refuse a missing or impossible evaluate.py / recalibrate.py setting, or a ckpt= that is no model file."""
+    from crack_lightning.config_checks import check_config
+
+    _required(cfg, "ckpt", usage)
+    check_types(cfg, EVALUATE_RULES)
+    check_config(cfg)  # the data groups, eval.*, the trainer
+    require_model_file(cfg.ckpt, onnx_ok=True)
+
+
+NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # an operating point's name: part of a file name too
+
+
+def check_recalibrate(cfg: DictConfig) -> None:
+    """evaluate.py's checks, and a ``name=`` fit for a file name."""
+    usage = "python recalibrate.py ckpt=<best.ckpt|model.onnx> data.root=<a site's labelled images> name=<site>"
+    _required(cfg, "name", usage)
+    if not re.fullmatch(NAME, str(cfg.name)):
+        raise CrackLightningError(f"name={cfg.name}: use letters, digits, '_', '-' or '.' (it names the operating "
+                                  f"point and the new model file), e.g. name=site_b.")
+    check_evaluate(cfg, usage)
 
 
 def check_device(device: str) -> None:

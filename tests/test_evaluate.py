@@ -1,0 +1,142 @@
+"""evaluate.py and recalibrate.py: any model file on any labelled set, the images only read, the
+site's operating point stored beside the model's own and read back by predict.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import refused, run_py, snapshot
+from crack_lightning.utils.files import sha256_file
+
+FIGURES = ("classification_report.txt", "confusion_matrix.png", "pr_roc_curves.png", "reliability_diagram.png",
+           "errors.png", "report.md", "intervals.json", "metrics.json", "splits.csv")
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+@pytest.fixture(scope="module")
+def model_files(trained_run, tmp_path_factory) -> tuple[Path, Path]:
+    """A copy of the shared run's best.ckpt and its ONNX export (export_onnx, as export.py writes it)."""
+    from crack_lightning.export.onnx import export_onnx
+    from crack_lightning.inference.checkpoint import load_classifier
+
+    tmp = tmp_path_factory.mktemp("model_files")
+    ckpt = tmp / "best.ckpt"
+    shutil.copy(trained_run / "checkpoints" / "best.ckpt", ckpt)
+    export_onnx(load_classifier(ckpt), tmp / "best.onnx")
+    return ckpt, tmp / "best.onnx"
+
+
+def _evaluate(args: list[str], run_dir: Path, script: str = "evaluate.py"):
+    return run_py(script, [*args, f"hydra.run.dir={run_dir}", f"paths.data_dir={run_dir.parent / 'data'}"])
+
+
+def test_a_checkpoint_on_a_folder_and_its_onnx_on_a_manifest_agree(model_files, tiny_data, tmp_path):
+    """The same images as a folder (Negative/ Positive/) and as a manifest naming the classes
+    otherwise (intact / crack): the .ckpt and the .onnx give the same metrics within 1e-4, every
+    report file is written, and the images are only read."""
+    ckpt, onnx_file = model_files
+    manifest = tmp_path / "table" / "site.csv"  # (a run folder inside the manifest's folder is refused)
+    manifest.parent.mkdir()
+    with manifest.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for path in sorted(tiny_data.rglob("*.jpg")):
+            writer.writerow([path, "crack" if path.parent.name == "Positive" else "intact"])
+    before = snapshot(tiny_data)
+    folder_run, manifest_run = tmp_path / "folder", tmp_path / "manifest"
+    proc = _evaluate([f"ckpt={ckpt}", f"data.root={tiny_data}"], folder_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _evaluate([f"ckpt={onnx_file}", f"data.manifest={manifest}", "data.positive_classes=[crack]"], manifest_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert snapshot(tiny_data) == before, "evaluate.py changed the images it read"
+    for run in (folder_run, manifest_run):
+        assert all((run / name).is_file() for name in FIGURES), sorted(p.name for p in run.iterdir())
+    folder, table = (json.loads((run / "metrics.json").read_text()) for run in (folder_run, manifest_run))
+    assert folder["test/images"] == 24 and folder["ckpt"] == str(ckpt) and table["ckpt"] == str(onnx_file)
+    assert {"test/recall_at_threshold", "test/recall", "test/recall_at_threshold_ci_low", "test/threshold"} <= set(folder)
+    assert _numbers(folder).keys() == _numbers(table).keys()
+    worst = max(abs(folder[k] - table[k]) for k in _numbers(folder))
+    assert worst <= 1e-4, {k: (folder[k], table[k]) for k in _numbers(folder) if abs(folder[k] - table[k]) > 1e-4}
+    assert (folder_run / "gradcam.png").is_file() and not (manifest_run / "gradcam.png").exists()  # ONNX: no layers
+
+
+def test_a_set_whose_classes_are_not_the_models_is_refused(model_files, tmp_path):
+    ckpt, _ = model_files
+    data = tmp_path / "three"
+    for name in ("crack", "stain", "clean"):
+        (data / name).mkdir(parents=True)
+    proc = _evaluate([f"ckpt={ckpt}", f"data.root={data}"], tmp_path / "run")
+    refused(proc, "are not the model's", "data.class_map")
+
+
+def test_recalibrate_stores_a_named_point_and_predict_reads_it(model_files, tiny_data, tmp_path):
+    """A copy of the model with the point ``site_b`` (the original byte for byte unchanged), the
+    too-few-cracks warning on a 12-crack sample, and predict.py / evaluate.py at that point."""
+    from crack_lightning.inference.checkpoint import read_checkpoint
+
+    ckpt, onnx_file = model_files
+    original = sha256_file(ckpt)
+    run = tmp_path / "recal"
+    proc = _evaluate([f"ckpt={ckpt}", f"data.root={tiny_data}", "name=site_b", "eval.target_recall=0.95"], run,
+                     script="recalibrate.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sha256_file(ckpt) == original, "recalibrate.py modified the model it read"
+    said = proc.stdout + proc.stderr
+    assert "only 12 cracks" in said and "at least 20" in said, said[-3000:]
+    result = json.loads((run / "recalibration.json").read_text())
+    new = Path(result["model"])
+    assert new.parent == run and new.name == "best-site_b.ckpt"
+    assert result["images"] == 24 and result["cracks"] == 12 and any("only 12 cracks" in w for w in result["warnings"])
+    for side in ("before", "after"):
+        low, high = result[side]["recall_ci"]
+        assert low <= result[side]["recall"] <= high
+    assert result["after"]["recall"] >= 0.95, "the refitted threshold reaches the target on its own images"
+    stored = read_checkpoint(new)["crack_lightning"]
+    point = stored["operating_points"]["site_b"]
+    assert point["threshold"] == result["after"]["threshold"] and point["split"] == "site"
+    assert torch.load(new, weights_only=True)["state_dict"]["threshold"] == torch.load(ckpt, weights_only=True)[
+        "state_dict"]["threshold"], "the model's own operating point stays its default"
+
+    out = tmp_path / "pred"
+    proc = run_py("predict.py", [f"ckpt={new}", f"input={tiny_data}", "operating_point=site_b", f"output_dir={out}",
+                                 f"hydra.run.dir={tmp_path / 'hp'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert rows and all(float(r["threshold"]) == pytest.approx(point["threshold"], abs=1e-8) for r in rows)
+
+    proc = run_py("predict.py", [f"ckpt={new}", f"input={tiny_data}", "operating_point=site_c",
+                                 f"output_dir={tmp_path / 'p2'}", f"hydra.run.dir={tmp_path / 'hp2'}"])
+    refused(proc, "operating_point=site_c", "site_b")
+
+
+def test_recalibrate_an_onnx_file_into_a_new_onnx_file(model_files, tiny_data, tmp_path):
+    from crack_lightning.inference.onnx_backend import OnnxBackend
+
+    _, onnx_file = model_files
+    original = sha256_file(onnx_file)
+    run = tmp_path / "recal"
+    proc = _evaluate([f"ckpt={onnx_file}", f"data.root={tiny_data}", "name=site_b", "eval.calibrate=false"], run,
+                     script="recalibrate.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sha256_file(onnx_file) == original
+    result = json.loads((run / "recalibration.json").read_text())
+    backend = OnnxBackend(result["model"], operating_point="site_b")
+    assert backend.card.threshold == result["after"]["threshold"]
+    assert OnnxBackend(result["model"]).card.threshold == OnnxBackend(onnx_file).card.threshold
+
+
+def test_bad_settings_are_one_line(model_files, tiny_data, tmp_path):
+    ckpt, _ = model_files
+    refused(_evaluate([f"data.root={tiny_data}"], tmp_path / "a"), "ckpt= is required")
+    refused(_evaluate([f"ckpt={ckpt}", f"data.root={tiny_data}", "name=a/b"], tmp_path / "b", "recalibrate.py"),
+            "name=a/b")
+    refused(_evaluate([f"ckpt={ckpt}", f"data.root={tmp_path / 'nowhere'}"], tmp_path / "c"), "nowhere")
