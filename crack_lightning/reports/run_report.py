@@ -46,6 +46,12 @@ CI = ("_ci_low", "_ci_high")  # test/<metric>_ci_low / _ci_high: callbacks/inter
 PER_CLASS = ("precision", "recall", "f1", "auroc")  # test/<metric>/<class>, the table's columns
 AVERAGES = (("macro average", ("macro_precision", "macro_recall", "macro_f1", "macro_auroc")),
             ("weighted average", (None, None, "weighted_f1", None)))
+# eval.test_sets: the best checkpoint on each named test set, test_sets/<name>/<metric> (the names of
+# test/), and "train_domain" (a string); the "Across domains" table has these columns
+TEST_SETS = "test_sets/"
+DOMAIN_COLUMNS = (("images", "images"), ("recall_at_threshold", "recall at threshold"),
+                  ("precision_at_threshold", "precision at threshold"), ("f1_at_threshold", "F1 at threshold"),
+                  ("auroc", "AUROC"), ("missed_cracks_at_threshold", "missed cracks at threshold"))
 
 
 def _select(cfg: DictConfig, key: str):
@@ -57,6 +63,42 @@ def _select(cfg: DictConfig, key: str):
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _with_interval(numbers: dict[str, float], key: str) -> str:
+    """``value [low, high]`` when the run logged the interval (callbacks/intervals.py), else the value."""
+    if key not in numbers:
+        return ""
+    low, high = numbers.get(key + CI[0]), numbers.get(key + CI[1])
+    return _fmt(numbers[key]) + (f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and high is not None else "")
+
+
+def domain_table(metrics: dict, output_dir: Path | None = None) -> list[str]:
+    """The "Across domains" section: the best checkpoint on the run's own test split (labelled with
+    ``train_domain``, else "in-domain") and on each ``eval.test_sets`` set, in name order (linked to
+    its ``test_sets/<name>/`` folder in ``output_dir``); nothing without ``test_sets/*`` metrics."""
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    names = sorted({k[len(TEST_SETS):].split("/", 1)[0] for k in numbers if k.startswith(TEST_SETS)} - {""})
+    if not names:
+        return []
+    train = metrics.get("train_domain") if isinstance(metrics.get("train_domain"), str) else ""
+    source = train or "training data"
+    rows = [(f"{source} -> {train or 'in-domain'} (own test split)", "test/")]
+    rows += [(f"{source} -> " + (f"[{name}]({TEST_SETS}{name}/)" if output_dir and (
+        Path(output_dir) / TEST_SETS / name).is_dir() else name), f"{TEST_SETS}{name}/") for name in names]
+    columns = [(m, label) for m, label in DOMAIN_COLUMNS
+               if m != "images" or any(prefix + m in numbers for _, prefix in rows)]
+    brackets = "; 95 % intervals in brackets" if any(k.endswith(CI) for k in numbers) else ""
+    lines = ["", "## Across domains", "",
+             f"Trained on {f'`{train}`' if train else 'the training data'}: the best checkpoint on its own test "
+             f"split and on each set of `eval.test_sets`{brackets}.", "",
+             "| train domain -> test domain | " + " | ".join(label for _, label in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for label, prefix in rows:
+        cells = [f"{numbers[prefix + m]:.0f}" if m == "images" and prefix + m in numbers
+                 else _with_interval(numbers, prefix + m) for m, _ in columns]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in [label, *cells]) + " |")
+    return lines
 
 
 def class_table(numbers: dict[str, float]) -> tuple[list[str], set[str]]:
@@ -105,7 +147,8 @@ def run_report(cfg: DictConfig, output_dir: Path) -> str:
                   "full config: [.hydra/config.yaml](.hydra/config.yaml)."]
 
     lines += ["", "## Test metrics", ""]
-    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    # test/* and the like; train_domain (a string) and test_sets/* (the "Across domains" table) are not
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith(TEST_SETS)}
     classes, in_classes = class_table(numbers)
     if numbers:
         ci = {k for k in numbers if k.endswith(CI)}  # shown beside their metric
@@ -132,6 +175,7 @@ def run_report(cfg: DictConfig, output_dir: Path) -> str:
     if (output_dir / "confusion_matrix.csv").is_file():  # more than two classes
         lines += ["", "Confusion matrix (most probable class): [confusion_matrix.csv](confusion_matrix.csv)"]
     lines += classes
+    lines += domain_table(metrics, output_dir)
 
     figures = [(name, title) for name, title in FIGURES if (output_dir / name).is_file()]
     if figures:

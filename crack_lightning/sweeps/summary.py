@@ -7,6 +7,8 @@ rebuilt from the folder alone (after a crash, or for an old sweep) with::
 
 Everything is read from the job folders (``.hydra/``, ``metrics.json``, ``csv/metrics.csv``,
 ``job.json``, ``error.txt``), so the rebuild gives the same ``summary.csv`` as the sweep did.
+Jobs tested on ``eval.test_sets`` also get a cross-domain matrix and ``cross_domain.png``
+(:mod:`crack_lightning.sweeps.cross_domain`).
 The command exits 1 when a job failed, like the sweep itself.
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from crack_lightning.utils.files import write_atomic
+from crack_lightning.sweeps.cross_domain import CROSS_DOMAIN_PNG, cross_domain_figure, cross_domain_markdown
 from crack_lightning.sweeps.job import ERROR_FILE, JOB_FILE
 
 SUMMARY_CSV = "summary.csv"
@@ -31,6 +34,7 @@ SUMMARY_PNG = "summary.png"
 # only runs of more than two classes have (their f1 is that of cracks vs the rest)
 MD_TEST_METRICS = ("test/acc", "test/macro_f1", "test/f1", "test/auroc", "test/loss", "test/threshold",
                    "test/missed_cracks_at_threshold")
+TEXT_KEYS = ("best_ckpt", "train_domain")  # the strings of metrics.json
 
 
 @dataclass
@@ -51,6 +55,8 @@ class JobResult:
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     monitor: str | None = None
     monitor_mode: str | None = None
+    train_domain: str = ""        # metrics.json's "train_domain" (runs with eval.test_sets; their
+    # test_sets/<name>/<metric> are in ``test`` too: cross_domain.set_metrics() picks them out)
 
     @property
     def ok(self) -> bool:
@@ -100,8 +106,8 @@ def read_job(job_dir: Path, sweep_dir: Path) -> JobResult:
     result = JobResult(
         job=job_dir.relative_to(sweep_dir).as_posix(), path=job_dir, overrides=[str(o) for o in overrides],
         status=status, error=error, wall_time_s=_float(record.get("wall_time_s")),
-        best_ckpt=str(metrics.get("best_ckpt", "")),
-        test={k: float(v) for k, v in sorted(metrics.items()) if k != "best_ckpt" and _float(v) is not None},
+        best_ckpt=str(metrics.get("best_ckpt", "")), train_domain=str(metrics.get("train_domain") or ""),
+        test={k: float(v) for k, v in sorted(metrics.items()) if k not in TEXT_KEYS and _float(v) is not None},
         monitor=config.get("monitor"), monitor_mode=config.get("monitor_mode"),
     )
     rows = _read_metrics_csv(job_dir / "csv" / "metrics.csv")
@@ -166,13 +172,14 @@ def _fmt(value) -> str:
 def summary_table(jobs: list[JobResult], monitor: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of summary.csv (``jobs`` in the order they are listed)."""
     per_job, _ = varying_overrides(jobs)
-    test_keys = sorted({k for j in jobs for k in j.test})
-    header = ["rank", "job", "status", "overrides", f"best {monitor}", *test_keys, "epochs", "wall_time_s",
-              "images_per_sec", "best_ckpt", "error"]
+    test_keys = sorted({k for j in jobs for k in j.test})  # test_sets/<name>/<metric> too, after test/
+    domains = ["train_domain"] if any(j.train_domain for j in jobs) else []  # runs with eval.test_sets
+    header = ["rank", "job", "status", "overrides", f"best {monitor}", *domains, *test_keys, "epochs",
+              "wall_time_s", "images_per_sec", "best_ckpt", "error"]
     rows = []
     for rank, (job, overrides) in enumerate(zip(jobs, per_job), start=1):
         rows.append([
-            str(rank), job.job, job.status, " ".join(overrides), _fmt(job.best),
+            str(rank), job.job, job.status, " ".join(overrides), _fmt(job.best), *(job.train_domain for _ in domains),
             *(_fmt(job.test.get(k)) for k in test_keys), _fmt(job.epochs), _fmt(job.wall_time_s),
             _fmt(job.images_per_sec), job.best_ckpt, job.error,
         ])
@@ -222,6 +229,7 @@ def summary_markdown(sweep_dir: Path, jobs: list[JobResult], monitor: str, mode:
         lines += [f"- job {j.job} (" + " ".join(f"`{o}`" for o in o_) + f"): {j.error}"
                   for j, o_ in zip(jobs, per_job) if not j.ok]
     lines += ["", f"![summary]({SUMMARY_PNG})", ""]
+    lines += cross_domain_markdown(jobs)  # nothing unless a job has test_sets/* metrics
     return "\n".join(lines)
 
 
@@ -280,4 +288,7 @@ def write_summary(sweep_dir: Path, monitor: str | None = None, mode: str | None 
     write_atomic(sweep_dir / SUMMARY_CSV, buffer.getvalue())
     write_atomic(sweep_dir / SUMMARY_MD, summary_markdown(sweep_dir, jobs, monitor, mode))
     save_figure(summary_figure(jobs, monitor), sweep_dir / SUMMARY_PNG)  # atomic too
+    figure = cross_domain_figure(jobs)  # None unless a job has test_sets/* metrics
+    if figure is not None:
+        save_figure(figure, sweep_dir / CROSS_DOMAIN_PNG)
     return jobs
