@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import refused, run_py, snapshot
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import CONF, refused, run_py, snapshot
+from crack_lightning import CrackLightningError
 from crack_lightning.utils.files import sha256_file
 
 FIGURES = ("classification_report.txt", "confusion_matrix.png", "pr_roc_curves.png", "reliability_diagram.png",
@@ -69,15 +72,6 @@ def test_a_checkpoint_on_a_folder_and_its_onnx_on_a_manifest_agree(model_files, 
     assert (folder_run / "gradcam.png").is_file() and not (manifest_run / "gradcam.png").exists()  # ONNX: no layers
 
 
-def test_a_set_whose_classes_are_not_the_models_is_refused(model_files, tmp_path):
-    ckpt, _ = model_files
-    data = tmp_path / "three"
-    for name in ("crack", "stain", "clean"):
-        (data / name).mkdir(parents=True)
-    proc = _evaluate([f"ckpt={ckpt}", f"data.root={data}"], tmp_path / "run")
-    refused(proc, "are not the model's", "data.class_map")
-
-
 def test_recalibrate_stores_a_named_point_and_predict_reads_it(model_files, tiny_data, tmp_path):
     """A copy of the model with the point ``site_b`` (the original byte for byte unchanged), the
     too-few-cracks warning on a 12-crack sample, and predict.py / evaluate.py at that point."""
@@ -113,10 +107,6 @@ def test_recalibrate_stores_a_named_point_and_predict_reads_it(model_files, tiny
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert rows and all(float(r["threshold"]) == pytest.approx(point["threshold"], abs=1e-8) for r in rows)
 
-    proc = run_py("predict.py", [f"ckpt={new}", f"input={tiny_data}", "operating_point=site_c",
-                                 f"output_dir={tmp_path / 'p2'}", f"hydra.run.dir={tmp_path / 'hp2'}"])
-    refused(proc, "operating_point=site_c", "site_b")
-
 
 def test_recalibrate_an_onnx_file_into_a_new_onnx_file(model_files, tiny_data, tmp_path):
     from crack_lightning.inference.onnx_backend import OnnxBackend
@@ -134,9 +124,34 @@ def test_recalibrate_an_onnx_file_into_a_new_onnx_file(model_files, tiny_data, t
     assert OnnxBackend(result["model"]).card.threshold == OnnxBackend(onnx_file).card.threshold
 
 
-def test_bad_settings_are_one_line(model_files, tiny_data, tmp_path):
+def compose_eval(tmp_path: Path, overrides: list[str], config: str = "evaluate"):
+    """evaluate.py's (or recalibrate.py's) config, writing into tmp_path/run."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config, overrides=[f"paths.output_dir={tmp_path / 'run'}",
+                                                      f"paths.data_dir={tmp_path / 'data'}", *overrides])
+
+
+def test_bad_settings_and_sets_are_refused_in_one_line(model_files, tiny_data, tmp_path):
+    from crack_lightning.evaluation.evaluate import evaluate
+    from crack_lightning.evaluation.recalibrate import recalibrate
+    from crack_lightning.inference.predict import predict
+
     ckpt, _ = model_files
-    refused(_evaluate([f"data.root={tiny_data}"], tmp_path / "a"), "ckpt= is required")
-    refused(_evaluate([f"ckpt={ckpt}", f"data.root={tiny_data}", "name=a/b"], tmp_path / "b", "recalibrate.py"),
-            "name=a/b")
-    refused(_evaluate([f"ckpt={ckpt}", f"data.root={tmp_path / 'nowhere'}"], tmp_path / "c"), "nowhere")
+    refused(_evaluate([f"data.root={tiny_data}"], tmp_path / "a"), "ckpt= is required")  # the entry, end to end
+    cases = [
+        (evaluate, "evaluate", [f"ckpt={ckpt}", f"data.root={tmp_path / 'nowhere'}"], "nowhere"),
+        (evaluate, "evaluate", [f"ckpt={ckpt}", f"data.root={tiny_data}", "operating_point=site_c"],
+         "operating_point=site_c: the model has no operating point of that name"),
+        (recalibrate, "recalibrate", [f"ckpt={ckpt}", f"data.root={tiny_data}", "name=a/b"], "name=a/b"),
+        (predict, "predict", [f"ckpt={ckpt}", f"input={tiny_data}", "operating_point=x", "output_dir=" + str(tmp_path)],
+         "operating_point=x"),
+    ]
+    three = tmp_path / "three"  # the model knows Negative / Positive
+    for name in ("crack", "stain", "clean"):
+        (three / name).mkdir(parents=True)
+        shutil.copy(next((tiny_data / "Positive").glob("*.jpg")), three / name / "a.jpg")
+    cases.append((evaluate, "evaluate", [f"ckpt={ckpt}", f"data.root={three}"], "are not the model's"))
+    for run, config, overrides, message in cases:
+        with pytest.raises(CrackLightningError) as refusal:
+            run(compose_eval(tmp_path, overrides, config))
+        assert message in str(refusal.value) and "\n" not in str(refusal.value), refusal.value
