@@ -85,7 +85,7 @@ def test_recalibrate_stores_a_named_point_and_predict_reads_it(model_files, tiny
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sha256_file(ckpt) == original, "recalibrate.py modified the model it read"
     said = proc.stdout + proc.stderr
-    assert "only 12 cracks" in said and "at least 20" in said, said[-3000:]
+    assert "only 12 cracks" in said and "fewer than 73 cracks" in said, said[-3000:]  # 95 % sure of 0.95
     result = json.loads((run / "recalibration.json").read_text())
     new = Path(result["model"])
     assert new.parent == run and new.name == "best-site_b.ckpt"

@@ -22,6 +22,8 @@ from torchmetrics.functional.classification import (
     binary_recall,
 )
 
+from crack_lightning.evaluation.proportions import wilson
+
 
 # T outside this range means the validation split cannot tell (a handful of images,
 # or all of one class); clamping keeps a degenerate fit from flattening every score.
@@ -78,14 +80,21 @@ class ThresholdChoice:
     precision: float  # on the split it was chosen on, at ``threshold``
     recall: float
     cracks: int       # positives in that split
+    confident: bool = False  # the recall's 95 % interval, not only its value, had to reach target_recall
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_recall: float) -> ThresholdChoice:
+def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_recall: float,
+                     confident: bool = False) -> ThresholdChoice:
     """The threshold with the best precision among those whose recall on cracks is at
     least ``target_recall`` (a crack is predicted when probability > threshold).
+
+    ``confident``: the lower end of the recall's 95 % (Wilson) interval must reach
+    ``target_recall``, so that images not seen here keep it -- a threshold fitted to the
+    point estimate on a few dozen cracks misses the target on new ones about half the
+    time. When even catching every crack cannot show it, every crack is caught.
 
     Every threshold between the chosen cut and the next lower score flags the same
     images here; the lowest of them is returned (the score just below the cut), so new
@@ -99,27 +108,30 @@ def choose_threshold(probs: torch.Tensor, targets: torch.Tensor, target_recall: 
     cracks = int(targets.sum())
     threshold = 0.5
     if cracks:
-        _, best = binary_precision_at_fixed_recall(probs, targets, min_recall=target_recall)
+        found = min((k for k in range(cracks + 1) if wilson(k, cracks)[0] >= target_recall), default=cracks)
+        min_recall = found / cracks if confident else target_recall
+        _, best = binary_precision_at_fixed_recall(probs, targets, min_recall=min_recall)
         if math.isfinite(float(best)):
             # the curve flags ">= best"; "> the next lower score" flags the same images
             below = probs[probs < best]
             threshold = float(below.max()) if len(below) else 0.0
     precision = float(binary_precision(probs, targets, threshold=threshold))
     recall = float(binary_recall(probs, targets, threshold=threshold))
-    return ThresholdChoice(threshold, target_recall, precision, recall, cracks)
+    return ThresholdChoice(threshold, target_recall, precision, recall, cracks, confident)
 
 
 def fit_point(scorer, logits: torch.Tensor, targets: torch.Tensor, target_recall: float, calibrate: bool = True,
-              n_bins: int = 15, split: str = "val") -> dict:
+              n_bins: int = 15, split: str = "val", confident: bool = False) -> dict:
     """The operating point of ``scorer`` (a :class:`~crack_lightning.models.scoring.CrackScorer`)
     fitted on these images' ``logits`` and class labels: the temperature (``calibrate``), then the
-    threshold with the best precision at crack recall >= ``target_recall``; with the calibration
+    threshold with the best precision at crack recall >= ``target_recall`` (``confident``: at
+    the lower end of its 95 % interval, see :func:`choose_threshold`); with the calibration
     error before and after, and in ``warnings`` what makes it untrustworthy."""
     temperature = fit_temperature(logits, targets, scorer.is_crack(targets)) if calibrate else 1.0
     raw = scorer.crack_probability(logits, 1.0)  # P(any crack class), before and after calibration
     probs = scorer.crack_probability(logits, temperature)
     cracks = scorer.is_crack(targets)  # the threshold and ECE are those of cracks vs the rest
-    choice = choose_threshold(probs, cracks, target_recall)
+    choice = choose_threshold(probs, cracks, target_recall, confident)
     return {
         "temperature": temperature,
         **choice.to_dict(),
@@ -132,13 +144,17 @@ def fit_point(scorer, logits: torch.Tensor, targets: torch.Tensor, target_recall
     }
 
 
-def cracks_needed(target_recall: float) -> int:
+def cracks_needed(target_recall: float, confident: bool = False) -> int | None:
     """The fewest cracks that can show a recall of ``target_recall``: below 1 / (1 - target), one
-    missed crack already puts the recall under it, so the threshold can only be "catch every one".
+    missed crack already puts the recall under it, so the threshold can only be "catch every one";
+    ``confident``: the fewest whose 95 % interval reaches it when every crack is caught (None: no
+    number of cracks can, for a target of 1).
 
-    >>> cracks_needed(0.99), cracks_needed(0.9), cracks_needed(1.0)
-    (100, 10, 0)
+    >>> cracks_needed(0.99), cracks_needed(0.9), cracks_needed(1.0), cracks_needed(0.9, confident=True)
+    (100, 10, 0, 35)
     """
+    if confident:
+        return None if target_recall >= 1 else next(n for n in range(1, 10**6) if wilson(n, n)[0] >= target_recall)
     return 0 if target_recall >= 1 else math.ceil(1 / (1 - target_recall) - 1e-9)
 
 
@@ -148,11 +164,13 @@ def degenerate(temperature: float, choice: ThresholdChoice, probs: torch.Tensor,
     temperature stuck at its clamp, or a threshold that calls every validation image a crack
     (recall 1 bought by giving up: the model does not separate the classes there)."""
     problems = []
-    if 0 < choice.cracks < cracks_needed(choice.target_recall):
+    needed = cracks_needed(choice.target_recall, choice.confident)
+    if choice.cracks and (needed is None or choice.cracks < needed):
+        why = (f"with {f'fewer than {needed}' if needed else 'any number of'} cracks its 95 % interval stays below "
+               f"it even when all are caught" if choice.confident else f"below {needed} cracks one miss breaks it")
         problems.append(f"only {choice.cracks} cracks to choose the threshold on: recall >= {choice.target_recall:g} "
-                        f"needs at least {cracks_needed(choice.target_recall)} to be supported (below that one missed "
-                        f"crack breaks it, so the threshold just catches every crack seen); label more cracks, "
-                        f"or read the recall's interval")
+                        f"is not supported ({why}), so the threshold just catches every crack seen; label more "
+                        f"cracks, or read the recall's interval")
     if temperature in TEMPERATURE_RANGE:
         problems.append(f"the temperature hit its limit {temperature:g}: the {split} images cannot pin it "
                         f"down (too few images, or scores that do not separate the classes)")

@@ -80,7 +80,7 @@ def recalibrate(cfg) -> dict:
             loggers=instantiate_group(cfg.get("logger")) or False, extra_callbacks=[site])
     images = site.images
     point = fit_point(scorer, images.logits, images.targets, float(cfg.eval.target_recall),
-                      bool(cfg.eval.calibrate), int(cfg.eval.n_bins), split="site")
+                      bool(cfg.eval.calibrate), int(cfg.eval.n_bins), split="site", confident=bool(cfg.confident))
     where = cfg.data.get("manifest") or cfg.data.get("root")
     point.update(name=str(cfg.name), data=str(where), model_sha256=sha256)
     before = at_point(scorer, images, site.groups, float(scorer.temperature), float(scorer.threshold))

@@ -56,7 +56,8 @@ PREDICT_RULES = {
 POINT_RULE = ("the name of one of the model's operating points (recalibrate.py name=), or null: its own",
               lambda v: isinstance(v, str) and bool(v.strip()), True)
 PREDICT_RULES["operating_point"] = POINT_RULE
-EVALUATE_RULES = {"operating_point": POINT_RULE}
+EVALUATE_RULES = {"operating_point": POINT_RULE,
+                  "confident": ("true or false", lambda v: isinstance(v, bool), False)}
 EXPORT_RULES = {
     "operating_point": POINT_RULE,
     "opset": ("a whole number", is_count, False),
