@@ -1,9 +1,9 @@
 """Write a synthetic dataset into a folder: ``Positive/`` and ``Negative/`` JPEGs, reproducibly.
 
 Each image has its own RNG seeded with ``[seed, class, index]``, so output is independent of
-order and worker count, and a seed gives byte-identical JPEGs (the pictures: :mod:`.render`).
-Two more kinds: ``multiclass``, one folder per defect (:mod:`.defects`), and ``sdnet``, an
-SDNET2018-like nested set cut from photos (:mod:`.sdnet`).
+order and worker count, and a seed gives byte-identical JPEGs (the pictures: :mod:`.render`; other
+surfaces than concrete, ``style``: :mod:`.styles`).  Two more kinds: ``multiclass``, one folder per
+defect (:mod:`.defects`), and ``sdnet``, an SDNET2018-like nested set cut from photos (:mod:`.sdnet`).
 The generator writes only into a new or empty folder, or one it generated itself (its marker
 ``synthetic.json`` names its parameters, and so every file it wrote).
 """
@@ -22,6 +22,7 @@ from crack_lightning.data.synthetic import sdnet
 from crack_lightning.data.synthetic.defects import DEFAULT_CLASSES, check_classes, generate_multiclass
 from crack_lightning.data.synthetic.render import CLASSES, render_sample
 from crack_lightning.data.synthetic.scenes import SCENES_CSV, generate_scenes
+from crack_lightning.data.synthetic.styles import STYLES, check_style, image_seed, render_styled
 from crack_lightning.utils.parallel import parallel_map
 
 VERSION = 2  # bump whenever rendering changes, so cached datasets are regenerated
@@ -30,9 +31,10 @@ KINDS = ("binary", "multiclass", "sdnet")
 
 
 def _render_to(job):
-    root, cls_idx, i, seed, size = job
-    rng = np.random.default_rng([seed, cls_idx, i])  # per-image seed: order-independent
-    img, quality = render_sample(rng, crack=(cls_idx == 0), size=size)
+    root, cls_idx, i, seed, size, *style = job  # concrete's jobs have no style: called as ever
+    rng = np.random.default_rng(image_seed(seed, cls_idx, i, *style))  # per-image seed: order-independent
+    crack = cls_idx == 0
+    img, quality = render_styled(rng, crack, size, style[0]) if style else render_sample(rng, crack=crack, size=size)
     img.save(Path(root) / CLASSES[cls_idx] / f"{i + 1:05d}.jpg", "JPEG", quality=quality)
 
 
@@ -63,9 +65,10 @@ def _written_by(meta: dict) -> set[str]:
     return files | {SCENES_CSV} if meta.get("layout") == "scenes" else files
 
 
-def class_folders_of(kind: str = "binary", classes=None, **_generate_kwargs) -> list[str]:
+def class_folders_of(kind: str = "binary", classes=None, style=None, **_generate_kwargs) -> list[str]:
     """The folders :func:`generate` with these keywords fills, one per class (kind=sdnet: the
     nested ``D/CD``, ...), relative to its root: known before it has run."""
+    check_style(style)  # any style: Positive/Negative
     if kind not in KINDS:
         raise CrackLightningError(f"kind={kind!r}: choose {', '.join(KINDS)}")
     if kind == "multiclass":
@@ -73,9 +76,10 @@ def class_folders_of(kind: str = "binary", classes=None, **_generate_kwargs) -> 
     return list(sdnet.FOLDERS if kind == "sdnet" else CLASSES)
 
 
-def _params(per_class, seed, size, layout, tiles, kind, classes, crack_share) -> dict:
-    """The marker's parameters, checked; kind=binary's are those of the generator before kinds."""
-    folders = class_folders_of(kind, classes)  # checks kind and classes
+def _params(per_class, seed, size, layout, tiles, kind, classes, crack_share, style="concrete") -> dict:
+    """The marker's parameters, checked; kind=binary's are those of the generator before kinds
+    (and styles: ``style`` only when not concrete)."""
+    folders = class_folders_of(kind, classes, style)  # checks kind, classes and style
     if layout not in ("independent", "scenes"):
         raise CrackLightningError(f"layout={layout!r}: choose 'independent' or 'scenes'")
     if kind != "binary" and layout != "independent":
@@ -84,6 +88,9 @@ def _params(per_class, seed, size, layout, tiles, kind, classes, crack_share) ->
         raise CrackLightningError(f"classes={classes!r} is for kind=multiclass only; drop it, or set kind=multiclass")
     if crack_share is not None and kind != "sdnet":
         raise CrackLightningError(f"crack_share={crack_share!r} is for kind=sdnet only; drop it, or set kind=sdnet")
+    if check_style(style) != "concrete" and (kind != "binary" or layout != "independent"):
+        other = f"kind={kind}" if kind != "binary" else f"layout={layout}"
+        raise CrackLightningError(f"style={style!r} is for kind=binary, layout=independent only; drop it for {other}")
     params = {"version": VERSION, "per_class": int(per_class), "seed": int(seed), "size": int(size)}
     if kind == "multiclass":
         params.update(kind=kind, classes=folders)
@@ -92,6 +99,8 @@ def _params(per_class, seed, size, layout, tiles, kind, classes, crack_share) ->
         params.update(kind=kind, tiles=int(tiles), crack_share=share)
     elif layout == "scenes":  # independent datasets keep their old synthetic.json (no regeneration)
         params.update(layout=layout, tiles=int(tiles))
+    elif check_style(style) != "concrete":  # a style's own version: a changed style regenerates only its folders
+        params.update(style=style, style_version=STYLES[style].version)
     return params
 
 
@@ -113,7 +122,7 @@ def _is_complete(root: Path, meta: dict | None, params: dict) -> bool:
 
 def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwrite: bool = False,
              workers: int = 1, layout: str = "independent", tiles: int = 4, kind: str = "binary",
-             classes=None, crack_share: float | None = None) -> dict:
+             classes=None, crack_share: float | None = None, style: str = "concrete") -> dict:
     """Write a synthetic dataset of ``size`` px JPEGs to ``root``; return a summary dict
     (``counts``: images per folder, the parameters, ``generated``, ``seconds``).
 
@@ -122,6 +131,8 @@ def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwr
     * ``"binary"``: ``per_class`` JPEGs in ``Positive/`` and ``Negative/``, ``00001.jpg`` on.
       ``layout="independent"`` renders every image on its own; ``"scenes"`` cuts them from
       shared ``tiles`` x ``tiles`` wall scenes like the real dataset (:mod:`.scenes`).
+      ``style`` (layout independent only): the surface, ``concrete`` (default), ``asphalt``,
+      ``painted`` or ``low_light`` (:mod:`.styles`); the folders and names stay the same.
     * ``"multiclass"``: ``per_class`` JPEGs in one folder per name of ``classes`` (at least 2 of
       ``crack``, ``joint``, ``stain``, ``spalling``, ``clean``; default the first three and
       ``clean``), named as in binary (:mod:`.defects`).
@@ -137,12 +148,14 @@ def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwr
     ``synthetic.json``, is written first), and deletes only files it wrote itself: a folder
     holding any other file raises :class:`NotGeneratedHere` and is left untouched."""
     root = Path(root)
-    params = _params(per_class, seed, size, layout, tiles, kind, classes, crack_share)
+    params = _params(per_class, seed, size, layout, tiles, kind, classes, crack_share, style)
     if root.exists() and not root.is_dir():
         raise NotGeneratedHere(f"{root} is a file; the synthetic generator writes into a new or empty folder.")
     folders = class_folders_of(kind, classes)
     images = Counter(rel.rsplit("/", 1)[0] for rel in _written_by(params) if rel.endswith(".jpg"))
     summary = {"root": str(root), "counts": {f: images[f] for f in folders}, **params}
+    if kind == "binary":
+        summary["style"] = check_style(style)
     old = _read_meta(root)
     foreign = _foreign_files(root, old)
     if foreign:
@@ -172,7 +185,8 @@ def generate(root, per_class: int = 1000, seed: int = 0, size: int = 227, overwr
     elif layout == "scenes":
         generate_scenes(root, int(per_class), int(seed), int(size), int(tiles), workers)
     else:
-        jobs = [(str(root), k, i, int(seed), int(size)) for k in range(len(CLASSES)) for i in range(per_class)]
+        styled = (params["style"],) if "style" in params else ()
+        jobs = [(str(root), k, i, int(seed), int(size), *styled) for k in range(len(CLASSES)) for i in range(per_class)]
         for _ in parallel_map(_render_to, jobs, workers, chunk=32):
             pass
     (root / META).write_text(json.dumps({**params, "complete": True}, indent=2) + "\n")
