@@ -99,7 +99,7 @@ def check_test_sets(test_sets) -> None:
             if not Path(spec).expanduser().exists():
                 raise CrackLightningError(f"{key}={spec}: no such folder or file; give a labelled folder or a "
                                           f"manifest (.csv, .parquet), e.g. {example}.")
-        elif not (OmegaConf.is_dict(spec) or isinstance(spec, dict)):
+        elif not (OmegaConf.is_dict(spec) or isinstance(spec, dict)) or not (spec.get("root") or spec.get("manifest")):
             raise CrackLightningError(f"{key}={spec}: give a folder, a manifest, or data keys such as "
                                       f"{{root: <folder>, class_map: {{...}}}}, e.g. {example}.")
 

@@ -100,10 +100,11 @@ def test_recalibrate_stores_a_named_point_and_predict_reads_it(model_files, tiny
     assert torch.load(new, weights_only=True)["state_dict"]["threshold"] == torch.load(ckpt, weights_only=True)[
         "state_dict"]["threshold"], "the model's own operating point stays its default"
 
+    from crack_lightning.inference.predict import predict
+
     out = tmp_path / "pred"
-    proc = run_py("predict.py", [f"ckpt={new}", f"input={tiny_data}", "operating_point=site_b", f"output_dir={out}",
-                                 f"hydra.run.dir={tmp_path / 'hp'}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    predict(compose_eval(tmp_path, [f"ckpt={new}", f"input={tiny_data}", "operating_point=site_b", f"output_dir={out}",
+                                    "num_workers=0"], "predict"))
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert rows and all(float(r["threshold"]) == pytest.approx(point["threshold"], abs=1e-8) for r in rows)
 
@@ -113,12 +114,12 @@ def test_recalibrate_an_onnx_file_into_a_new_onnx_file(model_files, tiny_data, t
 
     _, onnx_file = model_files
     original = sha256_file(onnx_file)
-    run = tmp_path / "recal"
-    proc = _evaluate([f"ckpt={onnx_file}", f"data.root={tiny_data}", "name=site_b", "eval.calibrate=false"], run,
-                     script="recalibrate.py")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from crack_lightning.evaluation.recalibrate import recalibrate
+
+    result = recalibrate(compose_eval(tmp_path, [f"ckpt={onnx_file}", f"data.root={tiny_data}", "name=site_b",
+                                                 "eval.calibrate=false"], "recalibrate"))
     assert sha256_file(onnx_file) == original
-    result = json.loads((run / "recalibration.json").read_text())
+    assert json.loads((tmp_path / "run" / "recalibration.json").read_text()) == json.loads(json.dumps(result))
     backend = OnnxBackend(result["model"], operating_point="site_b")
     assert backend.card.threshold == result["after"]["threshold"]
     assert OnnxBackend(result["model"]).card.threshold == OnnxBackend(onnx_file).card.threshold
@@ -143,6 +144,8 @@ def test_bad_settings_and_sets_are_refused_in_one_line(model_files, tiny_data, t
         (evaluate, "evaluate", [f"ckpt={ckpt}", f"data.root={tiny_data}", "operating_point=site_c"],
          "operating_point=site_c: the model has no operating point of that name"),
         (recalibrate, "recalibrate", [f"ckpt={ckpt}", f"data.root={tiny_data}", "name=a/b"], "name=a/b"),
+        (evaluate, "evaluate", [f"ckpt={ckpt}", f"data.root={tiny_data}", f"eval.test_sets={{b: {tmp_path / 'none'}}}"],
+         f"eval.test_sets.b={tmp_path / 'none'}: no such folder or file"),
         (predict, "predict", [f"ckpt={ckpt}", f"input={tiny_data}", "operating_point=x", "output_dir=" + str(tmp_path)],
          "operating_point=x"),
     ]

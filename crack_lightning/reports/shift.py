@@ -40,13 +40,14 @@ def shift_table(folder: Path) -> str:
     sites = sorted({k.split("/")[1] for k in trained if k.startswith("test_sets/")})
     lines = [f"Trained on `{trained.get('train_domain', 'in-domain')}`; recall, precision and missed cracks at the "
              f"threshold, `value [95 % interval]`.", "",
-             "| tested on | images | recall at the model's threshold | precision | missed | recalibrated on "
+             "| tested on | images | AUROC | recall at the model's threshold | precision | missed | recalibrated on "
              "| threshold | recall on the other images | precision | missed |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [("test/", trained.get("train_domain", "own test split") + " (own test split)", None)]
     rows += [(f"test_sets/{s}/", s, s) for s in sites]
     for prefix, label, site in rows:
-        cells = [label, _count(trained, prefix, "images"), _cell(trained, prefix, "recall_at_threshold"),
+        cells = [label, _count(trained, prefix, "images"), _cell(trained, prefix, "auroc"),
+                 _cell(trained, prefix, "recall_at_threshold"),
                  _cell(trained, prefix, "precision_at_threshold"), _count(trained, prefix, "missed_cracks_at_threshold")]
         recal, after = folder / f"recalibrate_{site}" / "recalibration.json", folder / f"evaluate_{site}" / "metrics.json"
         if site and recal.is_file() and after.is_file():
