@@ -84,18 +84,11 @@ def predict(cfg: DictConfig) -> dict:
         probs, classes, errors = _classify_all(cfg, backend, inputs, batch_size)
         extra = [[] for _ in inputs.files]
     names = backend.card.class_names
-    many = len(names) > 2  # label is the most likely class; the verdict gets a column of its own
+    many = len(names) > 2
     labels = classes.argmax(axis=1)  # (an unreadable file's NaN row gives 0; its cells stay empty)
-    rows = []
-    for i, path in enumerate(inputs.files):
-        truth = inputs.labels[i] if inputs.labels else None
-        ok, crack = not errors[i], bool(probs[i] > threshold)
-        label = names[labels[i] if many else int(crack)]
-        row = [str(path), f"{probs[i]:.9g}" if ok else "", label if ok else "", f"{threshold:.9g}",
-               backend.model_hash, errors[i], names[truth] if truth is not None else ""]
-        if many:
-            row += [str(crack).lower(), *(f"{p:.9g}" for p in classes[i])] if ok else [""] * (1 + len(names))
-        rows.append(row + extra[i])
+    rows = [prediction_row(str(path), probs[i], classes[i], errors[i], threshold, backend.model_hash, names,
+                           inputs.labels[i] if inputs.labels else None) + extra[i]
+            for i, path in enumerate(inputs.files)]
     with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns(names, cfg.tile))
@@ -147,6 +140,21 @@ def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: lis
     save_figure(fig, path)
     log.info("Grad-CAM of the %d most likely cracks -> %s", len(ranked), path)
     return str(path)
+
+
+def prediction_row(path: str, prob: float, class_probs, error: str, threshold: float, model_hash: str,
+                   names: list[str], truth: int | None = None) -> list[str]:
+    """One row of ``predictions.csv`` (:func:`columns`, without the whole-photo ones): empty cells
+    for an unreadable file; with more than two classes ``label`` is the most likely class and the
+    verdict has a column of its own (``crack``), then every class's probability."""
+    many = len(names) > 2
+    ok, crack = not error, bool(prob > threshold)
+    label = names[int(np.argmax(class_probs)) if many else int(crack)] if ok else ""
+    row = [path, f"{prob:.9g}" if ok else "", label, f"{threshold:.9g}", model_hash, error,
+           names[truth] if truth is not None else ""]
+    if many:
+        row += [str(crack).lower(), *(f"{p:.9g}" for p in class_probs)] if ok else [""] * (1 + len(names))
+    return row
 
 
 def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs,
