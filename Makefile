@@ -12,8 +12,8 @@ install: $(STAMP)
 # uv installs the pinned wheels in ~20 s; pip is the fallback where uv is unavailable.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q uv==0.13.8 && $(VENV)/bin/uv pip install --python $(PY) -e '.[dev,search,slurm]' \
-		|| $(PY) -m pip install -e '.[dev,search,slurm]'
+	$(PY) -m pip install -q uv==0.13.8 && $(VENV)/bin/uv pip install --python $(PY) -e '.[dev,search,slurm,serve]' \
+		|| $(PY) -m pip install -e '.[dev,search,slurm,serve]'
 	# Byte-compile once: where PYTHONDONTWRITEBYTECODE is set (as on our machines) every
 	# process would otherwise recompile torch and lightning from source -- 24 s instead of
 	# 10 s to import lightning here, paid by every test subprocess and every run. A few

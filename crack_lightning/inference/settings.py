@@ -105,6 +105,29 @@ def check_recalibrate(cfg: DictConfig) -> None:
     check_evaluate(cfg, usage)
 
 
+SERVE_RULES = {
+    "operating_point": POINT_RULE,
+    "host": ("a host name or address, e.g. 127.0.0.1", lambda v: isinstance(v, str) and bool(v.strip()), False),
+    "port": ("a port, 1 to 65535", lambda v: is_count(v) and 1 <= v <= 65535, False),
+    "api_key": ("a string, or null: no key", lambda v: isinstance(v, str) and bool(v), True),
+    "device": ("cpu, cuda or cuda:N", lambda v: isinstance(v, str) and bool(re.fullmatch(r"cpu|cuda(:\d+)?", v)), False),
+    "max_batch_size": ("a whole number >= 1", lambda v: is_count(v) and v >= 1, False),
+    "batch_timeout": ("seconds >= 0", lambda v: is_number(v) and v >= 0, False),
+    "workers": ("a whole number >= 1", lambda v: is_count(v) and v >= 1, False),
+    "timeout": ("seconds > 0", lambda v: is_number(v) and v > 0, False),
+    "max_upload_mb": ("a whole number of MB >= 1", lambda v: is_count(v) and v >= 1, False),
+    "max_pixels": ("a whole number >= 1", lambda v: is_count(v) and v >= 1, False),
+}
+
+
+def check_serve(cfg: DictConfig) -> None:
+    """Refuse a missing or impossible serve.py setting, or a ckpt= that is no model file."""
+    _required(cfg, "ckpt", "python serve.py ckpt=<best.ckpt|model.onnx> host=127.0.0.1 port=8000")
+    check_types(cfg, SERVE_RULES)
+    check_device(str(cfg.device))
+    require_model_file(cfg.ckpt, onnx_ok=True)
+
+
 def check_device(device: str) -> None:
     """``cuda`` / ``cuda:N`` only where PyTorch sees that GPU (the one check that imports torch)."""
     if not device.startswith("cuda"):

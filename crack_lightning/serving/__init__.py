@@ -1,0 +1,1 @@
+"""serve.py's REST service (LitServe): a trained model behind ``POST /predict``."""

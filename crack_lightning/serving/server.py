@@ -1,0 +1,56 @@
+"""``serve.py``: build and run the LitServe server of :class:`~crack_lightning.serving.api.CrackAPI`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def model_summary(ckpt: str, operating_point: str | None) -> dict:
+    """What ``GET /health`` says of the model: its file, hash, classes and operating point."""
+    from crack_lightning.inference.backends import open_backend
+
+    backend = open_backend(ckpt, "cpu", operating_point)
+    card = backend.card
+    return {"model": str(backend.path), "model_hash": backend.model_hash, "classes": list(card.class_names),
+            "crack_classes": list(card.positive_classes), "threshold": card.threshold,
+            "temperature": card.temperature, "operating_point": operating_point or "stored",
+            "operating_points": sorted(card.operating_points), "input_size": list(card.preprocessing.input_size)}
+
+
+def build_server(cfg: DictConfig):
+    """The LitServer of ``cfg`` (serve.yaml), with ``/health`` answering :func:`model_summary`."""
+    if cfg.get("api_key"):  # LitServe reads its key from the environment when it is imported
+        os.environ["LIT_SERVER_API_KEY"] = str(cfg.api_key)
+    import litserve as ls
+    from fastapi import Depends
+    from starlette.responses import JSONResponse
+
+    from crack_lightning.serving.api import CrackAPI, UploadGate
+
+    api = CrackAPI(str(cfg.ckpt), str(cfg.device), cfg.get("operating_point"), int(cfg.max_pixels),
+                   int(cfg.max_batch_size), float(cfg.batch_timeout))
+    server = ls.LitServer(api, accelerator="cpu" if cfg.device == "cpu" else "auto", devices=1,
+                          workers_per_device=int(cfg.workers), healthcheck_path="/ready", timeout=float(cfg.timeout),
+                          middlewares=[(UploadGate, {"max_bytes": int(cfg.max_upload_mb) * 2**20})])
+    summary = model_summary(str(cfg.ckpt), cfg.get("operating_point"))
+
+    @server.app.get("/health", dependencies=[Depends(server.setup_auth())])
+    async def health():
+        return JSONResponse({"status": "ok", **summary})
+
+    return server
+
+
+def serve(cfg: DictConfig) -> None:
+    from crack_lightning.inference.settings import check_serve
+
+    check_serve(cfg)
+    server = build_server(cfg)
+    log.info("Serving %s on http://%s:%d/predict (POST, multipart field 'file'); GET /health", cfg.ckpt, cfg.host,
+             cfg.port)
+    server.run(host=str(cfg.host), port=int(cfg.port), generate_client_file=False)
