@@ -183,3 +183,19 @@ def test_eight_concurrent_clients_all_get_the_right_answer(server, tiny_data):
     with ThreadPoolExecutor(8) as pool:
         results = [ok for answers in pool.map(client, range(8)) for ok in answers]
     assert len(results) == 80 and all(results)
+
+
+def test_wrong_settings_are_refused_before_anything_starts(trained_run):
+    from hydra import compose, initialize_config_dir
+
+    from crack_lightning import CrackLightningError
+    from crack_lightning.inference.settings import check_serve
+
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    for override, words in (("port=99999", "port=99999"), ("max_batch_size=0", "max_batch_size=0"),
+                            ("device=gpu", "device='gpu'"), ("ckpt=nowhere.ckpt", "nowhere.ckpt")):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose(config_name="serve", overrides=[f"ckpt={ckpt}", override])
+        with pytest.raises(CrackLightningError, match=None) as refusal:
+            check_serve(cfg)
+        assert words in str(refusal.value) and "\n" not in str(refusal.value), refusal.value
