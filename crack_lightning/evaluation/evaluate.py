@@ -107,10 +107,10 @@ def evaluate_test_sets(cfg: DictConfig, best_ckpt: str, output_dir: Path) -> dic
     from crack_lightning.inference.checkpoint import load_classifier
 
     out = {"train_domain": train_domain(cfg)}
+    scorer = load_classifier(best_ckpt).model  # each test resets the metrics it computed
     for name, spec in sorted(cfg.eval.test_sets.items()):
         folder = output_dir / TEST_SETS / name
         log.info("Test set %s: %s", name, spec)
-        scorer = load_classifier(best_ckpt).model
         metrics = test_on(scorer, set_data(cfg.data, spec), cfg.get("callbacks"), cfg.trainer, folder)
         write_atomic(folder / "metrics.json", json.dumps({**metrics, "ckpt": best_ckpt}, indent=2) + "\n")
         out.update({f"{TEST_SETS}/{name}/{key.removeprefix('test/')}": value for key, value in metrics.items()})

@@ -11,12 +11,22 @@ log = logging.getLogger(__name__)
 
 
 def model_summary(ckpt: str, operating_point: str | None) -> dict:
-    """What ``GET /health`` says of the model: its file, hash, classes and operating point."""
-    from crack_lightning.inference.backends import open_backend
+    """What ``GET /health`` says of the model: its file, hash, classes and operating point -- from its
+    card alone (the model itself is built in the worker, not here too)."""
+    from pathlib import Path
 
-    backend = open_backend(ckpt, "cpu", operating_point)
-    card = backend.card
-    return {"model": str(backend.path), "model_hash": backend.model_hash, "classes": list(card.class_names),
+    from crack_lightning.inference.checkpoint import read_checkpoint
+    from crack_lightning.inference.model_files import onnx_metadata
+    from crack_lightning.model_card import ModelCard
+    from crack_lightning.utils.files import sha256_file
+
+    path = Path(ckpt).expanduser()
+    onnx = path.suffix.lower() == ".onnx"
+    card = ModelCard.from_onnx_metadata(onnx_metadata(path) or {}, str(path)) if onnx else \
+        ModelCard.from_checkpoint(read_checkpoint(path), str(path))
+    if operating_point:
+        card = card.with_operating_point(card.point(operating_point))
+    return {"model": str(path), "model_hash": sha256_file(path)[:12], "classes": list(card.class_names),
             "crack_classes": list(card.positive_classes), "threshold": card.threshold,
             "temperature": card.temperature, "operating_point": operating_point or "stored",
             "operating_points": sorted(card.operating_points), "input_size": list(card.preprocessing.input_size)}
