@@ -102,7 +102,7 @@ class ErrorGallery(L.Callback):
                 suptitle=f"Most confident mistakes at threshold {threshold:.3g}",
             )
             publish_figure(trainer, fig, self.output_dir / "errors.png", "test/errors")
-        if not hasattr(pl_module, "backbone"):  # an .onnx file's scorer: no layers to take gradients of
+        if getattr(pl_module, "onnxruntime", False):  # an .onnx file's scorer: no layers to take gradients of
             return
         fig = gradcam_figure(pl_module, images, dm.mean, dm.std, titles, colors)
         publish_figure(trainer, fig, self.output_dir / "gradcam.png", "test/gradcam")

@@ -47,9 +47,8 @@ def test_on(scorer: CrackScorer, data_cfg: DictConfig, callbacks_cfg: DictConfig
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule = test_data(data_cfg, scorer, output_dir)
     callbacks = instantiate_group(callbacks_cfg, output_dir=str(output_dir))
-    onnx = not hasattr(scorer, "backbone")  # onnxruntime scores on the CPU whatever the trainer says
     trainer = build_trainer(trainer_cfg, callbacks=callbacks + list(extra_callbacks or []), logger=loggers,
-                            devices=1, strategy="auto", **({"accelerator": "cpu"} if onnx else {}))
+                            devices=1, strategy="auto", **({"accelerator": "cpu"} if scorer.onnxruntime else {}))
     results = trainer.test(scorer, datamodule=datamodule, verbose=False)
     return {k: float(v) for k, v in sorted(results[0].items())}
 
@@ -65,8 +64,14 @@ def evaluate(cfg: DictConfig) -> dict:
              f" (operating point {cfg.operating_point})" if cfg.get("operating_point") else "")
     metrics = test_on(scorer, cfg.data, cfg.get("callbacks"), cfg.trainer, output_dir,
                       loggers=instantiate_group(cfg.get("logger")) or False)
-    metrics.update(ckpt=str(Path(cfg.ckpt).expanduser().resolve()), model_sha256=sha256,
-                   operating_point=cfg.get("operating_point") or "stored")
+    return write_results(cfg, output_dir, metrics, sha256)
+
+
+def write_results(cfg: DictConfig, output_dir: Path, metrics: dict, sha256: str) -> dict:
+    """``metrics.json`` (the test metrics, the model file and its point) and ``report.md`` of an
+    evaluate.py or recalibrate.py run folder."""
+    metrics = {**metrics, "ckpt": str(Path(cfg.ckpt).expanduser().resolve()), "model_sha256": sha256,
+               "operating_point": cfg.get("operating_point") or "stored"}
     write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_run_report(cfg, output_dir)
     log.info("Test metrics: %s", json.dumps(metrics))

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import onnx
 import torch
+from torchmetrics.functional.classification import binary_f1_score, binary_precision, binary_recall
 
 from crack_lightning.callbacks.domains import ImageResults, PerImageTest
 from crack_lightning.evaluation import fit_point
-from crack_lightning.evaluation.evaluate import test_on
+from crack_lightning.evaluation.evaluate import test_on, write_results
 from crack_lightning.evaluation.intervals import metric_intervals
 from crack_lightning.evaluation.scorers import open_scorer
 from crack_lightning.model_card import SECTION
-from crack_lightning.reports.run_report import write_run_report
 from crack_lightning.utils.config import instantiate_group
 from crack_lightning.utils.files import atomic_path, write_atomic
 
@@ -49,10 +49,8 @@ def at_point(scorer, images: ImageResults, groups, temperature: float, threshold
     probs = scorer.crack_probability(images.logits, temperature)
     cracks = scorer.is_crack(images.targets)
     predicted = probs > threshold
-    tp = int((predicted & (cracks == 1)).sum())
-    values = {"recall": tp / max(1, int(cracks.sum())), "precision": tp / int(predicted.sum()) if predicted.any()
-              else float("nan")}
-    values["f1"] = 2 * tp / max(1, int(predicted.sum()) + int(cracks.sum()))
+    values = {key: float(metric(probs, cracks, threshold=threshold)) for key, metric in (
+        ("recall", binary_recall), ("precision", binary_precision), ("f1", binary_f1_score))}
     correct = (predicted.long() == cracks).numpy()
     found = metric_intervals(probs.numpy(), cracks.numpy(), correct, threshold, groups, draws=500)
     out = {"threshold": threshold, "temperature": temperature,
@@ -91,9 +89,7 @@ def recalibrate(cfg) -> dict:
               "cracks": point["cracks"], "target_recall": point["target_recall"], "before": before, "after": after,
               "warnings": point["warnings"]}
     write_atomic(output_dir / "recalibration.json", json.dumps(result, indent=2) + "\n")
-    metrics.update(ckpt=str(source.resolve()), model_sha256=sha256, operating_point=cfg.get("operating_point") or "stored")
-    write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # the "before", as evaluate.py's
-    write_run_report(cfg, output_dir)
+    write_results(cfg, output_dir, metrics, sha256)  # the "before", as evaluate.py writes it
     _log(result)
     return result
 

@@ -19,6 +19,8 @@ from crack_lightning.utils.files import sha256_file
 class OnnxScorer(CrackScorer):
     """An export.py ``.onnx`` file scored by onnxruntime on the CPU (its card from the file's metadata)."""
 
+    onnxruntime = True
+
     def __init__(self, backend: OnnxBackend):
         card = backend.card
         super().__init__(len(card.class_names), card.class_names, card.positive_labels)

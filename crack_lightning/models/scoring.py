@@ -36,6 +36,8 @@ class CrackScorer(L.LightningModule):
     ``hparams.num_classes``) and may set ``hparams.label_smoothing``.
     """
 
+    onnxruntime = False  # True: the logits come from onnxruntime, on the CPU, without gradients (no Grad-CAM)
+
     def __init__(self, num_classes: int, class_names: list[str] | None, positive_classes: list[int] | None,
                  class_weights: list[float] | None = None):
         super().__init__()
