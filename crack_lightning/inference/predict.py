@@ -19,6 +19,7 @@ import csv
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -66,55 +67,99 @@ def resolve_device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def predict(cfg: DictConfig) -> dict:
+@dataclass
+class Scores:
+    """What the model says of every input, before a threshold: per file the crack probability and
+    every class's (NaN rows for an unreadable file) and the error; whole photos also their
+    windows' scores and per-tile CSV. :func:`write_predictions` turns them into predictions.csv
+    at any threshold -- ``predict.py``'s and the app's, so the two write the same file."""
+
+    inputs: Inputs
+    probs: np.ndarray
+    classes: np.ndarray
+    errors: list[str]
+    photos: list[tiling.PhotoScores | None] | None = None  # tile=true
+    tiles_csv: list[Path | None] = field(default_factory=list)
+
+
+def predict(cfg: DictConfig, backend: Backend | None = None) -> dict:
     """Predict every input, write ``predictions.csv`` (and ``metrics.json`` when the input
     folder has class sub-folders); return the summary that is also logged."""
     check_predict(cfg)  # predict.py checked already; here for in-process callers
     device = resolve_device(cfg.device)
-    backend = open_backend(cfg.ckpt, device, cfg.get("operating_point"))
-    batch_size = resolve_batch_size(cfg.batch_size, device)
+    backend = backend or open_backend(cfg.ckpt, device, cfg.get("operating_point"))
     threshold = backend.card.threshold if cfg.threshold is None else float(cfg.threshold)
     inputs = find_inputs(str(cfg.input), backend.card.class_names)
     out = Path(cfg.output_dir)
     log.info("Model %s (%s), threshold %.6g, %d input(s)",
              backend.path, backend.model_hash, threshold, len(inputs.files))
-    if cfg.tile:
-        probs, classes, errors, extra = _tile_all(cfg, backend, inputs, threshold, out, batch_size)
-    else:
-        probs, classes, errors = _classify_all(cfg, backend, inputs, batch_size)
-        extra = [[] for _ in inputs.files]
+    scores = score(cfg, backend, inputs, out, resolve_batch_size(cfg.batch_size, device))
+    heatmap = (OmegaConf.to_container(cfg.heatmap) if cfg.get("heatmap") else {}) if cfg.tile else None
+    summary = write_predictions(scores, backend, threshold, out, heatmap)
+    failed = [(path, error) for path, error in zip(inputs.files, scores.errors) if error]
+    for path, error in failed[:10]:
+        log.warning("%s: %s", path, error)
+    if len(failed) > 10:
+        log.warning("... and %d more unreadable: see the error column", len(failed) - 10)
     names = backend.card.class_names
-    many = len(names) > 2
-    labels = classes.argmax(axis=1)  # (an unreadable file's NaN row gives 0; its cells stay empty)
-    rows = [prediction_row(str(path), probs[i], classes[i], errors[i], threshold, backend.model_hash, names,
-                           inputs.labels[i] if inputs.labels else None) + extra[i]
-            for i, path in enumerate(inputs.files)]
+    if inputs.labels:
+        summary["metrics"] = labelled_metrics(scores.probs, scores.errors, inputs, threshold, out / "metrics.json",
+                                              backend.card.positive_labels,
+                                              scores.classes.argmax(axis=1) if len(names) > 2 else None)
+    if cfg.get("gradcam") and not cfg.tile:
+        summary["gradcam"] = _gradcam(backend, inputs.files, scores.probs, scores.errors, int(cfg.gradcam),
+                                      out / "gradcam.png", [names[k] for k in scores.classes.argmax(axis=1)])
+    return summary
+
+
+def score(cfg: DictConfig, backend: Backend, inputs: Inputs, out: Path, batch_size: int) -> Scores:
+    """The model over ``inputs``: patches in batches through a DataLoader, or (``cfg.tile``) each
+    photo window by window, its per-tile CSV into ``out/tiles/``."""
+    if cfg.tile:
+        return _tile_all(cfg, backend, inputs, out, batch_size)
+    return Scores(inputs, *_classify_all(cfg, backend, inputs, batch_size))
+
+
+def write_predictions(scores: Scores, backend: Backend, threshold: float, out: Path,
+                      heatmap: dict | None = None) -> dict:
+    """``out/predictions.csv`` at ``threshold`` (whole photos: and ``out/heatmaps/``, drawn with the
+    ``heatmap`` settings); the summary that is logged."""
+    names, inputs, tile = backend.card.class_names, scores.inputs, scores.photos is not None
+    rows = []
+    for i, path in enumerate(inputs.files):
+        row = prediction_row(str(path), scores.probs[i], scores.classes[i], scores.errors[i], threshold,
+                             backend.model_hash, names, inputs.labels[i] if inputs.labels else None)
+        if tile:
+            row += _photo_cells(path, scores.photos[i], scores.tiles_csv[i], threshold, out, heatmap)
+        rows.append(row)
     with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns(names, cfg.tile))
+        writer.writerow(columns(names, tile))
         writer.writerows(rows)
+    ok = [not e for e in scores.errors]
     summary = {
         "images": len(rows),
-        "errors": sum(bool(e) for e in errors),
-        "cracks": sum(1 for p, e in zip(probs, errors) if not e and p > threshold),
+        "errors": len(rows) - sum(ok),
+        "cracks": int(sum(1 for p, good in zip(scores.probs, ok) if good and p > threshold)),
         "threshold": threshold,
         "model_hash": backend.model_hash,
         "predictions": str(out / "predictions.csv"),
     }
     log.info("%d image(s): %d crack(s), %d unreadable -> %s", summary["images"], summary["cracks"], summary["errors"],
              summary["predictions"])
-    failed = [(path, error) for path, error in zip(inputs.files, errors) if error]
-    for path, error in failed[:10]:
-        log.warning("%s: %s", path, error)
-    if len(failed) > 10:
-        log.warning("... and %d more unreadable: see the error column", len(failed) - 10)
-    if inputs.labels:
-        summary["metrics"] = labelled_metrics(probs, errors, inputs, threshold, out / "metrics.json",
-                                              backend.card.positive_labels, labels if many else None)
-    if cfg.get("gradcam") and not cfg.tile:
-        summary["gradcam"] = _gradcam(backend, inputs.files, probs, errors, int(cfg.gradcam), out / "gradcam.png",
-                                      [names[k] for k in labels])
     return summary
+
+
+def _photo_cells(path: Path, photo: tiling.PhotoScores | None, tiles_csv: Path | None, threshold: float, out: Path,
+                 heatmap: dict | None) -> list:
+    """A whole photo's columns of predictions.csv (``PHOTO_COLUMNS``) at ``threshold``, its heatmap
+    drawn at that threshold (the photo is read again: photos are not kept in memory)."""
+    if photo is None:
+        return [""] * len(PHOTO_COLUMNS)
+    result = photo.at(threshold)
+    png = out / "heatmaps" / f"{tiles_csv.stem}.png"
+    tiling.write_heatmap(tiling.load_photo(path), photo.grid, result, threshold, png, **(heatmap or {}))
+    return [f"{result.crack_area_fraction:.6f}", result.tiles, result.crack_tiles, str(tiles_csv), str(png)]
 
 
 def _gradcam(backend: Backend, files: list[Path], probs: np.ndarray, errors: list[str], count: int, path: Path,
@@ -191,37 +236,36 @@ class _MostCrackLike:
         return crack
 
 
-def _tile_all(cfg, backend: Backend, inputs: Inputs, threshold: float, out: Path, batch_size: int):
-    """Whole-photo mode: per photo its verdict (max tile probability), the class probabilities
-    of that window, and its artefacts."""
+def _tile_all(cfg, backend: Backend, inputs: Inputs, out: Path, batch_size: int) -> Scores:
+    """Whole-photo mode: per photo its windows' scores, the probability of the most crack-like
+    window (the photo's) and of its every class, and the per-tile CSV."""
     pre = backend.card.preprocessing
     size = _pair(cfg.tile_size, pre.native_size)
     stride = _pair(cfg.tile_stride, tuple(max(1, s // 2) for s in size))
     transform = eval_transform(pre.to_timm_data_config())
-    heatmap = OmegaConf.to_container(cfg.heatmap) if cfg.get("heatmap") else {}
-    probs, errors, extra, used = np.full(len(inputs.files), np.nan), [], [], set()
-    classes = np.full((len(inputs.files), len(backend.card.class_names)), np.nan)
+    n = len(inputs.files)
+    scores = Scores(inputs, np.full(n, np.nan), np.full((n, len(backend.card.class_names)), np.nan), [], [], [])
+    used = set()
     log.info("Tiles of %dx%d px every %dx%d px", *size, *stride)
     total = sum(tiling.tile_count(path, size, stride) for path in inputs.files)
     with progress_bar(total, "tiles", enabled=sys.stdout.isatty()) as advance:
         for i, path in enumerate(inputs.files):
-            name = _unique(path.stem, used)
-            tiles_csv, png = out / "tiles" / f"{name}.csv", out / "heatmaps" / f"{name}.png"
+            tiles_csv = out / "tiles" / f"{_unique(path.stem, used)}.csv"
             try:
                 photo = tiling.load_photo(path)
             except Exception as err:  # as ImageFiles: a row with the reason, the next photo
-                errors.append(reason(err))
-                extra.append([""] * len(PHOTO_COLUMNS))
+                scores.errors.append(reason(err))
+                scores.photos.append(None)
+                scores.tiles_csv.append(None)
                 continue
             scored = _MostCrackLike(backend)
-            result, _ = tiling.predict_photo(photo, scored, transform, threshold, size, stride, batch_size,
-                                             tiles_csv, png, heatmap, advance)
+            scores.photos.append(tiling.score_photo(photo, scored, transform, size, stride, batch_size, tiles_csv,
+                                                    advance))
             del photo
-            probs[i], classes[i] = result.max_probability, scored.classes
-            errors.append("")
-            extra.append([f"{result.crack_area_fraction:.6f}", result.tiles, result.crack_tiles,
-                          str(tiles_csv), str(png)])
-    return probs, classes, errors, extra
+            scores.probs[i], scores.classes[i] = float(scores.photos[-1].probabilities.max()), scored.classes
+            scores.errors.append("")
+            scores.tiles_csv.append(tiles_csv)
+    return scores
 
 
 def _unique(stem: str, used: set[str]) -> str:

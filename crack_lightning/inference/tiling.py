@@ -132,6 +132,24 @@ class PhotoResult:
         return self.max_probability > threshold
 
 
+@dataclass
+class PhotoScores:
+    """Every window's crack probability and their averaged map: what the model says of a photo,
+    before any threshold -- so a new threshold (the app's slider) costs no forward pass."""
+
+    grid: TileGrid
+    probabilities: np.ndarray  # per window, in the order of :func:`windows`
+    size: tuple[int, int]
+    stride: tuple[int, int]
+
+    def windows(self) -> Iterator[Window]:
+        return windows(self.grid.height, self.grid.width, self.size, self.stride)
+
+    def at(self, threshold: float) -> PhotoResult:
+        p = self.probabilities
+        return PhotoResult(float(p.max()) if len(p) else 0.0, self.grid.area_fraction(threshold), len(p),
+                           int((p > threshold).sum()), self.grid.height, self.grid.width)
+
 def tile_count(path: Path, size: tuple[int, int], stride: tuple[int, int]) -> int:
     """Windows of a photo from its header alone (0 if unreadable): the progress bar's total."""
     try:
@@ -150,6 +168,38 @@ def load_photo(path: Path) -> Image.Image:
         return to_rgb(ImageOps.exif_transpose(img))
 
 
+def score_photo(
+    photo: Image.Image,
+    backend: Callable,
+    transform,
+    size: tuple[int, int],
+    stride: tuple[int, int],
+    batch_size: int,
+    tiles_csv: Path | None = None,
+    advance: Callable[[int], None] = lambda k: None,
+) -> PhotoScores:
+    """Score every window of ``photo`` (and write the per-tile CSV if asked: it holds no threshold)."""
+    width, height = photo.size
+    grid = TileGrid(height, width, size, stride)
+    image = np.array(photo)  # uint8 (H, W, 3): the one full-size copy
+    probabilities = []
+    with ExitStack() as stack:
+        writer = None
+        if tiles_csv:
+            tmp = stack.enter_context(atomic_path(tiles_csv))  # no half-written CSV if interrupted
+            writer = csv.writer(stack.enter_context(open(tmp, "w", newline="")))
+            writer.writerow(TILE_COLUMNS)
+        for wins, crops in batches(image, windows(height, width, size, stride), batch_size, transform):
+            probs = np.asarray(backend(crops), np.float32).reshape(-1)
+            for win, p in zip(wins, probs.tolist()):
+                grid.add(win, p)
+                if writer:
+                    writer.writerow([*win, f"{p:.9g}"])
+            probabilities.append(probs)
+            advance(len(wins))
+    return PhotoScores(grid, np.concatenate(probabilities), size, stride)
+
+
 def predict_photo(
     photo: Image.Image,
     backend: Callable,
@@ -163,33 +213,12 @@ def predict_photo(
     heatmap: dict | None = None,
     advance: Callable[[int], None] = lambda k: None,
 ) -> tuple[PhotoResult, TileGrid]:
-    """Score every window of ``photo``; write the per-tile CSV and the overlay PNG if asked."""
-    width, height = photo.size
-    grid = TileGrid(height, width, size, stride)
-    preview = _preview(photo, (heatmap or {}).get("max_side", 1600)) if heatmap_png else None
-    image = np.array(photo)  # uint8 (H, W, 3): the one full-size copy
-    n = crack_tiles = 0
-    best = 0.0
-    with ExitStack() as stack:
-        writer = None
-        if tiles_csv:
-            tmp = stack.enter_context(atomic_path(tiles_csv))  # no half-written CSV if interrupted
-            writer = csv.writer(stack.enter_context(open(tmp, "w", newline="")))
-            writer.writerow(TILE_COLUMNS)
-        for wins, crops in batches(image, windows(height, width, size, stride), batch_size, transform):
-            probs = np.asarray(backend(crops), np.float32).reshape(-1)
-            for win, p in zip(wins, probs.tolist()):
-                grid.add(win, p)
-                if writer:
-                    writer.writerow([*win, f"{p:.9g}"])
-            n += len(wins)
-            crack_tiles += int((probs > threshold).sum())
-            best = max(best, float(probs.max()))
-            advance(len(wins))
-    result = PhotoResult(best, grid.area_fraction(threshold), n, crack_tiles, height, width)
+    """:func:`score_photo` at ``threshold``, and the overlay PNG if asked."""
+    scores = score_photo(photo, backend, transform, size, stride, batch_size, tiles_csv, advance)
+    result = scores.at(threshold)
     if heatmap_png:
-        write_heatmap(preview, grid, result, threshold, heatmap_png, **(heatmap or {}))
-    return result, grid
+        write_heatmap(photo, scores.grid, result, threshold, heatmap_png, **(heatmap or {}))
+    return result, scores.grid
 
 
 def _preview(photo: Image.Image, max_side: int) -> Image.Image:
@@ -199,7 +228,7 @@ def _preview(photo: Image.Image, max_side: int) -> Image.Image:
     return photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0) if scale < 1 else photo
 
 
-def write_heatmap(preview: Image.Image, grid: TileGrid, result: PhotoResult, threshold: float, path: Path,
+def write_heatmap(photo: Image.Image, grid: TileGrid, result: PhotoResult, threshold: float, path: Path,
                   max_side: int = 1600, alpha: float = 0.45, cmap: str = "turbo") -> Path:
     """The photo with the averaged crack probability blended over it, the threshold as a
     white outline and the verdict in the title; ``max_side`` px on its long side.
@@ -208,6 +237,7 @@ def write_heatmap(preview: Image.Image, grid: TileGrid, result: PhotoResult, thr
     made before drawing (one uint8 image layer for matplotlib to resample, not two),
     so a PNG costs about a second whatever the photo's size.
     """
+    preview = _preview(photo, max_side)
     heat = np.nan_to_num(grid.resample(preview.height, preview.width))
     blend = overlay_heatmap(np.asarray(preview, np.float32) / 255, heat, alpha=alpha, cmap=cmap)
     fig_w, fig_h = preview.width * 1.08, preview.height + 0.06 * preview.width  # colour bar, title
