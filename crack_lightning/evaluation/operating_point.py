@@ -10,6 +10,7 @@ image is a crack when its crack probability is *greater than* the threshold.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import asdict, dataclass
 
@@ -141,7 +142,43 @@ def fit_point(scorer, logits: torch.Tensor, targets: torch.Tensor, target_recall
         "split": split,
         "rule": "crack when crack probability > threshold",
         "warnings": degenerate(temperature, choice, probs, cracks, "validation" if split == "val" else split),
+        "scores": split_scores(probs, cracks),
     }
+
+
+MAX_SCORES = 2000  # per side: ~20 kB of JSON in the card; more are kept as evenly spaced quantiles
+
+
+def split_scores(probs: torch.Tensor, cracks: torch.Tensor) -> dict:
+    """The split's calibrated crack probabilities of cracks and of the rest, sorted (6 digits), so
+    that what any other threshold implies there can be read from the card (:func:`at_threshold`)
+    without the images: the app's threshold control."""
+    def side(values: torch.Tensor) -> list[float]:
+        values = values.float().sort().values
+        if len(values) > MAX_SCORES:
+            values = values[torch.linspace(0, len(values) - 1, MAX_SCORES).round().long()]
+        return [round(float(v), 6) for v in values]
+    cracks = cracks.bool()
+    return {"crack": side(probs[cracks]), "other": side(probs[~cracks]),
+            "cracks": int(cracks.sum()), "others": int((~cracks).sum())}
+
+
+def at_threshold(scores: dict, threshold: float) -> dict:
+    """Recall, precision, missed cracks and false alarms on the split of ``scores``
+    (:func:`split_scores`) at ``threshold`` (crack when probability > threshold); counts scaled
+    to the split's size when only quantiles are stored.
+
+    >>> at_threshold({"crack": [0.2, 0.6, 0.9], "other": [0.1, 0.3, 0.7], "cracks": 3, "others": 3}, 0.5)
+    {'threshold': 0.5, 'recall': 0.666667, 'precision': 0.666667, 'missed_cracks': 1, 'false_alarms': 1, 'cracks': 3, 'others': 3}
+    """
+    def above(values: list[float], total: int) -> int:
+        return round((len(values) - bisect.bisect_right(values, threshold)) * total / max(len(values), 1))
+    caught, alarms = above(scores["crack"], scores["cracks"]), above(scores["other"], scores["others"])
+    return {"threshold": threshold,
+            "recall": round(caught / scores["cracks"], 6) if scores["cracks"] else float("nan"),
+            "precision": round(caught / (caught + alarms), 6) if caught + alarms else float("nan"),
+            "missed_cracks": scores["cracks"] - caught, "false_alarms": alarms,
+            "cracks": scores["cracks"], "others": scores["others"]}
 
 
 def cracks_needed(target_recall: float, confident: bool = False) -> int | None:
