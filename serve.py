@@ -3,7 +3,8 @@
     python serve.py ckpt=outputs/train/runs/<run>/checkpoints/best.ckpt            # http://127.0.0.1:8000
     python serve.py ckpt=model.onnx port=8080 api_key=<secret> operating_point=site_b
     curl -F file=@photo.jpg -F file=@other.jpg http://127.0.0.1:8000/predict         # rows of predictions.csv
-    curl http://127.0.0.1:8000/health                                                 # model hash, classes, threshold
+    curl -F file=@wall.jpg 'http://127.0.0.1:8000/predict?tile=true'                  # whole photos, window by window
+    curl http://127.0.0.1:8000/health                                                 # model, threshold, tile window
 """
 
 import hydra

@@ -1,5 +1,6 @@
-"""serve.py: the real LitServe server on 127.0.0.1 -- its answers, its refusals, its model file,
-and 8 concurrent clients (stdlib HTTP only: nothing leaves the machine)."""
+"""serve.py: the real LitServe server on 127.0.0.1 -- its answers (patches, and whole photos with
+?tile=true), its refusals, its model file, and 8 concurrent clients (stdlib HTTP only: nothing
+leaves the machine)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import urllib.request
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import REPO
@@ -136,6 +139,7 @@ def test_health_names_the_model_and_the_key_is_required(server):
     status, health = _call(url + "/health")
     assert status == 200 and health["model_hash"] == sha256_file(ckpt)[:12], health
     assert health["classes"] == ["Negative", "Positive"] and 0 <= health["threshold"] <= 1
+    assert health["tile_stride"] == [s // 2 for s in health["tile_size"]] and health["tile_batch_size"] == 16
     assert _call(url + "/health", key=None)[0] in (401, 403)
     assert _call(url + "/health", key="wrong")[0] in (401, 403)
 
@@ -166,6 +170,53 @@ def test_a_prediction_is_predict_pys_row(server, tiny_data, tmp_path):
         k: v for k, v in expected.items() if k not in ("path", "crack_probability")}
 
 
+def _wall(tiny_data, path):
+    """A 600x450 JPEG of tiny_data's patches side by side, stored turned a quarter (EXIF
+    orientation 6): both sides must score it upright, 450x600."""
+    from PIL import Image
+
+    patches = sorted((tiny_data / "Positive").glob("*.jpg"))[:3] + sorted((tiny_data / "Negative").glob("*.jpg"))[:3]
+    wall = Image.new("RGB", (600, 450), (128, 128, 128))
+    for k, patch in enumerate(patches):
+        with Image.open(patch) as img:
+            wall.paste(img.convert("RGB"), (200 * (k % 3), 225 * (k // 3)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    wall.save(path, quality=90, exif=exif)
+    return path
+
+
+def test_a_whole_photo_is_predict_pys_tile_row(server, tiny_data, tmp_path):
+    import csv
+
+    from hydra import compose, initialize_config_dir
+
+    from crack_lightning.inference.predict import predict
+
+    url, ckpt, _ = server
+    (tmp_path / "photos").mkdir()
+    photo = _wall(tiny_data, tmp_path / "photos" / "wall.jpg")
+    status, answer = _call(url + "/predict?tile=true", [(photo.name, photo.read_bytes())])
+    assert status == 200, answer
+    row = answer["predictions"][0]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        predict(compose(config_name="predict", overrides=[
+            f"ckpt={ckpt}", f"input={tmp_path / 'photos'}", f"output_dir={tmp_path / 'p'}", "tile=true",
+            "heatmap.max_side=200"]))
+    expected = next(csv.DictReader((tmp_path / "p" / "predictions.csv").open()))
+    assert set(row) == set(expected) | {"windows"}, "the fields of predictions.csv, and the windows"
+    assert abs(float(row["crack_probability"]) - float(expected["crack_probability"])) <= 1e-5
+    assert {k: str(v) for k, v in row.items() if k not in ("path", "crack_probability", "windows")} == {
+        **{k: v for k, v in expected.items() if k not in ("path", "crack_probability")}, "tiles_csv": "", "heatmap": ""}
+    assert row["tiles"] == 5 * 3 == len(row["windows"]), row  # upright 450x600: 5 rows of 3 windows
+    assert row["crack_tiles"] == sum(w["crack_probability"] > float(row["threshold"]) for w in row["windows"])
+    tiles = list(csv.DictReader(Path(expected["tiles_csv"]).read_text().splitlines()))
+    assert [[w[k] for k in ("top", "left", "height", "width")] for w in row["windows"]] == [
+        [int(t[k]) for k in ("top", "left", "height", "width")] for t in tiles]
+    assert all(abs(w["crack_probability"] - float(t["crack_probability"])) <= 1e-5
+               for w, t in zip(row["windows"], tiles))
+
+
 def test_bad_requests_get_a_4xx_that_says_why(server):
     url, _, _ = server
     cases = [
@@ -173,9 +224,12 @@ def test_bad_requests_get_a_4xx_that_says_why(server):
         ([("empty.jpg", b"")], 422, "empty.jpg: an empty file"),
         ([("bomb.png", _bomb())], 413, "100000x100000"),
     ]
-    for files, code, words in cases:
-        status, answer = _call(url + "/predict", files)
-        assert status == code and words in answer.get("detail", ""), (files[0][0], status, answer)
+    for path in ("/predict", "/predict?tile=yes"):  # patches, and whole photos (yes: tile=true)
+        for files, code, words in cases:
+            status, answer = _call(url + path, files)
+            assert status == code and words in answer.get("detail", ""), (path, files[0][0], status, answer)
+    status, answer = _call(url + "/predict?tile=maybe", [("a.jpg", b"x")])
+    assert status == 422 and "tile='maybe'" in answer["detail"], answer
     status, answer = _oversize(url)
     assert status == 413 and "max_upload_mb=1" in answer["detail"], answer
     status, answer = _call(url + "/predict", body=b"")  # no multipart at all
@@ -197,13 +251,21 @@ def test_eight_concurrent_clients_all_get_the_right_answer(server, tiny_data):
                 and row["label"] == want["label"] and row["path"] == want["path"])
 
     def client(k: int) -> list[bool]:
-        image = images[k]
-        return [same(_call(url + "/predict", [(image.name, image.read_bytes())])[1]["predictions"][0],
-                     expected[image.name]) for _ in range(10)]
+        """Ten requests; clients 0 and 1 send a text file every third one, which must be refused alone
+        (LitServe answers a whole batch with one request's exception: its refusal must not spread)."""
+        image, answers = images[k], []
+        for n in range(10):
+            if k < 2 and n % 3 == 0:
+                status, answer = _call(url + "/predict", [("notes.txt", b"no image")])
+                answers.append(status == 422 and "notes.txt" in answer["detail"])
+                continue
+            status, answer = _call(url + "/predict", [(image.name, image.read_bytes())])
+            answers.append(status == 200 and same(answer["predictions"][0], expected[image.name]))
+        return answers
 
     with ThreadPoolExecutor(8) as pool:
         results = [ok for answers in pool.map(client, range(8)) for ok in answers]
-    assert len(results) == 80 and all(results)
+    assert len(results) == 80 and all(results), results.count(False)
 
 
 def test_wrong_settings_are_refused_before_anything_starts(trained_run):
@@ -214,7 +276,8 @@ def test_wrong_settings_are_refused_before_anything_starts(trained_run):
 
     ckpt = trained_run / "checkpoints" / "best.ckpt"
     for override, words in (("port=99999", "port=99999"), ("max_batch_size=0", "max_batch_size=0"),
-                            ("device=gpu", "device='gpu'"), ("ckpt=nowhere.ckpt", "nowhere.ckpt")):
+                            ("device=gpu", "device='gpu'"), ("ckpt=nowhere.ckpt", "nowhere.ckpt"),
+                            ("tile_stride=0", "tile_stride=0")):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose(config_name="serve", overrides=[f"ckpt={ckpt}", override])
         with pytest.raises(CrackLightningError, match=None) as refusal:

@@ -55,6 +55,13 @@ def _pair(value, default: tuple[int, int]) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
 
 
+def tile_windows(native_size, tile_size=None, tile_stride=None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(window, stride) in px of whole-photo mode: null window = the model's training patch
+    (``native_size``), null stride = half the window (predict.py's, the app's and serve.py's)."""
+    size = _pair(tile_size, native_size)
+    return size, _pair(tile_stride, tuple(max(1, s // 2) for s in size))
+
+
 def resolve_batch_size(batch_size, device: str) -> int:
     """``auto``: 16 on a CPU (small batches stay in cache: MobileNetV2 at 224 px scored a
     4032x3024 photo in 20.8 s at 16 against 31.8 s at 64 on our 2-core machine), 256 on a GPU."""
@@ -222,7 +229,7 @@ def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs,
     return np.concatenate(probs), np.concatenate(classes), errors
 
 
-class _MostCrackLike:
+class MostCrackLike:
     """``backend`` as tiling calls it (crack probabilities), keeping the probability of every
     class of the most crack-like window so far: a photo's ``label`` and ``prob_<class>``."""
 
@@ -240,8 +247,7 @@ def _tile_all(cfg, backend: Backend, inputs: Inputs, out: Path, batch_size: int)
     """Whole-photo mode: per photo its windows' scores, the probability of the most crack-like
     window (the photo's) and of its every class, and the per-tile CSV."""
     pre = backend.card.preprocessing
-    size = _pair(cfg.tile_size, pre.native_size)
-    stride = _pair(cfg.tile_stride, tuple(max(1, s // 2) for s in size))
+    size, stride = tile_windows(pre.native_size, cfg.tile_size, cfg.tile_stride)
     transform = eval_transform(pre.to_timm_data_config())
     n = len(inputs.files)
     scores = Scores(inputs, np.full(n, np.nan), np.full((n, len(backend.card.class_names)), np.nan), [], [], [])
@@ -258,7 +264,7 @@ def _tile_all(cfg, backend: Backend, inputs: Inputs, out: Path, batch_size: int)
                 scores.photos.append(None)
                 scores.tiles_csv.append(None)
                 continue
-            scored = _MostCrackLike(backend)
+            scored = MostCrackLike(backend)
             scores.photos.append(tiling.score_photo(photo, scored, transform, size, stride, batch_size, tiles_csv,
                                                     advance))
             del photo

@@ -117,6 +117,9 @@ SERVE_RULES = {
     "timeout": ("seconds > 0", lambda v: is_number(v) and v > 0, False),
     "max_upload_mb": ("a whole number of MB >= 1", lambda v: is_count(v) and v >= 1, False),
     "max_pixels": ("a whole number >= 1", lambda v: is_count(v) and v >= 1, False),
+    "tile_size": PREDICT_RULES["tile_size"],  # predict.py tile=true's windows, the same rules
+    "tile_stride": PREDICT_RULES["tile_stride"],
+    "tile_batch_size": PREDICT_RULES["batch_size"],
 }
 
 
@@ -179,3 +182,4 @@ def _describe(output: Path, ckpt: Path) -> str:
         return "an ONNX model export.py did not write" if meta is not None else what
     which = "this very checkpoint" if meta["checkpoint_sha256"] == sha256_file(ckpt) else "another checkpoint"
     return f"export.py's ONNX export of {which}: {origin}"
+
