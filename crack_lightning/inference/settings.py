@@ -183,3 +183,23 @@ def _describe(output: Path, ckpt: Path) -> str:
     which = "this very checkpoint" if meta["checkpoint_sha256"] == sha256_file(ckpt) else "another checkpoint"
     return f"export.py's ONNX export of {which}: {origin}"
 
+
+APP_RULES = {
+    "operating_point": POINT_RULE,
+    "host": SERVE_RULES["host"],
+    "port": SERVE_RULES["port"],
+    "device": PREDICT_RULES["device"],
+    "batch_size": PREDICT_RULES["batch_size"],
+    "max_files": ("a whole number >= 1", lambda v: is_count(v) and v >= 1, False),
+    "max_upload_mb": SERVE_RULES["max_upload_mb"],
+    "max_pixels": SERVE_RULES["max_pixels"],
+    **{key: PREDICT_RULES[key] for key in PREDICT_RULES if key.startswith(("tile_", "heatmap."))},
+}
+
+
+def check_app(cfg: DictConfig) -> None:
+    """Refuse a missing or impossible app.py setting, or a ckpt= that is no model file."""
+    _required(cfg, "ckpt", "python app.py ckpt=<best.ckpt|model.onnx>")
+    check_types(cfg, APP_RULES)
+    check_device(str(cfg.device))
+    require_model_file(cfg.ckpt, onnx_ok=True)

@@ -1,0 +1,1 @@
+"""The inspectors' app (``app.py``): a local web page over a trained model, on Gradio."""
