@@ -5,15 +5,15 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo shift-demo test data validate bench bench-finetune clean
+.PHONY: install demo shift-demo test test-browser browser data validate bench bench-finetune clean
 
 install: $(STAMP)
 
 # uv installs the pinned wheels in ~20 s; pip is the fallback where uv is unavailable.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q uv==0.13.8 && $(VENV)/bin/uv pip install --python $(PY) -e '.[dev,search,slurm,serve]' \
-		|| $(PY) -m pip install -e '.[dev,search,slurm,serve]'
+	$(PY) -m pip install -q uv==0.13.8 && $(VENV)/bin/uv pip install --python $(PY) -e '.[dev,search,slurm,serve,app]' \
+		|| $(PY) -m pip install -e '.[dev,search,slurm,serve,app]'
 	# Byte-compile once: where PYTHONDONTWRITEBYTECODE is set (as on our machines) every
 	# process would otherwise recompile torch and lightning from source -- 24 s instead of
 	# 10 s to import lightning here, paid by every test subprocess and every run. A few
@@ -74,7 +74,21 @@ bench-finetune: $(STAMP)
 # keep the cores busy; with torch's default of one thread per core they oversubscribe them --
 # 4 min 41 s against 3 min 32 s on 2 cores, and a third more CPU time.
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not browser" tests
+
+# The app in a real browser: Debian's chromium and chromedriver (installed here when missing, as root or
+# with sudo; never downloaded at run time), headless. Saves the page to $(SCREENSHOT) (the README's).
+#   make test-browser CKPT=outputs/demo/checkpoints/best.ckpt SCREENSHOT=docs/inspector.png
+SCREENSHOT ?= outputs/browser/inspector.png
+test-browser: $(STAMP) browser
+	CRACK_BROWSER_REQUIRED=1 CRACK_SCREENSHOT=$(abspath $(SCREENSHOT)) CRACK_APP_CKPT=$(CKPT) \
+		OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m browser -p no:xdist tests
+
+browser:
+	@command -v chromium > /dev/null && command -v chromedriver > /dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+			chromium chromium-driver; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache
