@@ -157,7 +157,8 @@ def test_the_page_answers_over_http(inspector, photos, tmp_path):
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=str(tmp_path))
         files = [handle_file(str(p)) for p in sorted(photos.glob("*.jpg"))]
-        status, table, gallery, download, _, threshold, choices = client.predict(files, "patches", api_name="/analyse")
+        status, table, gallery, download, _, threshold, choices = client.predict(files, None, "patches",
+                                                                                 api_name="/analyse")
         assert "3 image(s)" in status and "1 unreadable" in status, status
         assert [row[0] for row in table["data"]] == ["broken.jpg", *sorted(p.name for p in photos.glob("patch_*"))]
         assert table["data"][0][1] == "unreadable" and len(gallery) == 2
@@ -173,6 +174,24 @@ def test_the_page_answers_over_http(inspector, photos, tmp_path):
         assert "could not read it" in said  # the broken upload: a message, nothing saved
     finally:
         page.close()
+
+
+def test_a_site_point_reads_its_own_sample(trained_run, tmp_path):
+    """A model with a named point (recalibrate.py's) offers it; choosing it reads scores at its
+    temperature and says what its threshold costs on the site sample it was fitted on."""
+    from crack_lightning.app.inspector import OWN_POINT, Inspector
+    from crack_lightning.evaluation.recalibrate import write_model
+
+    point = {"threshold": 0.42, "temperature": 2.0, "target_recall": 0.9, "split": "site",
+             "scores": {"crack": [0.3, 0.5, 0.9], "other": [0.1, 0.45], "cracks": 3, "others": 2}}
+    model = write_model(trained_run / "checkpoints" / "best.ckpt", tmp_path, "site_b", point)
+    app = Inspector(_cfg("app", [f"ckpt={model}", f"output_dir={tmp_path / 'run'}", f"flag_dir={tmp_path / 'f'}",
+                                 "device=cpu"]))
+    assert app.points() == [OWN_POINT, "site_b"]
+    assert app.use_point("site_b") == 0.42 and app.card.temperature == 2.0
+    said = app.consequences(0.42)
+    assert said["split"] == "site sample" and (said["missed_cracks"], said["false_alarms"]) == (1, 1)
+    assert app.use_point(OWN_POINT) != 0.42 and app.consequences(0.42)["split"] == "validation split"
 
 
 def test_app_settings_are_checked_before_anything_starts(trained_run):

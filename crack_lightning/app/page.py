@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from crack_lightning.app.inspector import Batch, Inspector
+from crack_lightning.data.imagefolder import is_image_name
 
 MODES = {"auto": "auto: whole photos when an image is large", "photos": "whole photos (heatmap)",
          "patches": "patches (one verdict per image)"}
@@ -32,6 +33,7 @@ def build_page(inspector: Inspector) -> gr.Blocks:
         with gr.Row():
             uploads = gr.File(label="Photos: images, a zip of images, or several at once", file_count="multiple",
                               elem_id="uploads")
+            folder = gr.File(label="... or a folder of photos", file_count="directory", elem_id="folder")
             with gr.Column():
                 mode = gr.Radio([(v, k) for k, v in MODES.items()], value="auto", label="Images are")
                 analyse_button = gr.Button("Analyse", variant="primary", elem_id="analyse")
@@ -53,7 +55,9 @@ def build_page(inspector: Inspector) -> gr.Blocks:
 
         shown = [status, table, gallery, download, consequences]
 
-        def analyse(files, how):
+        def analyse(files, tree, how):
+            # a folder's files that training would take as images (its other files are no upload of the user's)
+            files = [*(files or []), *(f for f in tree or [] if is_image_name(_path(f).name))]
             if not files:
                 return None, "Upload one or more images first (or a zip of them).", None, None, None, gr.skip(), \
                     gr.skip(), gr.update(choices=[], value=None)
@@ -84,7 +88,7 @@ def build_page(inspector: Inspector) -> gr.Blocks:
             target = inspector.flag(current, index, correct)
             return f"Saved {chosen.split(': ', 1)[1]} as **{correct}** in `{target.parent}`. " + _flag_count(inspector)
 
-        analyse_button.click(analyse, [uploads, mode], [batch, *shown, threshold, image], api_name="analyse")
+        analyse_button.click(analyse, [uploads, folder, mode], [batch, *shown, threshold, image], api_name="analyse")
         threshold.release(rethreshold, [batch, threshold], shown, api_name="threshold")
         point.change(choose_point, [batch, point], [threshold, *shown], api_name="point")
         flag_button.click(flag, [batch, image, label], flag_status, api_name="flag")
