@@ -172,6 +172,11 @@ def test_the_page_answers_over_http(inspector, photos, tmp_path):
         assert "Saved" in said and "Positive" in said
         said = client.predict(choices["choices"][0][0], "Positive", api_name="/flag")
         assert "could not read it" in said  # the broken upload: a message, nothing saved
+        status, table, gallery, download, *_ = client.predict(
+            [handle_file(str(photos / "walls" / "wall.jpg"))], None, "auto", api_name="/analyse")
+        assert "whole photos" in status and table["data"][0][4].endswith("%")  # its crack area
+        assert "heatmaps" in gallery[0]["image"] or gallery[0]["image"].endswith(".png")
+        assert "crack_area_fraction" in Path(download).read_text().splitlines()[0]
     finally:
         page.close()
 

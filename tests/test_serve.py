@@ -283,3 +283,39 @@ def test_wrong_settings_are_refused_before_anything_starts(trained_run):
         with pytest.raises(CrackLightningError, match=None) as refusal:
             check_serve(cfg)
         assert words in str(refusal.value) and "\n" not in str(refusal.value), refusal.value
+
+
+def test_an_onnx_file_answers_as_its_checkpoint(trained_run, tiny_data, tmp_path):
+    """The same LitAPIs in this process (LitServe's loop aside), on a checkpoint and on its export."""
+    import io
+
+    from starlette.datastructures import FormData, UploadFile
+
+    from crack_lightning.export.onnx import export_onnx
+    from crack_lightning.inference.checkpoint import load_classifier
+    from crack_lightning.serving.api import CrackAPI, Refused, TileAPI
+
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    export_onnx(load_classifier(ckpt), tmp_path / "best.onnx")
+    images = sorted(tiny_data.rglob("*.jpg"))[:3]
+
+    def form(*files: tuple[str, bytes]) -> FormData:
+        return FormData([("file", UploadFile(io.BytesIO(data), filename=name)) for name, data in files])
+
+    def answer(api, *files):
+        return api.encode_response(api.predict([api.decode_request(form(*files))])[0])  # a batch of one request
+
+    rows = {}
+    for model in (ckpt, tmp_path / "best.onnx"):
+        patches, photos = CrackAPI(str(model)), TileAPI(str(model))
+        patches.setup("cpu"), photos.setup("cpu")
+        rows[model.suffix] = (answer(patches, *((p.name, p.read_bytes()) for p in images))["predictions"],
+                              photos.encode_response(photos.predict(photos.decode_request(
+                                  form(("one.jpg", images[0].read_bytes())))))["predictions"])
+        refused = patches.decode_request(form(("notes.txt", b"no image")))
+        assert isinstance(refused, Refused) and refused.status == 422
+    (ckpt_rows, ckpt_photo), (onnx_rows, onnx_photo) = rows[".ckpt"], rows[".onnx"]
+    assert len(ckpt_rows) == len(onnx_rows) == 3 and len(ckpt_photo) == len(onnx_photo) == 1
+    for a, b in zip([*ckpt_rows, *ckpt_photo], [*onnx_rows, *onnx_photo]):
+        assert abs(float(a["crack_probability"]) - float(b["crack_probability"])) <= 1e-4
+        assert a["label"] == b["label"] and a["model_hash"] != b["model_hash"]
