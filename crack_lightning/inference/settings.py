@@ -73,13 +73,19 @@ def _required(cfg: DictConfig, key: str, usage: str) -> None:
         raise CrackLightningError(f"{key}= is required: {usage}")
 
 
-def check_predict(cfg: DictConfig) -> None:
-    """Refuse a missing or impossible predict.py setting, or a ckpt= that is no model file."""
-    for key in ("ckpt", "input"):
-        _required(cfg, key, "python predict.py ckpt=<run>/checkpoints/best.ckpt input=<image|folder|glob>")
-    check_types(cfg, PREDICT_RULES)
+def _check_model_command(cfg: DictConfig, rules: dict, usage: str, required: tuple[str, ...] = ("ckpt",)) -> None:
+    """A command that runs a model file: its required keys, its settings' ``rules``, the device, the file."""
+    for key in required:
+        _required(cfg, key, usage)
+    check_types(cfg, rules)
     check_device(str(cfg.device))
     require_model_file(cfg.ckpt, onnx_ok=True)
+
+
+def check_predict(cfg: DictConfig) -> None:
+    """Refuse a missing or impossible predict.py setting, or a ckpt= that is no model file."""
+    _check_model_command(cfg, PREDICT_RULES, "python predict.py ckpt=<run>/checkpoints/best.ckpt "
+                         "input=<image|folder|glob>", ("ckpt", "input"))
 
 
 def check_evaluate(cfg: DictConfig, usage: str = "python evaluate.py ckpt=<best.ckpt|model.onnx> data.root=<folder>") -> None:
@@ -125,10 +131,7 @@ SERVE_RULES = {
 
 def check_serve(cfg: DictConfig) -> None:
     """Refuse a missing or impossible serve.py setting, or a ckpt= that is no model file."""
-    _required(cfg, "ckpt", "python serve.py ckpt=<best.ckpt|model.onnx> host=127.0.0.1 port=8000")
-    check_types(cfg, SERVE_RULES)
-    check_device(str(cfg.device))
-    require_model_file(cfg.ckpt, onnx_ok=True)
+    _check_model_command(cfg, SERVE_RULES, "python serve.py ckpt=<best.ckpt|model.onnx> host=127.0.0.1 port=8000")
 
 
 def check_device(device: str) -> None:
@@ -199,7 +202,4 @@ APP_RULES = {
 
 def check_app(cfg: DictConfig) -> None:
     """Refuse a missing or impossible app.py setting, or a ckpt= that is no model file."""
-    _required(cfg, "ckpt", "python app.py ckpt=<best.ckpt|model.onnx>")
-    check_types(cfg, APP_RULES)
-    check_device(str(cfg.device))
-    require_model_file(cfg.ckpt, onnx_ok=True)
+    _check_model_command(cfg, APP_RULES, "python app.py ckpt=<best.ckpt|model.onnx>")
