@@ -121,6 +121,28 @@ def test_flags_make_an_imagefolder_training_reads(inspector, photos):
         app.flag(batch, 0, "crack")
 
 
+
+def test_the_flags_are_a_site_sample_for_recalibrate(inspector, photos, tmp_path):
+    """The loop back to the model: recalibrate.py takes the flag folder as it is, and the app offers
+    the point it fits."""
+    from crack_lightning.evaluation.recalibrate import recalibrate
+    from tests.test_evaluate import compose_eval
+
+    app, _, tmp = inspector
+    files = sorted(photos.glob("patch_*.jpg"))
+    batch = app.analyse([str(f) for f in files], mode="patches")
+    for k, f in enumerate(files):  # one of each class (whatever the earlier test left)
+        app.flag(batch, k, "Positive" if "_Positive_" in f.name else "Negative")
+    result = recalibrate(compose_eval(tmp_path, [f"ckpt={app.cfg.ckpt}", f"data.root={tmp / 'flagged'}",
+                                                 "name=field", "eval.calibrate=false"], "recalibrate"))
+    assert result["images"] == 2 and result["cracks"] == 1
+    from omegaconf import OmegaConf
+
+    from crack_lightning.app.inspector import Inspector
+
+    assert "field" in Inspector(OmegaConf.merge(app.cfg, {"ckpt": result["model"]})).points()
+
+
 def test_bad_uploads_are_refused_with_a_message(inspector, photos, tmp_path):
     app, _, tmp = inspector
     bomb = tmp_path / "bomb.png"
