@@ -9,6 +9,7 @@ README's screenshot is of the demo's); ``CRACK_SCREENSHOT`` is where the picture
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from PIL import Image
@@ -85,6 +87,7 @@ def test_a_photo_gets_its_verdict_and_heatmap_in_chromium(app_url, tiny_data):
     options.binary_location = CHROMIUM
     for flag in [*FLAGS, f"--user-data-dir={tmp / 'profile'}"]:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     shot = Path(os.environ.get("CRACK_SCREENSHOT") or tmp / "inspector.png")
     shot.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +110,12 @@ def test_a_photo_gets_its_verdict_and_heatmap_in_chromium(app_url, tiny_data):
         wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap))
         assert "heatmaps" in heatmap.get_attribute("src") or "wall" in heatmap.get_attribute("src")
         assert "missed crack" in driver.find_element(By.ID, "consequences").text
+        # nothing leaves the machine: every request the page made went to this app (no fonts, no CDN)
+        asked = {json.loads(entry["message"])["message"]["params"]["request"]["url"]
+                 for entry in driver.get_log("performance") if '"Network.requestWillBeSent"' in entry["message"]}
+        elsewhere = {u for u in asked if urlparse(u).scheme in ("http", "https", "ws", "wss")
+                     and urlparse(u).hostname != "127.0.0.1"}
+        assert asked and not elsewhere, sorted(elsewhere)[:5]
         assert driver.save_screenshot(str(shot))
         with Image.open(shot) as png:
             assert png.width >= 1000

@@ -31,12 +31,11 @@ def build(cfg: DictConfig, backend=None):
 
 def options(cfg: DictConfig) -> dict:
     """``Blocks.launch`` settings of ``cfg``: this machine's address, no share link, no browser opened, and
-    files served only from the run folder."""
-    from crack_lightning.app.page import theme
-
+    files served only from the run folder. (Gradio's own theme's fonts are bundled: the page asks this
+    server alone for everything, which the browser test checks.)"""
     return dict(server_name=str(cfg.host), server_port=int(cfg.port), share=False, inbrowser=False, ssr_mode=False,
                 max_file_size=f"{int(cfg.max_upload_mb)}mb", allowed_paths=[str(Path(cfg.output_dir).resolve())],
-                footer_links=["api"], quiet=True, show_error=True, theme=theme())
+                footer_links=["api"], quiet=True, show_error=True)
 
 
 def launch(cfg: DictConfig) -> None:

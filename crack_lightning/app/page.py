@@ -95,13 +95,6 @@ def build_page(inspector: Inspector) -> gr.Blocks:
     return page
 
 
-def theme() -> gr.themes.Base:
-    """Gradio's default look in the system's fonts: its own theme has the browser fetch Google Fonts,
-    and this page sends nothing anywhere."""
-    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                             font_mono=["ui-monospace", "Consolas", "monospace"])
-
-
 def _path(upload) -> Path:
     return Path(upload if isinstance(upload, str) else getattr(upload, "path", None) or upload.name)
 
