@@ -11,8 +11,10 @@ import socket
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
 from crack_lightning import CrackLightningError
@@ -119,7 +121,18 @@ def test_flags_make_an_imagefolder_training_reads(inspector, photos):
     assert rows[1]["model_hash"] == app.backend.model_hash and rows[1]["source"] == str(files[0])
     with pytest.raises(ValueError, match="not one of the model's classes"):
         app.flag(batch, 0, "crack")
+    (flag_dir / "Negative" / "theirs.jpg").write_bytes(b"a file app.py did not write")
+    moved = app.flag(batch, 0, "Positive")  # our copy moves; the other file stays
+    assert moved.exists() and not again.exists() and (flag_dir / "Negative" / "theirs.jpg").exists()
 
+
+
+def test_a_folder_of_someone_elses_files_is_no_flag_dir(inspector, photos, tmp_path):
+    from crack_lightning.app.inspector import Inspector
+
+    app, _, _ = inspector
+    with pytest.raises(CrackLightningError, match="holds files app.py did not write"):
+        Inspector(OmegaConf.merge(app.cfg, {"flag_dir": str(photos)}), app.backend)
 
 
 def test_the_flags_are_a_site_sample_for_recalibrate(inspector, photos, tmp_path):
@@ -136,8 +149,6 @@ def test_the_flags_are_a_site_sample_for_recalibrate(inspector, photos, tmp_path
     result = recalibrate(compose_eval(tmp_path, [f"ckpt={app.cfg.ckpt}", f"data.root={tmp / 'flagged'}",
                                                  "name=field", "eval.calibrate=false"], "recalibrate"))
     assert result["images"] == 2 and result["cracks"] == 1
-    from omegaconf import OmegaConf
-
     from crack_lightning.app.inspector import Inspector
 
     assert "field" in Inspector(OmegaConf.merge(app.cfg, {"ckpt": result["model"]})).points()
@@ -203,7 +214,7 @@ def test_the_page_answers_over_http(inspector, photos, tmp_path):
         page.close()
 
 
-def test_a_site_point_reads_its_own_sample(trained_run, tmp_path):
+def test_a_site_point_reads_its_own_sample(trained_run, tiny_data, tmp_path):
     """A model with a named point (recalibrate.py's) offers it; choosing it reads scores at its
     temperature and says what its threshold costs on the site sample it was fitted on."""
     from crack_lightning.app.inspector import OWN_POINT, Inspector
@@ -215,10 +226,15 @@ def test_a_site_point_reads_its_own_sample(trained_run, tmp_path):
     app = Inspector(_cfg("app", [f"ckpt={model}", f"output_dir={tmp_path / 'run'}", f"flag_dir={tmp_path / 'f'}",
                                  "device=cpu"]))
     assert app.points() == [OWN_POINT, "site_b"]
-    assert app.use_point("site_b") == 0.42 and app.card.temperature == 2.0
+    batch = app.analyse([str(p) for p in sorted(tiny_data.rglob("*.jpg"))[:3]], "patches")
+    threshold, rescored = app.use_point("site_b", batch)
+    assert threshold == 0.42 and app.card.temperature == 2.0 and rescored.folder != batch.folder
+    assert not np.allclose(rescored.scores.probs, batch.scores.probs)  # scored again at its temperature
     said = app.consequences(0.42)
     assert said["split"] == "site sample" and (said["missed_cracks"], said["false_alarms"]) == (1, 1)
-    assert app.use_point(OWN_POINT) != 0.42 and app.consequences(0.42)["split"] == "validation split"
+    threshold, back = app.use_point(OWN_POINT, rescored)
+    assert threshold != 0.42 and app.consequences(0.42)["split"] == "validation split"
+    np.testing.assert_allclose(back.scores.probs, batch.scores.probs, atol=1e-6)  # the same at the same point
 
 
 def test_app_settings_are_checked_before_anything_starts(trained_run):

@@ -28,6 +28,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from crack_lightning import CrackLightningError
 from crack_lightning.data.imagefolder import image_files, is_image_name, is_system_name
 from crack_lightning.data.quality.screening import header_problem
 from crack_lightning.evaluation.operating_point import at_threshold
@@ -66,6 +67,9 @@ class Inspector:
         self.point = cfg.get("operating_point") or OWN_POINT
         self.out, self.flag_dir = Path(cfg.output_dir), Path(cfg.flag_dir)
         self._count, self._lock = itertools.count(1), threading.Lock()
+        if self.flag_dir.is_dir() and any(self.flag_dir.iterdir()) and not (self.flag_dir / "flags.csv").is_file():
+            raise CrackLightningError(f"flag_dir={self.flag_dir}: holds files app.py did not write (no flags.csv); "
+                                      f"corrections go into a new or empty folder, or one app.py made")
 
     # -- the model's operating points -------------------------------------------------------
     @property
@@ -75,13 +79,17 @@ class Inspector:
     def points(self) -> list[str]:
         return [OWN_POINT, *sorted(self.card.operating_points)]
 
-    def use_point(self, name: str) -> float:
-        """Read scores at the operating point ``name`` from now on (its temperature too); its threshold."""
+    def use_point(self, name: str, batch: Batch | None = None) -> tuple[float, Batch | None]:
+        """Read scores at the operating point ``name`` from now on; its threshold, and ``batch`` scored
+        again at its temperature (a point's threshold means nothing on another temperature's scores)."""
         if name != self.point:
             with self._lock:
                 self.backend = open_backend(self.cfg.ckpt, self.device, None if name == OWN_POINT else name)
                 self.point = name
-        return self.card.threshold
+            if batch is not None:
+                again = self.analyse(batch.scores.inputs.files, "photos" if batch.tiled else "patches")
+                batch = Batch(again.folder, again.scores, batch.refused, again.threshold)
+        return self.card.threshold, batch
 
     def consequences(self, threshold: float) -> dict | None:
         """What ``threshold`` implies on the split the point was fitted on (recall, precision, missed
@@ -195,15 +203,16 @@ class Inspector:
         source = batch.scores.inputs.files[index]
         digest = hashlib.sha256(source.read_bytes()).hexdigest()[:10]
         name = f"{source.stem}-{digest}{source.suffix.lower()}"
+        manifest = self.flag_dir / "flags.csv"
         with self._lock:
-            for other in names:  # a correction of a correction: the image moves, it is not in two classes
-                if other != label and (self.flag_dir / other / name).exists():
+            ours = {row["file"] for row in csv.DictReader(open(manifest, newline=""))} if manifest.exists() else set()
+            for other in names:  # a correction of a correction: our copy moves, it is not in two classes
+                if other != label and f"{other}/{name}" in ours and (self.flag_dir / other / name).exists():
                     (self.flag_dir / other / name).unlink()
             target = self.flag_dir / label / name
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target) as tmp:
                 shutil.copyfile(source, tmp)
-            manifest = self.flag_dir / "flags.csv"
             new = not manifest.exists()
             with open(manifest, "a", newline="") as f:
                 writer = csv.writer(f)

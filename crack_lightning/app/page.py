@@ -76,8 +76,8 @@ def build_page(inspector: Inspector) -> gr.Blocks:
             return _show(inspector, current, value)
 
         def choose_point(current, name):
-            value = inspector.use_point(name)
-            return value, *rethreshold(current, value)
+            value, current = inspector.use_point(name, current)  # the batch scored again at its temperature
+            return current, value, *rethreshold(current, value)
 
         def flag(current, chosen, correct):
             if current is None or not chosen:
@@ -90,7 +90,7 @@ def build_page(inspector: Inspector) -> gr.Blocks:
 
         analyse_button.click(analyse, [uploads, folder, mode], [batch, *shown, threshold, image], api_name="analyse")
         threshold.release(rethreshold, [batch, threshold], shown, api_name="threshold")
-        point.change(choose_point, [batch, point], [threshold, *shown], api_name="point")
+        point.change(choose_point, [batch, point], [batch, threshold, *shown], api_name="point")
         flag_button.click(flag, [batch, image, label], flag_status, api_name="flag")
     return page
 
