@@ -78,7 +78,7 @@ test: $(STAMP)
 
 # The app in a real browser: Debian's chromium and chromedriver (installed here when missing, as root or
 # with sudo; never downloaded at run time), headless. Saves the page to $(SCREENSHOT) (the README's).
-#   make test-browser CKPT=outputs/demo/checkpoints/best.ckpt SCREENSHOT=docs/inspector.png
+#   make test-browser CKPT=outputs/demo/runs/<run>/checkpoints/best.ckpt SCREENSHOT=docs/inspector.png
 SCREENSHOT ?= outputs/browser/inspector.png
 test-browser: $(STAMP) browser
 	CRACK_BROWSER_REQUIRED=1 CRACK_SCREENSHOT=$(abspath $(SCREENSHOT)) CRACK_APP_CKPT=$(CKPT) \

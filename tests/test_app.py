@@ -90,6 +90,23 @@ def test_whole_photos_are_tiled_with_heatmaps_as_predict_py_does(inspector, phot
             assert max(png.size) <= 1200 and png.width > 100
 
 
+def test_predict_py_decodes_a_photo_once_and_the_app_again_per_threshold(inspector, photos, trained_run, tmp_path,
+                                                                         monkeypatch):
+    from crack_lightning.inference import tiling
+
+    app, _, _ = inspector
+    loads = []
+    load_photo = tiling.load_photo
+    monkeypatch.setattr(tiling, "load_photo", lambda path: loads.append(path) or load_photo(path))
+    wall = photos / "walls" / "wall.jpg"
+    _predict(trained_run, tmp_path / "p", str(wall), "tile=true")
+    assert len(loads) == 1 and (tmp_path / "p" / "heatmaps" / "wall.png").is_file()  # drawn while decoded
+    batch = app.analyse([str(wall)])
+    app.write(batch, 0.3)
+    app.write(batch, 0.4)
+    assert len(loads) == 4  # the app scores once, then draws the heatmap again at each threshold
+
+
 def test_the_threshold_says_what_it_costs_on_validation(inspector, trained_run):
     import json
 

@@ -146,7 +146,7 @@ def fit_point(scorer, logits: torch.Tensor, targets: torch.Tensor, target_recall
     }
 
 
-MAX_SCORES = 2000  # per side: ~20 kB of JSON in the card; more are kept as evenly spaced quantiles
+MAX_SCORES = 2000  # per side: at most ~40 kB of JSON in the card; more are kept as evenly spaced quantiles
 
 
 def split_scores(probs: torch.Tensor, cracks: torch.Tensor) -> dict:

@@ -87,6 +87,7 @@ class Scores:
     errors: list[str]
     photos: list[tiling.PhotoScores | None] | None = None  # tile=true
     tiles_csv: list[Path | None] = field(default_factory=list)
+    drawn_at: float | None = None  # the threshold its heatmaps were drawn at while scoring (predict.py's)
 
 
 def predict(cfg: DictConfig, backend: Backend | None = None) -> dict:
@@ -100,8 +101,8 @@ def predict(cfg: DictConfig, backend: Backend | None = None) -> dict:
     out = Path(cfg.output_dir)
     log.info("Model %s (%s), threshold %.6g, %d input(s)",
              backend.path, backend.model_hash, threshold, len(inputs.files))
-    scores = score(cfg, backend, inputs, out, resolve_batch_size(cfg.batch_size, device))
     heatmap = (OmegaConf.to_container(cfg.heatmap) if cfg.get("heatmap") else {}) if cfg.tile else None
+    scores = score(cfg, backend, inputs, out, resolve_batch_size(cfg.batch_size, device), threshold, heatmap)
     summary = write_predictions(scores, backend, threshold, out, heatmap)
     failed = [(path, error) for path, error in zip(inputs.files, scores.errors) if error]
     for path, error in failed[:10]:
@@ -119,11 +120,13 @@ def predict(cfg: DictConfig, backend: Backend | None = None) -> dict:
     return summary
 
 
-def score(cfg: DictConfig, backend: Backend, inputs: Inputs, out: Path, batch_size: int) -> Scores:
+def score(cfg: DictConfig, backend: Backend, inputs: Inputs, out: Path, batch_size: int,
+          threshold: float | None = None, heatmap: dict | None = None) -> Scores:
     """The model over ``inputs``: patches in batches through a DataLoader, or (``cfg.tile``) each
-    photo window by window, its per-tile CSV into ``out/tiles/``."""
+    photo window by window, its per-tile CSV into ``out/tiles/`` -- and, with ``threshold`` and
+    ``heatmap`` known, its heatmap while the photo is decoded (else written later, decoding it again)."""
     if cfg.tile:
-        return _tile_all(cfg, backend, inputs, out, batch_size)
+        return _tile_all(cfg, backend, inputs, out, batch_size, threshold, heatmap)
     return Scores(inputs, *_classify_all(cfg, backend, inputs, batch_size))
 
 
@@ -137,7 +140,8 @@ def write_predictions(scores: Scores, backend: Backend, threshold: float, out: P
         row = prediction_row(str(path), scores.probs[i], scores.classes[i], scores.errors[i], threshold,
                              backend.model_hash, names, inputs.labels[i] if inputs.labels else None)
         if tile:
-            row += _photo_cells(path, scores.photos[i], scores.tiles_csv[i], threshold, out, heatmap)
+            row += _photo_cells(path, scores.photos[i], scores.tiles_csv[i], threshold, out, heatmap,
+                                redraw=scores.drawn_at != threshold)
         rows.append(row)
     with atomic_path(out / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -158,14 +162,15 @@ def write_predictions(scores: Scores, backend: Backend, threshold: float, out: P
 
 
 def _photo_cells(path: Path, photo: tiling.PhotoScores | None, tiles_csv: Path | None, threshold: float, out: Path,
-                 heatmap: dict | None) -> list:
-    """A whole photo's columns of predictions.csv (``PHOTO_COLUMNS``) at ``threshold``, its heatmap
-    drawn at that threshold (the photo is read again: photos are not kept in memory)."""
+                 heatmap: dict | None, redraw: bool = True) -> list:
+    """A whole photo's columns of predictions.csv (``PHOTO_COLUMNS``) at ``threshold``; its heatmap
+    drawn at that threshold unless it was while scoring (``redraw``: the photo is read again, photos
+    are not kept in memory)."""
     if photo is None:
         return [""] * len(PHOTO_COLUMNS)
-    result = photo.at(threshold)
-    png = out / "heatmaps" / f"{tiles_csv.stem}.png"
-    tiling.write_heatmap(tiling.load_photo(path), photo.grid, result, threshold, png, **(heatmap or {}))
+    result, png = photo.at(threshold), _heatmap_png(out, tiles_csv)
+    if redraw:
+        tiling.write_heatmap(tiling.load_photo(path), photo.grid, result, threshold, png, **(heatmap or {}))
     return [f"{result.crack_area_fraction:.6f}", result.tiles, result.crack_tiles, str(tiles_csv), str(png)]
 
 
@@ -243,9 +248,15 @@ class MostCrackLike:
         return crack
 
 
-def _tile_all(cfg, backend: Backend, inputs: Inputs, out: Path, batch_size: int) -> Scores:
+def _heatmap_png(out: Path, tiles_csv: Path) -> Path:
+    return out / "heatmaps" / f"{tiles_csv.stem}.png"
+
+
+def _tile_all(cfg, backend: Backend, inputs: Inputs, out: Path, batch_size: int, threshold: float | None = None,
+              heatmap: dict | None = None) -> Scores:
     """Whole-photo mode: per photo its windows' scores, the probability of the most crack-like
-    window (the photo's) and of its every class, and the per-tile CSV."""
+    window (the photo's) and of its every class, the per-tile CSV, and the heatmap at ``threshold``
+    when it is known."""
     pre = backend.card.preprocessing
     size, stride = tile_windows(pre.native_size, cfg.tile_size, cfg.tile_stride)
     transform = eval_transform(pre.to_timm_data_config())
@@ -267,10 +278,14 @@ def _tile_all(cfg, backend: Backend, inputs: Inputs, out: Path, batch_size: int)
             scored = MostCrackLike(backend)
             scores.photos.append(tiling.score_photo(photo, scored, transform, size, stride, batch_size, tiles_csv,
                                                     advance))
+            if threshold is not None and heatmap is not None:
+                tiling.write_heatmap(photo, scores.photos[-1].grid, scores.photos[-1].at(threshold), threshold,
+                                     _heatmap_png(out, tiles_csv), **heatmap)
             del photo
             scores.probs[i], scores.classes[i] = float(scores.photos[-1].probabilities.max()), scored.classes
             scores.errors.append("")
             scores.tiles_csv.append(tiles_csv)
+    scores.drawn_at = threshold if heatmap is not None else None
     return scores
 
 

@@ -150,6 +150,7 @@ class PhotoScores:
         return PhotoResult(float(p.max()) if len(p) else 0.0, self.grid.area_fraction(threshold), len(p),
                            int((p > threshold).sum()), self.grid.height, self.grid.width)
 
+
 def tile_count(path: Path, size: tuple[int, int], stride: tuple[int, int]) -> int:
     """Windows of a photo from its header alone (0 if unreadable): the progress bar's total."""
     try:

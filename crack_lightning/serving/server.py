@@ -19,7 +19,7 @@ def model_summary(ckpt: str, operating_point: str | None, tile_size=None, tile_s
     from crack_lightning.inference.checkpoint import read_checkpoint
     from crack_lightning.inference.model_files import onnx_metadata
     from crack_lightning.model_card import ModelCard
-    from crack_lightning.serving.api import tile_windows
+    from crack_lightning.inference.predict import tile_windows
     from crack_lightning.utils.files import sha256_file
 
     path = Path(ckpt).expanduser()
