@@ -37,6 +37,7 @@ from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.data.synthetic.scenes import render_scene
 from crack_lightning.inference import tiling
 from crack_lightning.inference.backends import open_backend
+from crack_lightning.inference.photos import PhotoScorer
 from crack_lightning.model_card import ModelCard
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -91,15 +92,49 @@ def rss_mib(field: str = "VmHWM") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def time_mode(mode: str, backend, photo_path: Path, work: Path, args) -> tuple[tiling.PhotoScores, dict]:
+    """What predict.py tile=true does for one photo in ``mode``: load, score, verdict, CSV, heatmap."""
+    scorer = PhotoScorer(backend, None, args.stride, mode, args.batch_size, args.block_megapixels)
+    with Image.new("RGB", (2 * scorer.size[1], 2 * scorer.size[0])) as blank:
+        scorer(blank)  # first-call set-up (the dense module, a probe) is not per photo
+    measured_peak = reset_peak_rss()
+    before = rss_mib("VmRSS")  # torch, Lightning and the model: not the photo's
+    start = time.perf_counter()
+    photo = tiling.load_photo(photo_path)
+    scores = scorer(photo, work / f"tiles_{mode}.csv")
+    threshold = backend.card.threshold
+    result = scores.at(threshold)
+    tiling.write_heatmap(photo, scores.grid, result, threshold, work / f"heatmap_{mode}.png", max_side=1600)
+    seconds = time.perf_counter() - start
+    peak = rss_mib()
+    return scores, dict(mode=scorer.mode, tiles=result.tiles, stride=scorer.stride[0], seconds=seconds,
+                        verdict="crack" if result.verdict(threshold) else "no crack", peak=peak, rise=peak - before,
+                        process=not measured_peak, describe=scorer.describe())
+
+
+def agreement(dense_scores: tiling.PhotoScores, backend, photo_path: Path, batch_size: int) -> tuple[float, float]:
+    """max |dp| and the correlation between dense mode's windows and the same windows cropped."""
+    photo = tiling.load_photo(photo_path)
+    transform = eval_transform(backend.card.preprocessing.to_timm_data_config())
+    crops = np.concatenate([np.asarray(backend(x), np.float32) for _, x in tiling.batches(
+        np.asarray(photo), dense_scores.windows(), batch_size, transform)])
+    diff = float(np.abs(crops - dense_scores.probabilities).max())
+    corr = float(np.corrcoef(crops, dense_scores.probabilities)[0, 1]) if crops.std() > 0 else float("nan")
+    return diff, corr
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description="Time whole-photo (tile=true) prediction of one photo.")
+    p = argparse.ArgumentParser(description="Time whole-photo (tile=true) prediction of one photo, dense and windows.")
     p.add_argument("--size", default="4032x3024", help="photo WIDTHxHEIGHT in px")
     p.add_argument("--ckpt", help="a checkpoint or .onnx; default: an untrained MobileNetV2 built here")
     p.add_argument("--backbone", default="mobilenetv2")
     p.add_argument("--image-size", type=int, default=96, help="model input px (96: the `make demo` model)")
     p.add_argument("--batch-size", type=int, default=16, help="predict.py's batch_size=auto on a CPU")
     p.add_argument("--stride", type=int, default=None, help="tile stride in px; default half the patch")
+    p.add_argument("--modes", default="dense,windows", help="tile modes timed side by side, in this order")
+    p.add_argument("--block-megapixels", type=float, default=4.0, help="dense mode's block (tile_block_megapixels)")
     p.add_argument("--threads", type=int, default=None, help="torch threads; default torch's own")
+    p.add_argument("--seed", type=int, default=0, help="the synthetic photo's")
     p.add_argument("--work", default="data/bench/whole_photo")
     p.add_argument("--out", default="BENCHMARKS.md")
     args = p.parse_args()
@@ -108,43 +143,41 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    photo_path = work / f"wall_{width}x{height}.jpg"
+    photo_path = work / f"wall_{width}x{height}_{args.seed}.jpg"
     if not photo_path.exists():
-        render_photo(photo_path, width, height)
+        render_photo(photo_path, width, height, args.seed)
     ckpt = Path(args.ckpt) if args.ckpt else build_checkpoint(
         work / f"{args.backbone}_{args.image_size}.ckpt", args.backbone, args.image_size)
-
-    start = time.perf_counter()
     backend = open_backend(ckpt, "cuda" if torch.cuda.is_available() else "cpu")
-    load_s = time.perf_counter() - start
-    size = backend.card.preprocessing.native_size
-    stride = (args.stride, args.stride) if args.stride else tuple(max(1, s // 2) for s in size)
-    transform = eval_transform(backend.card.preprocessing.to_timm_data_config())
-    backend(transform(torch.zeros(1, 3, *size, dtype=torch.uint8)))  # first-call set-up is not per photo
-    measured_peak = reset_peak_rss()
-    before = rss_mib("VmRSS")  # torch, Lightning and the model: not the photo's
 
-    start = time.perf_counter()
-    photo = tiling.load_photo(photo_path)
-    result, _ = tiling.predict_photo(photo, backend, transform, backend.card.threshold, size, stride, args.batch_size,
-                                     work / "tiles.csv", work / "heatmap.png", {"max_side": 1600})
-    seconds = time.perf_counter() - start
-    peak = rss_mib()
-    verdict = "crack" if result.verdict(backend.card.threshold) else "no crack"
-    print(f"{width}x{height}: {result.tiles} tiles of {size[0]}x{size[1]} every {stride[0]} px, "
-          f"{seconds:.2f} s ({result.tiles / seconds:.1f} tiles/s), verdict {verdict}, "
-          f"peak RSS {peak:.0f} MiB{'' if measured_peak else ' (whole process)'} (+{peak - before:.0f} over the "
-          f"{before:.0f} MiB before the photo); model load {load_s:.2f} s")
-
+    runs = {}
+    for mode in args.modes.split(","):
+        scores, runs[mode] = time_mode(mode, backend, photo_path, work, args)
+        if mode == "dense":
+            dense_scores = scores
+        r = runs[mode]
+        print(f"{width}x{height} {r['describe']}: {r['tiles']} tiles, {r['seconds']:.2f} s "
+              f"({r['tiles'] / r['seconds']:.1f} tiles/s), verdict {r['verdict']}, peak RSS {r['peak']:.0f} MiB "
+              f"(+{r['rise']:.0f} during the photo)")
+    rows = [f"| {width}x{height} | {r['mode']} | {r['tiles']} | {r['stride']} | {r['seconds']:.2f} | "
+            f"{r['tiles'] / r['seconds']:.1f} | {r['verdict']} | {r['peak']:.0f}{' (process)' if r['process'] else ''} | "
+            f"+{r['rise']:.0f} |" for r in runs.values()]
+    notes = []
+    if {"dense", "windows"} <= set(runs) and runs["dense"]["mode"] == "dense":
+        diff, corr = agreement(dense_scores, backend, photo_path, args.batch_size)
+        speedup = runs["windows"]["seconds"] / runs["dense"]["seconds"]
+        notes.append(f"Dense {speedup:.2f}x faster than windows; on dense mode's {runs['dense']['tiles']} windows "
+                     f"cropped and scored as patches: max |dp| = {diff:.4f}, correlation {corr:.4f}; verdicts "
+                     f"{runs['dense']['verdict']} / {runs['windows']['verdict']}.")
+        print(notes[-1])
     pre = backend.card.preprocessing
     settings = (f"{Path(ckpt).name} ({'given' if args.ckpt else 'untrained, pretrained=false'}), "
-                f"input {pre.input_size[0]}x{pre.input_size[1]} px, batch {args.batch_size}, "
-                f"torch threads {torch.get_num_threads()}")
+                f"input {pre.input_size[0]}x{pre.input_size[1]} px, batch {args.batch_size}, dense blocks "
+                f"{args.block_megapixels:g} Mpx, torch threads {torch.get_num_threads()}")
     append_record(args.out, "whole photo", settings, [
-        "| photo | tiles | window / stride px | seconds (load photo → verdict, CSV, heatmap) | tiles/s | peak RSS MiB | rise during the photo MiB |",
-        "|---|---|---|---|---|---|---|",
-        f"| {width}x{height} | {result.tiles} | {size[0]} / {stride[0]} | {seconds:.2f} | {result.tiles / seconds:.1f} | "
-        f"{peak:.0f}{'' if measured_peak else ' (process)'} | +{peak - before:.0f} |"])
+        "| photo | mode | tiles | stride px | seconds (load photo → verdict, CSV, heatmap) | tiles/s | verdict | "
+        "peak RSS MiB | rise during the photo MiB |",
+        "|---|---|---|---|---|---|---|---|---|", *rows, "", *notes])
 
 
 if __name__ == "__main__":

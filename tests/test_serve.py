@@ -208,7 +208,7 @@ def test_a_whole_photo_is_predict_pys_tile_row(server, tiny_data, tmp_path):
     assert abs(float(row["crack_probability"]) - float(expected["crack_probability"])) <= 1e-5
     assert {k: str(v) for k, v in row.items() if k not in ("path", "crack_probability", "windows")} == {
         **{k: v for k, v in expected.items() if k not in ("path", "crack_probability")}, "tiles_csv": "", "heatmap": ""}
-    assert row["tiles"] == 5 * 3 == len(row["windows"]), row  # upright 450x600: 5 rows of 3 windows
+    assert row["tiles"] == len(row["windows"]) > 1, row
     assert row["crack_tiles"] == sum(w["crack_probability"] > float(row["threshold"]) for w in row["windows"])
     tiles = list(csv.DictReader(Path(expected["tiles_csv"]).read_text().splitlines()))
     assert [[w[k] for k in ("top", "left", "height", "width")] for w in row["windows"]] == [

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier
+from crack_lightning.inference.dense import DenseWindows, Geometry, geometry
 from crack_lightning.model_card import ModelCard
 
 
@@ -46,6 +47,7 @@ class TorchBackend:
         self.path = loaded.path
         self.model_hash = loaded.sha256[:12]
         self.card = loaded.card
+        self._dense: DenseWindows | None = None  # built at the first whole photo of tile_mode=dense
 
     @torch.inference_mode()
     def scores(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +58,24 @@ class TorchBackend:
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         return self.scores(images)[0]
+
+    def dense_geometry(self) -> Geometry:
+        """How windows map onto the backbone's feature map (:class:`DenseUnsupported` if they cannot)."""
+        if self._dense is None:
+            pre = self.card.preprocessing
+            geo = geometry(self.model, pre.input_size)
+            self._dense = DenseWindows(self.model, geo, pre.mean, pre.std).to(self.device).eval()
+        return self._dense.geometry
+
+    @torch.inference_mode()
+    def dense_scores(self, block: torch.Tensor, rows: list[int], cols: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(crack probability, every class's) of the windows starting at feature cells ``rows`` x
+        ``cols`` of a uint8 ``[1, H, W, 3]`` block at the model's scale, row by row."""
+        self.dense_geometry()
+        index = [torch.as_tensor(v, dtype=torch.int64, device=self.device) for v in (rows, cols)]
+        logits = self._dense(torch.as_tensor(block).to(self.device), *index)
+        return tuple(p.cpu().numpy().astype(np.float32) for p in (
+            self.model.crack_probability(logits), self.model.probabilities(logits)))
 
 
 def open_backend(path: str | Path, device: str | torch.device = "cpu", operating_point: str | None = None) -> Backend:

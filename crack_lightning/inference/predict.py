@@ -27,11 +27,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.utils.parallel import auto_workers, progress_bar
 from crack_lightning.utils.files import atomic_path
 from crack_lightning.inference import tiling
 from crack_lightning.inference.backends import Backend, open_backend
+from crack_lightning.inference.photos import PhotoScorer
 from crack_lightning.inference.settings import check_predict
 from crack_lightning.inference.sources import ImageFiles, Inputs, find_inputs, reason
 
@@ -46,20 +46,6 @@ def columns(class_names: list[str], tile: bool = False) -> list[str]:
     false) and ``prob_<class>`` per class in label order (rows sum to 1), before the photo columns."""
     classes = [] if len(class_names) == 2 else ["crack", *(f"prob_{name}" for name in class_names)]
     return COLUMNS + classes + (PHOTO_COLUMNS if tile else [])
-
-
-def _pair(value, default: tuple[int, int]) -> tuple[int, int]:
-    """``null`` -> ``default``, ``227`` -> (227, 227), ``[h, w]`` -> (h, w) (checked by check_predict)."""
-    if value is None:
-        return tuple(int(v) for v in default)
-    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
-
-
-def tile_windows(native_size, tile_size=None, tile_stride=None) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(window, stride) in px of whole-photo mode: null window = the model's training patch
-    (``native_size``), null stride = half the window (predict.py's, the app's and serve.py's)."""
-    size = _pair(tile_size, native_size)
-    return size, _pair(tile_stride, tuple(max(1, s // 2) for s in size))
 
 
 def resolve_batch_size(batch_size, device: str) -> int:
@@ -234,20 +220,6 @@ def _classify_all(cfg: DictConfig, backend: Backend, inputs: Inputs,
     return np.concatenate(probs), np.concatenate(classes), errors
 
 
-class MostCrackLike:
-    """``backend`` as tiling calls it (crack probabilities), keeping the probability of every
-    class of the most crack-like window so far: a photo's ``label`` and ``prob_<class>``."""
-
-    def __init__(self, backend: Backend):
-        self.backend, self.best, self.classes = backend, -np.inf, None
-
-    def __call__(self, crops) -> np.ndarray:
-        crack, every = self.backend.scores(crops)
-        if len(crack) and crack.max() > self.best:
-            self.best, self.classes = float(crack.max()), every[int(crack.argmax())]
-        return crack
-
-
 def _heatmap_png(out: Path, tiles_csv: Path) -> Path:
     return out / "heatmaps" / f"{tiles_csv.stem}.png"
 
@@ -257,14 +229,13 @@ def _tile_all(cfg, backend: Backend, inputs: Inputs, out: Path, batch_size: int,
     """Whole-photo mode: per photo its windows' scores, the probability of the most crack-like
     window (the photo's) and of its every class, the per-tile CSV, and the heatmap at ``threshold``
     when it is known."""
-    pre = backend.card.preprocessing
-    size, stride = tile_windows(pre.native_size, cfg.tile_size, cfg.tile_stride)
-    transform = eval_transform(pre.to_timm_data_config())
+    scorer = PhotoScorer(backend, cfg.tile_size, cfg.tile_stride, cfg.get("tile_mode", "dense"), batch_size,
+                         cfg.get("tile_block_megapixels", 4))
     n = len(inputs.files)
     scores = Scores(inputs, np.full(n, np.nan), np.full((n, len(backend.card.class_names)), np.nan), [], [], [])
     used = set()
-    log.info("Tiles of %dx%d px every %dx%d px", *size, *stride)
-    total = sum(tiling.tile_count(path, size, stride) for path in inputs.files)
+    log.info("Whole photos: %s", scorer.describe())
+    total = sum(scorer.count(path) for path in inputs.files)
     with progress_bar(total, "tiles", enabled=sys.stdout.isatty()) as advance:
         for i, path in enumerate(inputs.files):
             tiles_csv = out / "tiles" / f"{_unique(path.stem, used)}.csv"
@@ -275,14 +246,12 @@ def _tile_all(cfg, backend: Backend, inputs: Inputs, out: Path, batch_size: int,
                 scores.photos.append(None)
                 scores.tiles_csv.append(None)
                 continue
-            scored = MostCrackLike(backend)
-            scores.photos.append(tiling.score_photo(photo, scored, transform, size, stride, batch_size, tiles_csv,
-                                                    advance))
+            scores.photos.append(scorer(photo, tiles_csv, advance))
             if threshold is not None and heatmap is not None:
                 tiling.write_heatmap(photo, scores.photos[-1].grid, scores.photos[-1].at(threshold), threshold,
                                      _heatmap_png(out, tiles_csv), **heatmap)
             del photo
-            scores.probs[i], scores.classes[i] = float(scores.photos[-1].probabilities.max()), scored.classes
+            scores.probs[i], scores.classes[i] = float(scores.photos[-1].probabilities.max()), scores.photos[-1].classes
             scores.errors.append("")
             scores.tiles_csv.append(tiles_csv)
     scores.drawn_at = threshold if heatmap is not None else None

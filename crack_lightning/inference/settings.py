@@ -48,6 +48,9 @@ PREDICT_RULES = {
     "tile": ("true or false", lambda v: isinstance(v, bool), False),
     "tile_size": ("pixels: a whole number >= 1 or [height, width]; null: the training patch size", _size, True),
     "tile_stride": ("pixels: a whole number >= 1 or [height, width]; null: half the window", _size, True),
+    "tile_mode": ("dense or windows", lambda v: v in ("dense", "windows"), False),
+    "tile_block_megapixels": ("a number of megapixels from 0.1 to 1000", lambda v: is_number(v) and 0.1 <= v <= 1000,
+                              False),
     "heatmap.max_side": (f"a whole number of pixels from {HEATMAP_SIDES[0]} to {HEATMAP_SIDES[1]}",
                          lambda v: is_count(v) and HEATMAP_SIDES[0] <= v <= HEATMAP_SIDES[1], False),
     "heatmap.alpha": ("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1, False),
@@ -126,6 +129,8 @@ SERVE_RULES = {
     "tile_size": PREDICT_RULES["tile_size"],  # predict.py tile=true's windows, the same rules
     "tile_stride": PREDICT_RULES["tile_stride"],
     "tile_batch_size": PREDICT_RULES["batch_size"],
+    "tile_mode": PREDICT_RULES["tile_mode"],
+    "tile_block_megapixels": PREDICT_RULES["tile_block_megapixels"],
 }
 
 

@@ -14,7 +14,6 @@ cropped batch by batch, and overlaps are averaged on the grid cut by the window 
 from __future__ import annotations
 
 import csv
-from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -82,17 +81,16 @@ class TileGrid:
     that all window edges cut the photo into: every pixel of a cell is covered by the
     same windows, so the cell mean *is* the per-pixel mean."""
 
-    def __init__(self, height: int, width: int, size: tuple[int, int], stride: tuple[int, int]):
+    def __init__(self, height: int, width: int, size: tuple[int, int], tops: list[int], lefts: list[int]):
         self.height, self.width = height, width
-        self.ys = self._edges(height, size[0], stride[0])
-        self.xs = self._edges(width, size[1], stride[1])
+        self.ys = self._edges(height, size[0], tops)
+        self.xs = self._edges(width, size[1], lefts)
         self.total = np.zeros((len(self.ys) - 1, len(self.xs) - 1), np.float64)
         self.count = np.zeros(self.total.shape, np.int32)
 
     @staticmethod
-    def _edges(length: int, size: int, stride: int) -> np.ndarray:
-        s = starts(length, size, stride)
-        return np.array(sorted({0, length, *s, *(min(v + size, length) for v in s)}))
+    def _edges(length: int, size: int, first: list[int]) -> np.ndarray:
+        return np.array(sorted({0, length, *first, *(min(v + size, length) for v in first)}))
 
     def add(self, window: Window, probability: float) -> None:
         i0, i1 = np.searchsorted(self.ys, [window.top, window.top + window.height])
@@ -135,31 +133,58 @@ class PhotoResult:
 @dataclass
 class PhotoScores:
     """Every window's crack probability and their averaged map: what the model says of a photo,
-    before any threshold -- so a new threshold (the app's slider) costs no forward pass."""
+    before any threshold -- so a new threshold (the app's slider) costs no forward pass. Windows
+    start at every ``tops`` x ``lefts``, row by row."""
 
     grid: TileGrid
-    probabilities: np.ndarray  # per window, in the order of :func:`windows`
+    probabilities: np.ndarray  # per window, in the order of :meth:`windows`
     size: tuple[int, int]
-    stride: tuple[int, int]
+    tops: list[int]
+    lefts: list[int]
+    classes: np.ndarray | None = None  # every class's probability at the most crack-like window
 
     def windows(self) -> Iterator[Window]:
-        return windows(self.grid.height, self.grid.width, self.size, self.stride)
+        h, w = min(self.size[0], self.grid.height), min(self.size[1], self.grid.width)
+        return (Window(t, l, h, w) for t in self.tops for l in self.lefts)
 
     def at(self, threshold: float) -> PhotoResult:
         p = self.probabilities
         return PhotoResult(float(p.max()) if len(p) else 0.0, self.grid.area_fraction(threshold), len(p),
                            int((p > threshold).sum()), self.grid.height, self.grid.width)
 
+    @classmethod
+    def of(cls, height: int, width: int, size: tuple[int, int], tops: list[int], lefts: list[int],
+           probabilities: np.ndarray, classes: np.ndarray | None = None) -> PhotoScores:
+        """The scores of windows at ``tops`` x ``lefts`` (probabilities row by row), with their map."""
+        scores = cls(TileGrid(height, width, size, tops, lefts), np.asarray(probabilities, np.float32).reshape(-1),
+                     size, list(tops), list(lefts), classes)
+        for win, p in zip(scores.windows(), scores.probabilities.tolist()):
+            scores.grid.add(win, p)
+        return scores
 
-def tile_count(path: Path, size: tuple[int, int], stride: tuple[int, int]) -> int:
-    """Windows of a photo from its header alone (0 if unreadable): the progress bar's total."""
+    def write_csv(self, path: Path) -> Path:
+        """The per-tile CSV (it holds no threshold), atomically: no half-written file if interrupted."""
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(TILE_COLUMNS)
+            writer.writerows([*win, f"{p:.9g}"] for win, p in zip(self.windows(), self.probabilities.tolist()))
+        return path
+
+
+def photo_size(path: Path) -> tuple[int, int]:
+    """(height, width) of a photo as a viewer shows it, from its header alone; (0, 0) if unreadable."""
     try:
         with Image.open(path) as img:
             width, height = img.size
             if img.getexif().get(ORIENTATION) in (5, 6, 7, 8):  # turned a quarter: exif_transpose swaps
                 width, height = height, width
     except Exception:
-        return 0
+        return 0, 0
+    return height, width
+
+
+def tile_count(height: int, width: int, size: tuple[int, int], stride: tuple[int, int]) -> int:
+    """Windows of a ``height`` x ``width`` photo in windows mode."""
     return len(starts(height, size[0], stride[0])) * len(starts(width, size[1], stride[1]))
 
 
@@ -179,26 +204,19 @@ def score_photo(
     tiles_csv: Path | None = None,
     advance: Callable[[int], None] = lambda k: None,
 ) -> PhotoScores:
-    """Score every window of ``photo`` (and write the per-tile CSV if asked: it holds no threshold)."""
+    """Score every window of ``photo``, each cropped and preprocessed as a patch (windows mode),
+    and write the per-tile CSV if asked."""
     width, height = photo.size
-    grid = TileGrid(height, width, size, stride)
     image = np.array(photo)  # uint8 (H, W, 3): the one full-size copy
     probabilities = []
-    with ExitStack() as stack:
-        writer = None
-        if tiles_csv:
-            tmp = stack.enter_context(atomic_path(tiles_csv))  # no half-written CSV if interrupted
-            writer = csv.writer(stack.enter_context(open(tmp, "w", newline="")))
-            writer.writerow(TILE_COLUMNS)
-        for wins, crops in batches(image, windows(height, width, size, stride), batch_size, transform):
-            probs = np.asarray(backend(crops), np.float32).reshape(-1)
-            for win, p in zip(wins, probs.tolist()):
-                grid.add(win, p)
-                if writer:
-                    writer.writerow([*win, f"{p:.9g}"])
-            probabilities.append(probs)
-            advance(len(wins))
-    return PhotoScores(grid, np.concatenate(probabilities), size, stride)
+    for wins, crops in batches(image, windows(height, width, size, stride), batch_size, transform):
+        probabilities.append(np.asarray(backend(crops), np.float32).reshape(-1))
+        advance(len(wins))
+    scores = PhotoScores.of(height, width, size, starts(height, size[0], stride[0]),
+                            starts(width, size[1], stride[1]), np.concatenate(probabilities))
+    if tiles_csv:
+        scores.write_csv(tiles_csv)
+    return scores
 
 
 def predict_photo(

@@ -39,7 +39,8 @@ from crack_lightning.data.dataset import to_rgb
 from crack_lightning.data.quality.screening import header_problem
 from crack_lightning.inference import tiling
 from crack_lightning.inference.backends import open_backend
-from crack_lightning.inference.predict import MostCrackLike, columns, prediction_row, tile_windows
+from crack_lightning.inference.photos import PhotoScorer
+from crack_lightning.inference.predict import columns, prediction_row
 from crack_lightning.inference.sources import reason
 
 FIELD = "file"
@@ -148,7 +149,8 @@ class CrackAPI(_UploadAPI):
 
 class TileAPI(_UploadAPI):
     """Whole photos behind ``/predict/tile`` (``POST /predict?tile=true``): every window of
-    ``size`` every ``stride`` px (null: :func:`tile_windows`), ``tile_batch_size`` a forward pass.
+    ``size`` every ``stride`` px (null: :func:`~crack_lightning.inference.photos.tile_windows`), scored
+    as :class:`~crack_lightning.inference.photos.PhotoScorer` does for predict.py.
 
     One request at a time (no LitServe batching): a photo already fills forward passes of its
     own windows, and in a LitServe batch one bad upload fails every request of it. Uploads are
@@ -156,14 +158,15 @@ class TileAPI(_UploadAPI):
     of small PNGs can claim gigabytes of pixels."""
 
     def __init__(self, ckpt: str, device: str = "cpu", operating_point: str | None = None,
-                 max_pixels: int = 89478485, tile_size=None, tile_stride=None, tile_batch_size: int = 16):
+                 max_pixels: int = 89478485, tile_size=None, tile_stride=None, tile_batch_size: int = 16,
+                 tile_mode: str = "dense", tile_block_megapixels: float = 4.0):
         super().__init__(ckpt, device, operating_point, max_pixels, max_batch_size=1, api_path=TILE_PATH)
-        self.tile_size, self.tile_stride, self.tile_batch_size = tile_size, tile_stride, tile_batch_size
+        self.tiles = dict(tile_size=tile_size, tile_stride=tile_stride, mode=tile_mode, batch_size=tile_batch_size,
+                          block_megapixels=tile_block_megapixels)
 
     def setup(self, device) -> None:
         super().setup(device)
-        self.size, self.stride = tile_windows(self.backend.card.preprocessing.native_size, self.tile_size,
-                                              self.tile_stride)
+        self.scorer = PhotoScorer(self.backend, **self.tiles)
         self.columns = columns(self.backend.card.class_names, tile=True)
 
     def decode_request(self, request: Request) -> list[tuple[str, bytes]]:
@@ -178,10 +181,9 @@ class TileAPI(_UploadAPI):
         for name, data in uploads:
             with self._opened(name, data) as img:  # as tiling.load_photo: the EXIF rotation applied
                 photo = to_rgb(ImageOps.exif_transpose(img))
-            scored = MostCrackLike(self.backend)  # the photo's class probabilities: its most crack-like window's
-            scores = tiling.score_photo(photo, scored, self.transform, self.size, self.stride, self.tile_batch_size)
+            scores = self.scorer(photo)  # its class probabilities: its most crack-like window's
             del photo
-            out.append((name, float(scores.probabilities.max()), scored.classes, scores))
+            out.append((name, float(scores.probabilities.max()), scores.classes, scores))
         return out
 
     def encode_response(self, output) -> dict:

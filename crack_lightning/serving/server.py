@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-def model_summary(ckpt: str, operating_point: str | None, tile_size=None, tile_stride=None) -> dict:
+def model_summary(ckpt: str, operating_point: str | None, tile_size=None, tile_stride=None,
+                  tile_mode: str = "dense") -> dict:
     """What ``GET /health`` says of the model: its file, hash, classes, operating point and the
     window of ``tile=true`` -- from its card alone (the model itself is built in the worker, not here too)."""
     from pathlib import Path
@@ -19,7 +20,7 @@ def model_summary(ckpt: str, operating_point: str | None, tile_size=None, tile_s
     from crack_lightning.inference.checkpoint import read_checkpoint
     from crack_lightning.inference.model_files import onnx_metadata
     from crack_lightning.model_card import ModelCard
-    from crack_lightning.inference.predict import tile_windows
+    from crack_lightning.inference.photos import tile_windows
     from crack_lightning.utils.files import sha256_file
 
     path = Path(ckpt).expanduser()
@@ -33,7 +34,7 @@ def model_summary(ckpt: str, operating_point: str | None, tile_size=None, tile_s
             "crack_classes": list(card.positive_classes), "threshold": card.threshold,
             "temperature": card.temperature, "operating_point": operating_point or "stored",
             "operating_points": sorted(card.operating_points), "input_size": list(card.preprocessing.input_size),
-            "tile_size": list(window), "tile_stride": list(stride)}
+            "tile_size": list(window), "tile_stride": list(stride), "tile_mode": tile_mode}
 
 
 def build_server(cfg: DictConfig):
@@ -50,12 +51,14 @@ def build_server(cfg: DictConfig):
     model = (str(cfg.ckpt), str(cfg.device), cfg.get("operating_point"), int(cfg.max_pixels))
     tile_size, tile_stride = _plain(cfg.get("tile_size")), _plain(cfg.get("tile_stride"))
     tile_batch_size = resolve_batch_size(cfg.get("tile_batch_size", "auto"), str(cfg.device))
+    tile_mode = str(cfg.get("tile_mode", "dense"))
     apis = [CrackAPI(*model, int(cfg.max_batch_size), float(cfg.batch_timeout)),
-            TileAPI(*model, tile_size, tile_stride, tile_batch_size)]  # a model worker each: LitServe's way
+            TileAPI(*model, tile_size, tile_stride, tile_batch_size, tile_mode,
+                    float(cfg.get("tile_block_megapixels", 4)))]  # a model worker each: LitServe's way
     server = ls.LitServer(apis, accelerator="cpu" if cfg.device == "cpu" else "auto", devices=1,
                           workers_per_device=int(cfg.workers), healthcheck_path="/ready", timeout=float(cfg.timeout),
                           middlewares=[(UploadGate, {"max_bytes": int(cfg.max_upload_mb) * 2**20})])
-    summary = {**model_summary(str(cfg.ckpt), cfg.get("operating_point"), tile_size, tile_stride),
+    summary = {**model_summary(str(cfg.ckpt), cfg.get("operating_point"), tile_size, tile_stride, tile_mode),
                "tile_batch_size": tile_batch_size}
 
     @server.app.get("/health", dependencies=[Depends(server.setup_auth())])

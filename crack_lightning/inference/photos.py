@@ -1,0 +1,122 @@
+"""Whole photos with a backend: the one scorer behind ``predict.py tile=true``, the app and
+``POST /predict?tile=true``.
+
+``tile_mode=dense`` (the default) runs the backbone once over the photo and pools each window
+from its feature map (:mod:`~crack_lightning.inference.dense`); ``tile_mode=windows`` crops
+every window and scores it as a patch (:mod:`~crack_lightning.inference.tiling`). A backbone
+without a convolutional feature map (a vision transformer) is scored window by window, with a
+warning. Both give the same outputs: per-window CSV, heatmap, verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from crack_lightning.data.augmentation import eval_transform
+from crack_lightning.inference import dense, tiling
+from crack_lightning.inference.backends import Backend
+
+log = logging.getLogger(__name__)
+
+MODES = ("dense", "windows")
+
+
+def _pair(value, default: tuple[int, int]) -> tuple[int, int]:
+    """``null`` -> ``default``, ``227`` -> (227, 227), ``[h, w]`` -> (h, w) (checked by the settings)."""
+    if value is None:
+        return tuple(int(v) for v in default)
+    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def tile_windows(native_size, tile_size=None, tile_stride=None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(window, stride) in px of whole-photo mode: null window = the model's training patch
+    (``native_size``), null stride = half the window (predict.py's, the app's and serve.py's)."""
+    size = _pair(tile_size, native_size)
+    return size, _pair(tile_stride, tuple(max(1, s // 2) for s in size))
+
+
+class MostCrackLike:
+    """``backend`` as windows mode calls it (crack probabilities), keeping the probability of every
+    class of the most crack-like window so far: a photo's ``label`` and ``prob_<class>``."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.best, self.classes = backend, -np.inf, None
+
+    def __call__(self, crops) -> np.ndarray:
+        crack, every = self.backend.scores(crops)
+        if len(crack) and crack.max() > self.best:
+            self.best, self.classes = float(crack.max()), every[int(crack.argmax())]
+        return crack
+
+
+class PhotoScorer:
+    """Every window of a photo scored by ``backend``: ``size`` px windows every ``stride`` px (dense
+    mode rounds the stride to whole feature cells: 97 px for a 227 px window at 224 px, 32 px cells),
+    ``batch_size`` windows a forward pass (windows mode), blocks of at most ``block_megapixels``
+    model pixels (dense mode)."""
+
+    def __init__(self, backend: Backend, tile_size=None, tile_stride=None, mode: str = "dense",
+                 batch_size: int = 16, block_megapixels: float = 4.0):
+        pre = backend.card.preprocessing
+        self.backend, self.batch_size, self.block_megapixels = backend, int(batch_size), float(block_megapixels)
+        self.size, self.stride = tile_windows(pre.native_size, tile_size, tile_stride)
+        self.input_size, self.interpolation = tuple(pre.input_size), pre.interpolation
+        self.transform = eval_transform(pre.to_timm_data_config())
+        self.geometry = None
+        if mode == "dense":
+            try:
+                if not hasattr(backend, "dense_geometry"):
+                    raise dense.DenseUnsupported(f"{type(backend).__name__} scores patches only.")
+                self.geometry = backend.dense_geometry()
+            except dense.DenseUnsupported as err:
+                log.warning("tile_mode=dense: %s Scoring whole photos window by window.", err)
+        self.mode = "dense" if self.geometry else "windows"
+
+    def describe(self) -> str:
+        return f"{self.mode} tiles of {self.size[0]}x{self.size[1]} px every {self.stride[0]}x{self.stride[1]} px" + (
+            " (dense: rounded to whole feature cells)" if self.mode == "dense" else "")
+
+    def _plan(self, height: int, width: int) -> dense.Plan | None:
+        if self.geometry is None:
+            return None
+        return dense.plan(height, width, self.size, self.stride, self.input_size, self.geometry,
+                          self.block_megapixels)
+
+    def count(self, path: Path) -> int:
+        """Windows of a photo from its header alone (0 if unreadable): the progress bar's total."""
+        return self.count_size(*tiling.photo_size(path))
+
+    def count_size(self, height: int, width: int) -> int:
+        """Windows of a ``height`` x ``width`` photo."""
+        if not height:
+            return 0
+        the_plan = self._plan(height, width)
+        if the_plan is None:
+            return tiling.tile_count(height, width, self.size, self.stride)
+        return len(the_plan.tops) * len(the_plan.lefts)
+
+    def __call__(self, photo: Image.Image, tiles_csv: Path | None = None,
+                 advance: Callable[[int], None] = lambda k: None) -> tiling.PhotoScores:
+        """The photo's :class:`~crack_lightning.inference.tiling.PhotoScores`, with the class
+        probabilities of its most crack-like window; the per-tile CSV if asked."""
+        width, height = photo.size
+        the_plan = self._plan(height, width)
+        if the_plan is None:  # windows mode, or a photo smaller than a window on a side
+            scored = MostCrackLike(self.backend)
+            scores = tiling.score_photo(photo, scored, self.transform, self.size, self.stride, self.batch_size,
+                                        tiles_csv, advance)
+            scores.classes = scored.classes
+            return scores
+        scaled = dense.scaled_photo(photo, the_plan.scaled, self.interpolation)
+        crack, every = dense.dense_probabilities(scaled, the_plan, self.geometry.reduction,
+                                                 self.backend.dense_scores, advance)
+        best = np.unravel_index(int(np.argmax(crack)), crack.shape)
+        scores = tiling.PhotoScores.of(height, width, the_plan.size, the_plan.tops, the_plan.lefts, crack, every[best])
+        if tiles_csv:
+            scores.write_csv(tiles_csv)
+        return scores
