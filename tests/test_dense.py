@@ -182,3 +182,22 @@ def test_a_backbone_without_a_feature_map_is_scored_window_by_window(darkness, c
     assert scorer.mode == "windows" and "window by window" in caplog.text
     photo = _wall(300, 400)
     np.testing.assert_array_equal(scorer(photo).probabilities, PhotoScorer(darkness, mode="windows")(photo).probabilities)
+
+
+def test_predict_writes_the_same_outputs_in_both_modes(trained_run, tmp_path):
+    """tile_mode=windows keeps the old windows (227 px every 113 px); dense has its own, same columns."""
+    from tests.test_predict import compose_predict, read_rows
+
+    from crack_lightning.inference.predict import predict
+
+    (tmp_path / "photos").mkdir()
+    _wall(400, 613).save(tmp_path / "photos" / "wall.png")
+    rows = {}
+    for mode in ("windows", "dense"):
+        predict(compose_predict([f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"input={tmp_path / 'photos'}",
+                                 f"output_dir={tmp_path / mode}", "tile=true", f"tile_mode={mode}",
+                                 "heatmap.max_side=200"]))
+        rows[mode] = read_rows(tmp_path / mode / "predictions.csv")[0]
+        tiles = read_rows(rows[mode]["tiles_csv"])
+        assert int(rows[mode]["tiles"]) == len(tiles) and Path(rows[mode]["heatmap"]).is_file()
+    assert rows["windows"].keys() == rows["dense"].keys() and int(rows["windows"]["tiles"]) == 3 * 5

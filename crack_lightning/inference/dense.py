@@ -7,12 +7,12 @@ photo costs about one forward pass of its own size instead of one per window (a 
 photo at 224 px: ~4x fewer pixels through the network than cropping every half window).
 
 The photo is resized by the model's scale (input size / training patch size), its sides
-rounded to whole feature cells, and cut into blocks of at most ``block_megapixels``: each
-block holds whole windows plus ``MARGIN`` cells of real context around them, so memory is
-bounded for any photo and a window near a block edge sees the photo, not padding. Window
+rounded to whole feature cells, and cut into blocks of at most ``block_megapixels`` that hold
+whole windows (plus ``MARGIN`` cells of context), so memory is bounded for any photo. Window
 starts are every ``stride`` cells plus one flush with the far edge, as in windows mode
-(:func:`~crack_lightning.inference.tiling.starts`). Windows see their surroundings through
-the receptive field, so probabilities differ slightly from cropping each window.
+(:func:`~crack_lightning.inference.tiling.starts`). Inside a block a window sees its
+neighbours through the receptive field where a cropped window sees padding, so probabilities
+differ from windows mode's (BENCHMARKS.md: max |dp| and correlation on a trained model).
 
 :class:`DenseWindows` is the exportable part (torch and ONNX run the same module): a uint8
 block in, the logits of the chosen windows out.
@@ -36,7 +36,10 @@ from torchvision.transforms.v2 import functional as TF
 from crack_lightning import CrackLightningError
 from crack_lightning.inference.tiling import starts
 
-MARGIN = 2  # feature cells of context beyond a block's windows (64 px at stride 32); see BENCHMARKS.md
+# Feature cells of context beyond a block's windows. 0: a window at a block's edge sees padding on
+# that side, as a cropped one does. More changed the agreement with windows mode by < 0.002 in
+# correlation on a trained MobileNetV2 and cost 10-30 % more pixels through the network.
+MARGIN = 0
 POOLS = ("avg", "max", "avgmax")  # timm global pools that pooling a window reproduces exactly
 
 
