@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="predict.py's batch_size=auto on a CPU")
     p.add_argument("--stride", type=int, default=None, help="tile stride in px; default half the patch")
     p.add_argument("--modes", default="dense,windows", help="tile modes timed side by side, in this order")
-    p.add_argument("--block-megapixels", type=float, default=1.0, help="dense mode's block (tile_block_megapixels)")
+    p.add_argument("--block-megapixels", type=float, default=0.5, help="dense mode's block (tile_block_megapixels)")
     p.add_argument("--threads", type=int, default=None, help="torch threads; default torch's own")
     p.add_argument("--seed", type=int, default=0, help="the synthetic photo's")
     p.add_argument("--work", default="data/bench/whole_photo")

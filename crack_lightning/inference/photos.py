@@ -61,7 +61,7 @@ class PhotoScorer:
     model pixels (dense mode)."""
 
     def __init__(self, backend: Backend, tile_size=None, tile_stride=None, mode: str = "dense",
-                 batch_size: int = 16, block_megapixels: float = 1.0):
+                 batch_size: int = 16, block_megapixels: float = 0.5):
         pre = backend.card.preprocessing
         self.backend, self.batch_size, self.block_megapixels = backend, int(batch_size), float(block_megapixels)
         self.size, self.stride = tile_windows(pre.native_size, tile_size, tile_stride)
