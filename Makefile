@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo shift-demo test test-browser browser data validate bench bench-finetune clean
+.PHONY: install demo shift-demo test test-browser browser data validate bench bench-finetune bench-peers clean
 
 install: $(STAMP)
 
@@ -69,6 +69,15 @@ bench: $(STAMP)
 #   make bench-finetune ARGS="--per-class 20000 --image-size 224 --batch-size 256 --epochs 10"
 bench-finetune: $(STAMP)
 	$(PY) benchmarks/finetune.py $(ARGS)
+
+# Our frozen and fine-tune phases against the seeds' Keras recipe (TensorFlow CPU, installed into
+# its own virtualenv under data/bench on first use) and the plain loop, in one run; appends the
+# ratios to BENCHMARKS.md.  Run it on a quiet machine.  A dry run:
+#   make bench-peers ARGS="--train-images 160 --frozen-epochs 1 --finetune-epochs 1"
+bench-peers: $(STAMP)
+	test -x data/bench/peers-venv/bin/python || $(PYTHON) -m venv data/bench/peers-venv
+	data/bench/peers-venv/bin/python -m pip install -q -r benchmarks/peers-requirements.txt
+	$(PY) benchmarks/peers.py --keras-python data/bench/peers-venv/bin/python $(ARGS)
 
 # One intra-op thread per process: the workers (and the train.py processes they start) already
 # keep the cores busy; with torch's default of one thread per core they oversubscribe them --

@@ -42,7 +42,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from records import append_record
+from crack_lightning.backbones import stage_modules
 from crack_lightning.data.synthetic.generate import generate
+from crack_lightning.models.frozen import FrozenBackbone
 from crack_lightning.trainer import build_trainer, compile_if_asked
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -102,16 +104,39 @@ def _batches(loader):
         yield from loader
 
 
+def set_phase(model, frozen: bool, stages: int | None = None) -> None:
+    """The plain loop's phase: the backbone frozen (requires_grad off, eval mode: BatchNorm
+    statistics fixed) or trainable; ``stages``: only its last stages train, their BatchNorm
+    kept frozen in eval mode (as Keras' ``base(x, training=False)`` keeps it)."""
+    model.train()
+    model.frozen_backbone = FrozenBackbone("eager")  # plain: the module itself, no optimised copy
+    model.backbone.requires_grad_(not (frozen or stages))
+    if frozen or stages:
+        model.backbone.eval()
+    if stages and not frozen:
+        for module in (m for stage in stage_modules(model.backbone)[-stages:] for m in stage):
+            if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.requires_grad_(True)
+
+
+def train_step(model, optimizer, images, labels, amp: bool) -> None:
+    """One step of the plain loop: forward (bf16 autocast on CUDA), backward, AdamW."""
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _plain_optimizer(model):
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+
 def plain_loop(args, model, dm, frozen: bool) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    model.train()
-    if frozen:
-        model.backbone.requires_grad_(False)
-        model.backbone.eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    amp = device.type == "cuda"
+    set_phase(model, frozen)
+    optimizer = _plain_optimizer(model)
     marks = []
     for step, (images, labels) in enumerate(_batches(dm.train_dataloader())):
         _sync()
@@ -119,22 +144,45 @@ def plain_loop(args, model, dm, frozen: bool) -> float:
         if step > args.warmup + args.steps:
             break
         images, labels = to_device(dm, images, labels, device, training=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, images, labels, amp=device.type == "cuda")
     return rate(marks, args.warmup, args.batch_size)
+
+
+def plain_epochs(model, dm, epochs: int, frozen: bool, stages: int | None = None) -> list[dict]:
+    """Whole epochs of the plain loop, each followed by a validation pass (no_grad, eval mode):
+    per epoch the training images and the seconds of training and of the whole epoch."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    set_phase(model, frozen, stages)
+    optimizer = _plain_optimizer(model)
+    timings = []
+    for _ in range(epochs):
+        _sync()
+        start, count = time.perf_counter(), 0
+        for images, labels in dm.train_dataloader():
+            images, labels = to_device(dm, images, labels, device, training=True)
+            train_step(model, optimizer, images, labels, amp=device.type == "cuda")
+            count += len(labels)
+        _sync()
+        trained = time.perf_counter()
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            for images, labels in dm.val_dataloader():
+                model(to_device(dm, images, labels, device, training=False)[0])
+        for m, mode in modes.items():  # back to the phase's modes, as Lightning restores them
+            m.training = mode
+        _sync()
+        timings.append({"images": count, "train_s": trained - start, "epoch_s": time.perf_counter() - start})
+    return timings
 
 
 def model_alone(args, model, frozen: bool) -> float:
     """The plain loop's training step on one fixed random batch: the model's ceiling here."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).train()
-    if frozen:
-        model.backbone.requires_grad_(False)
-        model.backbone.eval()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.to(device)
+    set_phase(model, frozen)
+    optimizer = _plain_optimizer(model)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (args.batch_size,), device=device)
@@ -142,11 +190,7 @@ def model_alone(args, model, frozen: bool) -> float:
     for _ in range(args.warmup + args.steps + 1):
         _sync()
         marks.append(time.perf_counter())
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, images, labels, amp=device.type == "cuda")
     return rate(marks, args.warmup, args.batch_size)
 
 

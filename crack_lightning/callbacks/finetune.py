@@ -26,6 +26,11 @@ class FreezeUnfreeze(BaseFinetuning):
     timm's group matcher) becomes trainable and joins the optimizer as a new parameter
     group at ``lr * backbone_lr_ratio``, following the same LR schedule as the head.
 
+    While the whole backbone is frozen, ``pl_module.frozen_backbone`` (where the module has
+    one, :mod:`crack_lightning.models.frozen`) hears at each epoch start how many training
+    images the frozen phase has left, so ``trainer.frozen_backbone=auto`` can judge whether
+    an optimised copy pays back; at the unfreeze the copy is dropped.
+
     Unlike Lightning's ``BackboneFinetuning`` (Lightning issue 21901), unfreezing is
     derived from the epoch, not triggered only on ``epoch == unfreeze_at_epoch``: a run
     resumed from a checkpoint taken after the unfreeze epoch is unfrozen again, and its
@@ -142,6 +147,25 @@ class FreezeUnfreeze(BaseFinetuning):
             module.eval()
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         pl_module.log("train/trainable_params", float(trainable), on_step=False, on_epoch=True)
+        frozen_copy = getattr(pl_module, "frozen_backbone", None)
+        if frozen_copy is not None:
+            if any(p.requires_grad for p in pl_module.backbone.parameters()):
+                frozen_copy.drop()
+            else:
+                frozen_copy.plan(self._frozen_images_ahead(trainer), pl_module.device)
+
+    def _frozen_images_ahead(self, trainer: L.Trainer) -> float:
+        """Training images the frozen backbone still sees, this epoch included (validation's
+        few are left out: the estimate errs towards eager)."""
+        last = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else float("inf")
+        if self.unfreeze_at_epoch is not None:
+            last = min(last, self.unfreeze_at_epoch)
+        loader = trainer.train_dataloader
+        batch = getattr(loader, "batch_size", None) or 1
+        steps = (last - trainer.current_epoch) * trainer.num_training_batches
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            steps = min(steps, trainer.max_steps - trainer.global_step)
+        return max(0.0, steps) * batch
 
 
 def extend_schedulers(trainer: L.Trainer, optimizer: Optimizer) -> None:

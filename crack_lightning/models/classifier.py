@@ -14,6 +14,7 @@ from torch import nn
 
 from crack_lightning import CrackLightningError
 from crack_lightning.model_card import SECTION, ModelCard
+from crack_lightning.models.frozen import FrozenBackbone
 from crack_lightning.models.scoring import CrackScorer, positive_labels
 
 class NonFiniteLossError(CrackLightningError):
@@ -93,6 +94,8 @@ class CrackClassifier(CrackScorer):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # the frozen phase's optimised copy (trainer.frozen_backbone; a plain attribute, out of the state dict)
+        self.frozen_backbone = FrozenBackbone()
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -107,11 +110,17 @@ class CrackClassifier(CrackScorer):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.contiguous(memory_format=self.memory_format)
-        if not torch.is_grad_enabled() or self.backbone_frozen():
+        frozen = self.backbone_frozen()
+        if not frozen and self.frozen_backbone.active:
+            self.frozen_backbone.drop()  # unfrozen: the copy's weights are about to move
+        if not torch.is_grad_enabled() or frozen:
             # evaluation, or a frozen backbone: no autograd bookkeeping at all (a frozen
-            # epoch costs a forward pass), and the compiled backbone if compile=inference
+            # epoch costs a forward pass): the frozen copy while frozen, else the
+            # compiled backbone if compile=inference
             with torch.no_grad():
-                features = self._backbone_without_grad()(images)
+                features = self.frozen_backbone(self.backbone, images) if frozen else None
+                if features is None:
+                    features = self._backbone_without_grad()(images)
         else:
             features = self.backbone(images)
         return self.head(features)
@@ -172,6 +181,7 @@ class CrackClassifier(CrackScorer):
             checkpoint[SECTION] = self.card.to_checkpoint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.frozen_backbone.drop()  # new weights (the fingerprint would see them too; this frees the copy now)
         # checkpoints written before the operating point existed: uncalibrated, 0.5
         state = checkpoint.get("state_dict", {})
         state.setdefault("temperature", torch.tensor(1.0))

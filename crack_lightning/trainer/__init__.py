@@ -40,9 +40,10 @@ def runtime_kwargs(trainer_cfg) -> dict:
 def build_trainer(trainer_cfg, **kwargs):
     """The ``lightning.Trainer`` of a ``trainer`` config, resolved for this machine.
 
-    Keys that are ours, not the Trainer's (``compile``, ``compile_options``: the task
-    compiles the backbone), are left out; ``kwargs`` override the config. Lightning's
-    messages that nobody can act on are silenced first (:mod:`crack_lightning.trainer.console`)."""
+    Keys that are ours, not the Trainer's (``compile``, ``compile_options``,
+    ``frozen_backbone``: :func:`compile_if_asked` applies them to the model), are left
+    out; ``kwargs`` override the config. Lightning's messages that nobody can act on are
+    silenced first (:mod:`crack_lightning.trainer.console`)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -52,6 +53,7 @@ def build_trainer(trainer_cfg, **kwargs):
     config = OmegaConf.to_container(trainer_cfg, resolve=True)
     config.pop("compile", None)
     config.pop("compile_options", None)
+    config.pop("frozen_backbone", None)
     return instantiate(config, **{**runtime_kwargs(trainer_cfg), **kwargs})
 
 
@@ -61,8 +63,16 @@ def compile_if_asked(trainer_cfg, model) -> None:
     ``trainer.compile_options`` (default ``dynamic: false``: batch shapes are fixed, the
     training loader drops its last partial batch). ``trainer.compile=inference``: only the
     backbone's calls without gradient (frozen phase, evaluation; see
-    ``CrackClassifier.compile_inference``)."""
+    ``CrackClassifier.compile_inference``). ``trainer.frozen_backbone``: how the frozen
+    phase runs the backbone (:mod:`crack_lightning.models.frozen`); its copy, where one
+    is made, serves the frozen calls ahead of ``compile=inference``'s compiled backbone;
+    ``compile=true`` compiles every call, so ``auto`` then leaves the frozen phase to it."""
     mode = trainer_cfg.get("compile")  # its values are checked by config_checks
+    if hasattr(model, "frozen_backbone"):  # (a model of one's own may have none)
+        from crack_lightning.models.frozen import FrozenBackbone
+
+        method = trainer_cfg.get("frozen_backbone", "auto")
+        model.frozen_backbone = FrozenBackbone("eager" if mode is True and method == "auto" else method)
     if not mode:
         return
     options = dict(trainer_cfg.get("compile_options") or {"dynamic": False})
