@@ -95,8 +95,8 @@ def rss_mib(field: str = "VmHWM") -> float:
 def time_mode(mode: str, backend, photo_path: Path, work: Path, args) -> tuple[tiling.PhotoScores, dict]:
     """What predict.py tile=true does for one photo in ``mode``: load, score, verdict, CSV, heatmap."""
     scorer = PhotoScorer(backend, None, args.stride, mode, args.batch_size, args.block_megapixels)
-    with Image.new("RGB", (2 * scorer.size[1], 2 * scorer.size[0])) as blank:
-        scorer(blank)  # first-call set-up (the dense module, a probe) is not per photo
+    with Image.open(photo_path) as img, Image.new("RGB", img.size) as blank:
+        scorer(blank)  # first-call set-up (the dense module, oneDNN's kernels for each block shape) is not per photo
     measured_peak = reset_peak_rss()
     before = rss_mib("VmRSS")  # torch, Lightning and the model: not the photo's
     start = time.perf_counter()
@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="predict.py's batch_size=auto on a CPU")
     p.add_argument("--stride", type=int, default=None, help="tile stride in px; default half the patch")
     p.add_argument("--modes", default="dense,windows", help="tile modes timed side by side, in this order")
-    p.add_argument("--block-megapixels", type=float, default=0.5, help="dense mode's block (tile_block_megapixels)")
+    p.add_argument("--block-megapixels", type=float, default=2.0, help="dense mode's block (tile_block_megapixels)")
     p.add_argument("--threads", type=int, default=None, help="torch threads; default torch's own")
     p.add_argument("--seed", type=int, default=0, help="the synthetic photo's")
     p.add_argument("--work", default="data/bench/whole_photo")

@@ -143,6 +143,12 @@ def _groups(first: list[int], window: int, length: int, max_cells: int) -> list[
     return [(lo, hi, [s - lo for s in g]) for lo, hi, g in spans]
 
 
+def cell_steps(stride: tuple[int, int], size: tuple[int, int], input_size: tuple[int, int],
+               reduction: int) -> list[int]:
+    """The stride in whole feature cells: the nearest to ``stride`` px at the model's scale, at least one."""
+    return [max(1, round(st * i / s / reduction)) for st, i, s in zip(stride, input_size, size)]
+
+
 def _native(first: list[int], length: int, cells: int, window: int, size: int) -> list[int]:
     """Window starts in feature cells -> in the photo's pixels: the window flush with the far edge
     stays flush (no pixel left uncovered by rounding), none runs past it."""
@@ -170,7 +176,7 @@ def plan(height: int, width: int, size: tuple[int, int], stride: tuple[int, int]
         return None
     r, (wh, ww) = geo.reduction, geo.window
     cells = [max(win, round(n * i / s / r)) for n, i, s, win in zip((height, width), input_size, size, (wh, ww))]
-    step = [max(1, round(st * i / s / r)) for st, i, s in zip(stride, input_size, size)]
+    step = cell_steps(stride, size, input_size, r)
     row_cells, col_cells = starts(cells[0], wh, step[0]), starts(cells[1], ww, step[1])
     # a window's footprint on this photo: the model's input, at the photo's own (rounded) scale
     footprint = (round(wh * height / cells[0]), round(ww * width / cells[1]))

@@ -61,7 +61,7 @@ class PhotoScorer:
     model pixels (dense mode)."""
 
     def __init__(self, backend: Backend, tile_size=None, tile_stride=None, mode: str = "dense",
-                 batch_size: int = 16, block_megapixels: float = 0.5):
+                 batch_size: int = 16, block_megapixels: float = 2.0):
         pre = backend.card.preprocessing
         self.backend, self.batch_size, self.block_megapixels = backend, int(batch_size), float(block_megapixels)
         self.size, self.stride = tile_windows(pre.native_size, tile_size, tile_stride)
@@ -76,10 +76,14 @@ class PhotoScorer:
             except dense.DenseUnsupported as err:
                 log.warning("tile_mode=dense: %s Scoring whole photos window by window.", err)
         self.mode = "dense" if self.geometry else "windows"
+        if self.geometry:  # about the stride asked, in whole feature cells
+            cells = dense.cell_steps(self.stride, self.size, self.input_size, self.geometry.reduction)
+            self.stride = tuple(round(k * self.geometry.reduction * s / i)
+                                for k, s, i in zip(cells, self.size, self.input_size))
 
     def describe(self) -> str:
-        return f"{self.mode} tiles of {self.size[0]}x{self.size[1]} px every {self.stride[0]}x{self.stride[1]} px" + (
-            " (dense: rounded to whole feature cells)" if self.mode == "dense" else "")
+        return f"{self.mode}: tiles of {self.size[0]}x{self.size[1]} px every {self.stride[0]}x{self.stride[1]} px" + (
+            " (whole feature cells)" if self.mode == "dense" else "")
 
     def _plan(self, height: int, width: int) -> dense.Plan | None:
         if self.geometry is None:

@@ -134,8 +134,8 @@ def render_figure(fig: Figure, dpi: int = DPI) -> np.ndarray:
 def save_pixels(pixels: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
-    with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG")
+    with atomic_path(path) as tmp:  # zlib level 3: a third of the default's time for 10 % more bytes
+        Image.fromarray(pixels).save(tmp, format="PNG", compress_level=3)
     return path
 
 

@@ -54,7 +54,7 @@ def build_server(cfg: DictConfig):
     tile_mode = str(cfg.get("tile_mode", "dense"))
     apis = [CrackAPI(*model, int(cfg.max_batch_size), float(cfg.batch_timeout)),
             TileAPI(*model, tile_size, tile_stride, tile_batch_size, tile_mode,
-                    float(cfg.get("tile_block_megapixels", 0.5)))]  # a model worker each: LitServe's way
+                    float(cfg.get("tile_block_megapixels", 2)))]  # a model worker each: LitServe's way
     server = ls.LitServer(apis, accelerator="cpu" if cfg.device == "cpu" else "auto", devices=1,
                           workers_per_device=int(cfg.workers), healthcheck_path="/ready", timeout=float(cfg.timeout),
                           middlewares=[(UploadGate, {"max_bytes": int(cfg.max_upload_mb) * 2**20})])
