@@ -1,5 +1,6 @@
-"""ONNX export: the real export.py, onnxruntime parity on real images (batch sizes vary),
-the metadata that lets OnnxBackend stand in for TorchBackend, and one-line user errors."""
+"""ONNX export: the real export.py, onnxruntime parity on real images (batch sizes vary, sizes
+too: the graph resizes), the metadata that lets OnnxBackend stand in for TorchBackend, the file
+run by numpy and onnxruntime alone, and one-line user errors."""
 
 from __future__ import annotations
 
@@ -94,13 +95,17 @@ def test_onnx_file_has_dynamic_batch_and_the_model_card(exported):
     model = onnx.load(str(path))
     (inp,) = model.graph.input
     dims = inp.type.tensor_type.shape.dim
-    assert inp.name == "images" and dims[0].dim_param and not dims[0].dim_value
+    assert inp.name == "pixels" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert all(d.dim_param and not d.dim_value for d in dims[:3]) and dims[3].dim_value == 3, "batch, H, W dynamic"
     assert [o.name for o in model.graph.output] == ["crack_probability", "logits"]
     meta = {p.key: p.value for p in model.metadata_props}
     assert {"preprocessing", "class_names", "threshold", "temperature", "checkpoint_sha256",
             "operating_point", "crack_lightning_version", "contract"} <= set(meta)
     assert meta["checkpoint_sha256"] == sha256_file(path.with_suffix(".ckpt"))
-    assert [d.dim_value for d in dims[1:]] == [3, *json.loads(meta["preprocessing"])["input_size"]]
+    assert meta["contract_version"] == "2" and meta["format"] == "onnx"
+    dense = path.with_name("best.dense.onnx")  # written with it, named and hashed in its metadata
+    assert meta["dense_graph"] == dense.name and meta["dense_sha256"] == sha256_file(dense)
+    assert [i.name for i in onnx.load(str(dense)).graph.input] == ["block", "rows", "cols"]
 
 
 def test_onnx_backend_reproduces_the_torch_backend(exported, tiny_data):
@@ -121,7 +126,7 @@ def test_onnx_backend_reproduces_the_torch_backend(exported, tiny_data):
         assert np.abs(got - expected).max() <= ATOL
     assert np.abs(onnx_backend(torch.from_numpy(images[:2])) - expected[:2]).max() <= ATOL
     # the tiny run's fitted temperature flattens its probabilities; the logits agree too
-    (logits,) = onnx_backend.session.run(["logits"], {"images": images})
+    logits = onnx_backend.logits(images)
     with torch.no_grad():
         expected_logits = torch_backend.model(torch.from_numpy(images)).numpy()
     assert np.abs(logits - expected_logits).max() <= ATOL
@@ -166,13 +171,17 @@ def test_check_falls_back_to_noise_without_images(trained_run, tmp_path, caplog)
     loaded = load_classifier(copy_run(trained_run, tmp_path / "run", splits=False))
     with caplog.at_level(logging.WARNING):
         images, source = check_batch(loaded, None, 4)
-    assert images.shape == (4, 3, *loaded.card.preprocessing.input_size) and images.dtype == np.float32
+    h, w = loaded.card.preprocessing.input_size
+    assert [image.size for image in images] == [(w * 5 // 4, h * 3 // 2 + 1), (w, h)] * 2, "the resize is checked too"
     assert source == "random-noise inputs" and "random noise" in caplog.text
 
 
-def test_mobilenetv2_exports_with_parity(tmp_path, tiny_data):
+@pytest.fixture(scope="module")
+def mnv2_export(tmp_path_factory, tiny_data) -> tuple[Path, Path, list[Path], dict]:
     """The main user model, untrained (pretrained=false) but with batch-norm statistics of
-    real images and a non-trivial operating point, exported in-process with input=."""
+    real images and a non-trivial operating point, exported in-process with input= images of
+    several sizes (227 px patches, and others larger, smaller and not square)."""
+    tmp_path = tmp_path_factory.mktemp("mnv2")
     cfg = compose_cfg(tmp_path, tiny_data, ["backbone=mobilenetv2"])
     model = instantiate(cfg.model)
     preprocessing = Preprocessing.from_timm_data_config({**model.data_config, "input_size": (3, 64, 64)},
@@ -191,19 +200,65 @@ def test_mobilenetv2_exports_with_parity(tmp_path, tiny_data):
     ckpt = tmp_path / "mnv2" / "checkpoints" / "best.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save(checkpoint, ckpt)
+    sized = tmp_path / "sized"
+    sized.mkdir()
+    for i, (file, size) in enumerate(zip(files[::3], [None, (300, 180), (64, 64), (100, 140), (41, 97)] * 2)):
+        with Image.open(file) as img:
+            (img.resize(size, Image.BICUBIC) if size else img.convert("RGB")).save(sized / f"{i:02d}.png")
+    result = export(export_cfg(tmp_path, [f"ckpt={ckpt}", f"input={sized}", f"output={tmp_path / 'mnv2.onnx'}"]))
+    return tmp_path / "mnv2.onnx", ckpt, sorted(sized.iterdir()), result
 
-    result = export(export_cfg(tmp_path, [f"ckpt={ckpt}", f"input={tiny_data}", f"output={tmp_path / 'mnv2.onnx'}"]))
-    print(f"mobilenetv2_100 parity (export, 8 input= images): max |dp| = {result['max_abs_diff']:.2e}, "
+
+def test_mobilenetv2_exports_with_parity(mnv2_export, tiny_data):
+    onnx_file, ckpt, sized, result = mnv2_export
+    print(f"mobilenetv2_100 parity (export, 8 input= images): max |dp| = {result['max_abs_diff']:.2e} on the same "
+          f"pixels, {result['resize_abs_diff']:.2e} resized in the graph, dense {result['dense_abs_diff']:.2e}; "
           f"export {result['seconds']:.1f} s")
     assert result["max_abs_diff"] <= ATOL and result["check_images"].startswith("images from input=")
+    assert result["resize_abs_diff"] <= 1e-3 and result["dense_abs_diff"] <= ATOL
 
-    backend, reference = OnnxBackend(tmp_path / "mnv2.onnx"), TorchBackend(load_classifier(ckpt))
+    backend, reference = OnnxBackend(onnx_file), TorchBackend(load_classifier(ckpt))
     assert (backend.card.threshold, backend.card.temperature) == (pytest.approx(0.3), pytest.approx(1.7))
     assert backend.card.preprocessing.input_size == (64, 64)
+    images = preprocessed(sorted(tiny_data.rglob("*.jpg")), backend.card.preprocessing)
     expected = reference(images)
     assert expected.std() > 1e-3, "batch-norm statistics of real images give spread probabilities"
     assert np.abs(backend(images[:5]) - expected[:5]).max() <= ATOL
     assert np.abs(backend(images) - expected).max() <= ATOL
+    as_uint8 = backend.pixels(images)  # eval_transform's floats back to its uint8 pixels, NHWC and NCHW alike
+    assert as_uint8.dtype == np.uint8 and np.abs(backend(as_uint8.transpose(0, 3, 1, 2)) - expected).max() <= ATOL
+
+
+NUMPY_ONLY = """
+import json, sys
+class NoTorch:  # the file must run without them: importing one fails
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "timm", "crack_lightning"):
+            raise ImportError(name + " is not to be used")
+sys.meta_path.insert(0, NoTorch())
+import numpy as np, onnxruntime as ort
+from PIL import Image
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+meta = session.get_modelmeta().custom_metadata_map
+print(json.dumps({"threshold": float(meta["threshold"]), "p": [float(session.run(["crack_probability"], {
+    "pixels": np.asarray(Image.open(f).convert("RGB"))[None]})[0][0]) for f in sys.argv[2:]]}))
+"""
+
+
+def test_the_file_runs_with_numpy_and_onnxruntime_alone(mnv2_export):
+    """Images of every size straight from PIL into the graph, in a Python where torch cannot be
+    imported, agree with PIL -> eval_transform -> the checkpoint within 1e-3."""
+    onnx_file, ckpt, sized, _ = mnv2_export
+    run = subprocess.run([sys.executable, "-c", NUMPY_ONLY, str(onnx_file), *map(str, sized)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout)
+    reference = TorchBackend(load_classifier(ckpt))
+    expected = reference(preprocessed(sized, reference.card.preprocessing))
+    diff = np.abs(np.array(got["p"]) - expected).max()
+    print(f"numpy + onnxruntime alone, {len(sized)} images of {len({Image.open(f).size for f in sized})} sizes: "
+          f"max |dp| = {diff:.2e}")
+    assert got["threshold"] == pytest.approx(0.3) and diff <= 1e-3
 
 
 def test_predict_from_the_onnx_file_matches_the_checkpoint(exported, tmp_path, tiny_data):
@@ -230,3 +285,63 @@ def test_predict_from_the_onnx_file_matches_the_checkpoint(exported, tmp_path, t
         if not o["error"]:
             assert abs(float(o["crack_probability"]) - float(t["crack_probability"])) <= 1e-4
     assert sum(bool(r["error"]) for r in onnx_rows) == 1
+
+
+def test_float_input_turns_back_into_its_exact_pixels(exported):
+    """Every level of every channel through eval_transform (torchvision's uint8 -> float ->
+    Normalize) and back: the pixels the graph then resizes (at input size: not at all) are the
+    very ones PyTorch normalised."""
+    path, _ = exported
+    backend = OnnxBackend(path)
+    h, w = backend.card.preprocessing.input_size
+    levels = np.broadcast_to(np.arange(256, dtype=np.uint8).repeat(h * w // 256 + 1)[:h * w].reshape(h, w, 1),
+                             (h, w, 3)).copy()
+    levels[..., 1] = levels[..., 1][::-1]  # each channel sees every level, differently placed
+    floats = eval_transform(backend.card.preprocessing.to_timm_data_config())(Image.fromarray(levels))
+    assert (backend.pixels(floats[None]) == levels[None]).all()
+    assert (backend.pixels(torch.from_numpy(levels).permute(2, 0, 1)[None].numpy()) == levels[None]).all()
+
+
+def test_the_dense_graph_scores_whole_photos_as_pytorch_does(exported, tiny_data):
+    """tile_mode=dense from the .onnx file: the same windows, geometry and probabilities as
+    from the checkpoint; a file without its dense sibling (or with another) says what to do."""
+    from crack_lightning.inference.dense import DenseUnsupported
+    from crack_lightning.inference.photos import PhotoScorer
+
+    path, _ = exported
+    onnx_backend, torch_backend = OnnxBackend(path), TorchBackend(load_classifier(path.with_suffix(".ckpt")))
+    assert onnx_backend.dense_geometry() == torch_backend.dense_geometry()
+    tiles = [np.asarray(Image.open(f).convert("RGB")) for f in sorted(tiny_data.rglob("*.jpg"))[::4][:6]]
+    photo = Image.fromarray(np.concatenate([np.concatenate(tiles[:3], 1), np.concatenate(tiles[3:], 1)], 0))
+    scorers = [PhotoScorer(b, mode="dense") for b in (onnx_backend, torch_backend)]
+    assert [s.mode for s in scorers] == ["dense", "dense"]
+    got, expected = (scorer(photo) for scorer in scorers)
+    assert got.probabilities.shape == expected.probabilities.shape and got.probabilities.size > 4
+    assert np.abs(got.probabilities - expected.probabilities).max() <= ATOL
+    assert np.abs(got.classes - expected.classes).max() <= ATOL
+
+    alone = path.parent / "alone"
+    alone.mkdir()
+    shutil.copy(path, alone / path.name)
+    with pytest.raises(DenseUnsupported, match="best.dense.onnx, best.onnx's dense graph, is not beside it"):
+        OnnxBackend(alone / path.name).dense_geometry()
+    (alone / "best.dense.onnx").write_bytes(b"another graph")
+    with pytest.raises(DenseUnsupported, match="SHA-256 differs.*tile_mode=windows"):
+        OnnxBackend(alone / path.name).dense_geometry()
+    with pytest.raises(CrackLightningError, match="is the dense graph of best.onnx"):
+        OnnxBackend(path.with_name("best.dense.onnx"))
+
+
+def test_an_existing_dense_sibling_is_refused_unless_overwrite(exported, tmp_path):
+    from crack_lightning.inference.settings import check_export
+
+    ckpt = exported[0].with_suffix(".ckpt")
+    (tmp_path / "m.dense.onnx").write_text("someone's notes")
+    cfg = export_cfg(tmp_path, [f"ckpt={ckpt}", f"output={tmp_path / 'm.onnx'}"])
+    with pytest.raises(CrackLightningError, match=r"m.dense.onnx, the dense graph written beside m.onnx, exists "
+                                                  r"\(a text file\).*overwrite=true"):
+        check_export(cfg)
+    cfg.overwrite = True
+    assert check_export(cfg) == tmp_path / "m.onnx"
+    int8 = export_cfg(tmp_path, [f"ckpt={ckpt}", "format=onnx-int8"])
+    assert check_export(int8) == ckpt.with_name("best-int8.onnx"), "onnx-int8's default output"

@@ -99,7 +99,7 @@ def test_onnx_export_keeps_the_classes_and_agrees_with_the_checkpoint(three_clas
     onnx_backend, torch_backend = OnnxBackend(output), TorchBackend(load_classifier(ckpt))
     assert onnx_backend.card.positive_classes == ["crack"]
     batch = preprocessed(sorted(images.rglob("*.png")), onnx_backend.card.preprocessing)
-    (logits,) = onnx_backend.session.run(["logits"], {"images": batch})
+    logits = onnx_backend.logits(batch)
     assert logits.shape == (36, 3)
     for got, expected in zip(onnx_backend.scores(batch), torch_backend.scores(batch)):
         assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4

@@ -29,7 +29,8 @@ from crack_lightning.evaluation.intervals import metric_intervals
 from crack_lightning.evaluation.scorers import open_scorer
 from crack_lightning.model_card import SECTION
 from crack_lightning.utils.config import instantiate_group
-from crack_lightning.utils.files import atomic_path, write_atomic
+from crack_lightning.inference.onnx_backend import dense_path
+from crack_lightning.utils.files import atomic_path, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 REPORTED = ("recall", "precision", "f1")  # at each point's threshold, with 95 % intervals
@@ -110,20 +111,34 @@ def _log(result: dict) -> None:
              "operating_point=%s input=...", result["model"], result["name"], result["model"], result["name"])
 
 
+def _metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _save_with(source: Path, target: Path, changes: dict[str, str]) -> None:
+    """A copy of the ONNX file ``source`` at ``target`` with these metadata entries changed."""
+    model = onnx.load(str(source))
+    props = {**{p.key: p.value for p in model.metadata_props}, **changes}
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    with atomic_path(target) as tmp:
+        onnx.save(model, str(tmp))
+
+
 def write_model(source: Path, output_dir: Path, name: str, point: dict) -> Path:
     """A copy of the model file ``source`` in ``output_dir`` with ``point`` stored as ``name``
     beside its other operating points (its own default one unchanged)."""
     target = output_dir / f"{source.stem}-{name}{source.suffix}"
     if source.suffix.lower() == ".onnx":
-        model = onnx.load(str(source))
-        props = {p.key: p.value for p in model.metadata_props}
-        points = {**json.loads(props.get("operating_points") or "{}"), name: point}
-        props["operating_points"] = json.dumps(points)
-        del model.metadata_props[:]
-        for key, value in props.items():
-            model.metadata_props.add(key=key, value=value)
-        with atomic_path(target) as tmp:
-            onnx.save(model, str(tmp))
+        meta = _metadata(source)
+        changes = {"operating_points": json.dumps({**json.loads(meta.get("operating_points") or "{}"), name: point})}
+        dense = source.with_name(meta["dense_graph"]) if meta.get("dense_graph") else None
+        if dense and dense.is_file():  # whole photos: its dense graph comes along, naming its new main file
+            copy = dense_path(target)
+            _save_with(dense, copy, {"dense_graph_of": target.name})
+            changes.update(dense_graph=copy.name, dense_sha256=sha256_file(copy))
+        _save_with(source, target, changes)
         return target
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     section = checkpoint[SECTION]

@@ -22,7 +22,7 @@ from crack_lightning.utils.checks import is_count, is_number
 from crack_lightning.utils.files import sha256_file
 from crack_lightning.inference.model_files import ONNX, export_origin, onnx_metadata, require_model_file, sniff
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "onnx-int8")
 DEVICES = r"auto|cpu|cuda(:\d+)?"
 HEATMAP_SIDES = (64, 8192)  # px of the PNG: smaller is illegible; larger, a canvas of hundreds of MB per photo
 
@@ -67,6 +67,10 @@ EXPORT_RULES = {
     "check": ("true or false", lambda v: isinstance(v, bool), False),
     "check_images": ("a whole number >= 1, or null: 8", lambda v: is_count(v) and v >= 1, True),
     "atol": ("a number >= 0", lambda v: is_number(v) and v >= 0, False),
+    "resize_atol": ("a number >= 0", lambda v: is_number(v) and v >= 0, False),
+    "calibration_images": ("a whole number >= 1", lambda v: is_count(v) and v >= 1, False),
+    "max_recall_drop": ("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1, False),
+    "max_accuracy_drop": ("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1, False),
     "overwrite": ("true or false", lambda v: isinstance(v, bool), False),
 }
 
@@ -156,14 +160,18 @@ def check_device(device: str) -> None:
 
 
 def export_output(cfg: DictConfig) -> Path:
-    """The file export.py writes: ``output=``, or ``<ckpt stem>.onnx`` beside the checkpoint."""
+    """The file export.py writes: ``output=``, or beside the checkpoint ``<ckpt stem>.onnx``
+    (``format=onnx-int8``: ``<ckpt stem>-int8.onnx``)."""
     ckpt = Path(cfg.ckpt).expanduser()
-    return Path(cfg.output).expanduser() if cfg.get("output") else ckpt.with_suffix(".onnx")
+    if cfg.get("output"):
+        return Path(cfg.output).expanduser()
+    return ckpt.with_name(f"{ckpt.stem}{'-int8' if cfg.format == 'onnx-int8' else ''}.onnx")
 
 
 def check_export(cfg: DictConfig) -> Path:
     """Refuse a missing or impossible export.py setting, a ckpt= that is no PyTorch checkpoint, or
-    an output that exists (unless overwrite=true); return the output file."""
+    an output -- or its dense sibling ``<stem>.dense.onnx`` -- that exists (unless overwrite=true);
+    return the output file."""
     if cfg.format not in FORMATS:
         raise CrackLightningError(f"format={cfg.format}: not supported; choose format={' or '.join(FORMATS)}.")
     _required(cfg, "ckpt", "python export.py ckpt=<run>/checkpoints/best.ckpt format=onnx.")
@@ -172,12 +180,16 @@ def check_export(cfg: DictConfig) -> Path:
     if output.suffix.lower() != ".onnx":
         raise CrackLightningError(f"output={output}: name it *.onnx (predict.py picks onnxruntime by that suffix).")
     require_model_file(cfg.ckpt, onnx_ok=False)
-    key = f"output={output}" if cfg.get("output") else f"{output} (output=null: <ckpt stem>.onnx beside the checkpoint)"
+    default = "<ckpt stem>-int8.onnx" if cfg.format == "onnx-int8" else "<ckpt stem>.onnx"
+    key = f"output={output}" if cfg.get("output") else f"{output} (output=null: {default} beside the checkpoint)"
     if output.is_dir():
         raise CrackLightningError(f"{key} is a folder: give the file to write, e.g. output={output / 'model.onnx'}.")
-    if output.exists() and not cfg.get("overwrite"):
-        raise CrackLightningError(f"{key} exists ({_describe(output, Path(cfg.ckpt).expanduser())}): export.py does "
-                                  f"not replace a file unasked. Choose another output=, or add overwrite=true.")
+    dense = output.with_name(f"{output.stem}.dense.onnx")  # onnx_backend.dense_path, without importing onnxruntime
+    for path, what in ((output, key), (dense, f"{dense}, the dense graph written beside {output.name},")):
+        if path.is_dir() or (path.exists() and not cfg.get("overwrite")):
+            state = "is a folder" if path.is_dir() else f"exists ({_describe(path, Path(cfg.ckpt).expanduser())})"
+            raise CrackLightningError(f"{what} {state}: export.py does not replace a file unasked. Choose another "
+                                      f"output=, or add overwrite=true.")
     return output
 
 
@@ -189,7 +201,7 @@ def _describe(output: Path, ckpt: Path) -> str:
     if not origin:
         return "an ONNX model export.py did not write" if meta is not None else what
     which = "this very checkpoint" if meta["checkpoint_sha256"] == sha256_file(ckpt) else "another checkpoint"
-    return f"export.py's ONNX export of {which}: {origin}"
+    return f"export.py's {meta.get('format', 'onnx')} export of {which}: {origin}"
 
 
 APP_RULES = {
