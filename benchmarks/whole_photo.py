@@ -112,15 +112,18 @@ def time_mode(mode: str, backend, photo_path: Path, work: Path, args) -> tuple[t
                         process=not measured_peak, describe=scorer.describe())
 
 
-def agreement(dense_scores: tiling.PhotoScores, backend, photo_path: Path, batch_size: int) -> tuple[float, float]:
-    """max |dp| and the correlation between dense mode's windows and the same windows cropped."""
+def agreement(dense_scores: tiling.PhotoScores, backend, photo_path: Path, batch_size: int) -> str:
+    """How dense mode's windows agree with the same windows cropped and scored as patches."""
     photo = tiling.load_photo(photo_path)
     transform = eval_transform(backend.card.preprocessing.to_timm_data_config())
     crops = np.concatenate([np.asarray(backend(x), np.float32) for _, x in tiling.batches(
         np.asarray(photo), dense_scores.windows(), batch_size, transform)])
-    diff = float(np.abs(crops - dense_scores.probabilities).max())
-    corr = float(np.corrcoef(crops, dense_scores.probabilities)[0, 1]) if crops.std() > 0 else float("nan")
-    return diff, corr
+    p, t = dense_scores.probabilities, backend.card.threshold
+    diff = np.abs(crops - p)
+    corr = float(np.corrcoef(crops, p)[0, 1]) if crops.std() > 0 else float("nan")
+    return (f"max |dp| = {diff.max():.4f} (mean {diff.mean():.4f}, 99th percentile {np.quantile(diff, 0.99):.4f}), "
+            f"correlation {corr:.4f}; above the threshold {t:.3g}: {int((p > t).sum())} dense, {int((crops > t).sum())} "
+            f"cropped, the same verdict for {np.mean((p > t) == (crops > t)):.1%} of the windows")
 
 
 def main() -> None:
@@ -164,11 +167,10 @@ def main() -> None:
             f"+{r['rise']:.0f} |" for r in runs.values()]
     notes = []
     if {"dense", "windows"} <= set(runs) and runs["dense"]["mode"] == "dense":
-        diff, corr = agreement(dense_scores, backend, photo_path, args.batch_size)
         speedup = runs["windows"]["seconds"] / runs["dense"]["seconds"]
-        notes.append(f"Dense {speedup:.2f}x faster than windows; on dense mode's {runs['dense']['tiles']} windows "
-                     f"cropped and scored as patches: max |dp| = {diff:.4f}, correlation {corr:.4f}; verdicts "
-                     f"{runs['dense']['verdict']} / {runs['windows']['verdict']}.")
+        notes.append(f"Dense {speedup:.2f}x faster than windows; dense mode's {runs['dense']['tiles']} windows against "
+                     f"the same windows cropped and scored as patches: {agreement(dense_scores, backend, photo_path, args.batch_size)}; "
+                     f"photo verdicts {runs['dense']['verdict']} (dense) / {runs['windows']['verdict']} (windows).")
         print(notes[-1])
     pre = backend.card.preprocessing
     settings = (f"{Path(ckpt).name} ({'given' if args.ckpt else 'untrained, pretrained=false'}), "
