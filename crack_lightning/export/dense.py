@@ -33,7 +33,6 @@ def _module(loaded: LoadedClassifier) -> DenseWindows:
 def dense_program(loaded: LoadedClassifier, opset: int):
     """(The dense graph's ONNX program, its :class:`Geometry`), or (None, None) when the
     backbone has no feature map to pool windows from (the export then has no dense graph)."""
-
     try:
         module = _module(loaded)
     except DenseUnsupported as err:
@@ -53,7 +52,6 @@ def check_dense(loaded: LoadedClassifier, path: Path, images: list[Image.Image],
     """Max |Δp| (every class, the card's temperature) of the dense graph at ``path`` vs
     DenseWindows in PyTorch, on blocks tiled from ``images``; ParityError above ``atol``."""
     import onnxruntime as ort
-
 
     module = _module(loaded)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

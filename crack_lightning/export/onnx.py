@@ -43,9 +43,6 @@ from crack_lightning.export.graph import OPSET, ParityError, graph_program
 INTERPOLATIONS = ("bilinear", "bicubic")  # what ONNX Resize antialiases as torchvision does
 
 
-
-
-
 class _Probabilities(nn.Module):
     """What the graph computes: the classifier's logits and its calibrated crack
     probability, through the model's own ``forward`` and ``crack_probability`` (its

@@ -97,7 +97,7 @@ class OnnxBackend:
     def pixels(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """What the graph's input takes. For a contract-2 file, float32 eval_transform output is
         turned back into its uint8 pixels: its resize rounds to uint8 before normalising, so
-        ``round((x * std + mean) * 255)`` recovers them exactly (tests/test_export_graph.py)."""
+        ``round((x * std + mean) * 255)`` recovers them exactly (tested in tests/test_export.py)."""
         x = to_numpy(images)
         if self.legacy:
             if x.dtype == np.uint8:
