@@ -159,7 +159,7 @@ class TileAPI(_UploadAPI):
 
     def __init__(self, ckpt: str, device: str = "cpu", operating_point: str | None = None,
                  max_pixels: int = 89478485, tile_size=None, tile_stride=None, tile_batch_size: int = 16,
-                 tile_mode: str = "dense", tile_block_megapixels: float = 2.0):
+                 tile_mode: str = "windows", tile_block_megapixels: float = 2.0):
         super().__init__(ckpt, device, operating_point, max_pixels, max_batch_size=1, api_path=TILE_PATH)
         self.tiles = dict(tile_size=tile_size, tile_stride=tile_stride, mode=tile_mode, batch_size=tile_batch_size,
                           block_megapixels=tile_block_megapixels)
