@@ -107,7 +107,7 @@ def time_mode(mode: str, backend, photo_path: Path, work: Path, args) -> tuple[t
     tiling.write_heatmap(photo, scores.grid, result, threshold, work / f"heatmap_{mode}.png", max_side=1600)
     seconds = time.perf_counter() - start
     peak = rss_mib()
-    return scores, dict(mode=scorer.mode, tiles=result.tiles, stride=scorer.stride[0], seconds=seconds,
+    return scores, dict(mode=scorer.mode, tiles=result.tiles, stride=scorer.used_stride()[0], seconds=seconds,
                         verdict="crack" if result.verdict(threshold) else "no crack", peak=peak, rise=peak - before,
                         process=not measured_peak, describe=scorer.describe())
 

@@ -114,8 +114,7 @@ class Inspector:
                              "upload images (JPEG, PNG, ...), a zip of images or a folder"))
         tile = mode == "photos" or (mode == "auto" and any(self._large(f) for f in files))
         settings = OmegaConf.create({"tile": tile, "num_workers": 0, **{  # no loader workers forked by a web server
-            key: self.cfg.get(key) for key in ("tile_size", "tile_stride", "tile_mode", "tile_block_megapixels")
-            if key in self.cfg}})
+            key: self.cfg[key] for key in ("tile_size", "tile_stride", "tile_mode", "tile_block_megapixels")}})
         with self._lock:  # one model, one forward pass at a time
             scores = predict.score(settings, self.backend, Inputs(files), folder,
                                    predict.resolve_batch_size(self.cfg.batch_size, self.device))

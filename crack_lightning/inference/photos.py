@@ -24,9 +24,6 @@ from crack_lightning.inference.backends import Backend
 
 log = logging.getLogger(__name__)
 
-MODES = ("dense", "windows")
-
-
 def _pair(value, default: tuple[int, int]) -> tuple[int, int]:
     """``null`` -> ``default``, ``227`` -> (227, 227), ``[h, w]`` -> (h, w) (checked by the settings)."""
     if value is None:
@@ -57,7 +54,7 @@ class MostCrackLike:
 
 class PhotoScorer:
     """Every window of a photo scored by ``backend``: ``size`` px windows every ``stride`` px (dense
-    mode rounds the stride to whole feature cells: 97 px for a 227 px window at 224 px, 32 px cells),
+    mode rounds the stride to whole feature cells, :meth:`used_stride`: 97 px for a 227 px window at 224 px),
     ``batch_size`` windows a forward pass (windows mode), blocks of at most ``block_megapixels``
     model pixels (dense mode)."""
 
@@ -77,13 +74,18 @@ class PhotoScorer:
             except dense.DenseUnsupported as err:
                 log.warning("tile_mode=dense: %s Scoring whole photos window by window.", err)
         self.mode = "dense" if self.geometry else "windows"
-        if self.geometry:  # about the stride asked, in whole feature cells
-            cells = dense.cell_steps(self.stride, self.size, self.input_size, self.geometry.reduction)
-            self.stride = tuple(round(k * self.geometry.reduction * s / i)
-                                for k, s, i in zip(cells, self.size, self.input_size))
+
+    def used_stride(self) -> tuple[int, int]:
+        """The stride in px the windows of a large photo get: dense mode's whole feature cells nearest the one asked."""
+        if self.geometry is None:
+            return self.stride
+        r = self.geometry.reduction
+        cells = dense.cell_steps(self.stride, self.size, self.input_size, r)
+        return tuple(round(k * r * s / i) for k, s, i in zip(cells, self.size, self.input_size))
 
     def describe(self) -> str:
-        return f"{self.mode}: tiles of {self.size[0]}x{self.size[1]} px every {self.stride[0]}x{self.stride[1]} px" + (
+        stride = self.used_stride()
+        return f"{self.mode}: tiles of {self.size[0]}x{self.size[1]} px every {stride[0]}x{stride[1]} px" + (
             " (whole feature cells)" if self.mode == "dense" else "")
 
     def _plan(self, height: int, width: int) -> dense.Plan | None:

@@ -229,8 +229,7 @@ def _tile_all(cfg, backend: Backend, inputs: Inputs, out: Path, batch_size: int,
     """Whole-photo mode: per photo its windows' scores, the probability of the most crack-like
     window (the photo's) and of its every class, the per-tile CSV, and the heatmap at ``threshold``
     when it is known."""
-    scorer = PhotoScorer(backend, cfg.tile_size, cfg.tile_stride, cfg.get("tile_mode", "windows"), batch_size,
-                         cfg.get("tile_block_megapixels", 2))
+    scorer = PhotoScorer(backend, cfg.tile_size, cfg.tile_stride, cfg.tile_mode, batch_size, cfg.tile_block_megapixels)
     n = len(inputs.files)
     scores = Scores(inputs, np.full(n, np.nan), np.full((n, len(backend.card.class_names)), np.nan), [], [], [])
     used = set()

@@ -55,10 +55,13 @@ def starts(length: int, size: int, stride: int) -> list[int]:
 def windows(height: int, width: int, size: tuple[int, int], stride: tuple[int, int]) -> Iterator[Window]:
     """Every window, row by row, lazily. A photo smaller than the window on an axis is
     taken whole on that axis (the transform resizes it as it resizes any patch)."""
+    return windows_at(height, width, size, starts(height, size[0], stride[0]), starts(width, size[1], stride[1]))
+
+
+def windows_at(height: int, width: int, size: tuple[int, int], tops: list[int], lefts: list[int]) -> Iterator[Window]:
+    """The windows starting at every ``tops`` x ``lefts``, row by row, lazily, cut to the photo."""
     h, w = min(size[0], height), min(size[1], width)
-    for top in starts(height, size[0], stride[0]):
-        for left in starts(width, size[1], stride[1]):
-            yield Window(top, left, h, w)
+    return (Window(top, left, h, w) for top in tops for left in lefts)
 
 
 def batches(image: np.ndarray, wins: Iterator[Window], batch_size: int,
@@ -144,8 +147,7 @@ class PhotoScores:
     classes: np.ndarray | None = None  # every class's probability at the most crack-like window
 
     def windows(self) -> Iterator[Window]:
-        h, w = min(self.size[0], self.grid.height), min(self.size[1], self.grid.width)
-        return (Window(t, l, h, w) for t in self.tops for l in self.lefts)
+        return windows_at(self.grid.height, self.grid.width, self.size, self.tops, self.lefts)
 
     def at(self, threshold: float) -> PhotoResult:
         p = self.probabilities

@@ -158,11 +158,9 @@ class TileAPI(_UploadAPI):
     of small PNGs can claim gigabytes of pixels."""
 
     def __init__(self, ckpt: str, device: str = "cpu", operating_point: str | None = None,
-                 max_pixels: int = 89478485, tile_size=None, tile_stride=None, tile_batch_size: int = 16,
-                 tile_mode: str = "windows", tile_block_megapixels: float = 2.0):
+                 max_pixels: int = 89478485, **tiles):
         super().__init__(ckpt, device, operating_point, max_pixels, max_batch_size=1, api_path=TILE_PATH)
-        self.tiles = dict(tile_size=tile_size, tile_stride=tile_stride, mode=tile_mode, batch_size=tile_batch_size,
-                          block_megapixels=tile_block_megapixels)
+        self.tiles = tiles  # PhotoScorer's keywords (tile_size, tile_stride, mode, batch_size, block_megapixels)
 
     def setup(self, device) -> None:
         super().setup(device)

@@ -11,8 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-def model_summary(ckpt: str, operating_point: str | None, tile_size=None, tile_stride=None,
-                  tile_mode: str = "windows") -> dict:
+def model_summary(ckpt: str, operating_point: str | None, tile_size, tile_stride, tile_mode: str) -> dict:
     """What ``GET /health`` says of the model: its file, hash, classes, operating point and the
     window of ``tile=true`` -- from its card alone (the model itself is built in the worker, not here too)."""
     from pathlib import Path
@@ -51,10 +50,10 @@ def build_server(cfg: DictConfig):
     model = (str(cfg.ckpt), str(cfg.device), cfg.get("operating_point"), int(cfg.max_pixels))
     tile_size, tile_stride = _plain(cfg.get("tile_size")), _plain(cfg.get("tile_stride"))
     tile_batch_size = resolve_batch_size(cfg.get("tile_batch_size", "auto"), str(cfg.device))
-    tile_mode = str(cfg.get("tile_mode", "windows"))
-    apis = [CrackAPI(*model, int(cfg.max_batch_size), float(cfg.batch_timeout)),
-            TileAPI(*model, tile_size, tile_stride, tile_batch_size, tile_mode,
-                    float(cfg.get("tile_block_megapixels", 2)))]  # a model worker each: LitServe's way
+    tile_mode = str(cfg.tile_mode)
+    apis = [CrackAPI(*model, int(cfg.max_batch_size), float(cfg.batch_timeout)),  # a model worker each: LitServe's way
+            TileAPI(*model, tile_size=tile_size, tile_stride=tile_stride, mode=tile_mode, batch_size=tile_batch_size,
+                    block_megapixels=float(cfg.tile_block_megapixels))]
     server = ls.LitServer(apis, accelerator="cpu" if cfg.device == "cpu" else "auto", devices=1,
                           workers_per_device=int(cfg.workers), healthcheck_path="/ready", timeout=float(cfg.timeout),
                           middlewares=[(UploadGate, {"max_bytes": int(cfg.max_upload_mb) * 2**20})])
