@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning.callbacks import OperatingPoint
+from crack_lightning.callbacks.exact_resume import ExactResume
 from crack_lightning.callbacks.model_card import ClassWeightsFromData, ModelCardFromData
 from crack_lightning.config_checks import OUR_DATA_MODULE, check_config
 from crack_lightning.data.labelled import data_classes
@@ -52,6 +53,9 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = [ModelCardFromData(config), ClassWeightsFromData(), *instantiate_group(cfg.get("callbacks"))]
     if cfg.get("finetune"):
         callbacks.append(instantiate(cfg.finetune))
+    # nor is this: without the RNG states a resumed run is not the run it continues; last, to set
+    # them after every other callback's on_train_start
+    callbacks.append(ExactResume())
     loggers = instantiate_group(cfg.get("logger"))
     continue_logs(loggers, start)
     # checkpoints are complete or absent whenever the process is killed (see checkpoint_io)

@@ -94,9 +94,20 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
+# set in this process by an in-process DDP test (Lightning's spawn launcher): a child given them
+# would take that port, and two children side by side the same one (EADDRINUSE)
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a command a test runs: offline, unbuffered, no DDP launch variables."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
 def run_py(script: str, args: list[str], cwd: Path = REPO, timeout: int = 240) -> subprocess.CompletedProcess:
     """Run the real `python <script> ...` (train.py, predict.py, export.py) in a subprocess."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = child_env()
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -8,11 +8,13 @@ Everything before the loaders -- generate, screen, split, decode -- is
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader
 
 from crack_lightning.data.augmentation import BatchNormalize, FlipRotate, eval_transform
 from crack_lightning.data.dataset import ImageListDataset
@@ -20,12 +22,15 @@ from crack_lightning.data.decoded_cache import DecodedImages, ResidentImages, co
 from crack_lightning.data.labelled import labelled_set
 from crack_lightning.data.splits import read_split_rows
 from crack_lightning.data.prepare import Preparation
+from crack_lightning.data.sampling import ResumableSampler
 from crack_lightning.data.settings import CacheSettings, LoaderSettings, Sampler, ScreeningSettings, SplitSettings
 from crack_lightning.model_card import Preprocessing
 from crack_lightning.trainer.distributed import eval_sampler
 from crack_lightning.utils.parallel import auto_workers, available_cores
 
 log = logging.getLogger(__name__)
+# Lightning's warning on a mid-epoch checkpoint when the loader has no state_dict: ours resumes by its sampler
+_NOT_RESUMABLE = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
 class CrackDataModule(L.LightningDataModule):
@@ -104,6 +109,7 @@ class CrackDataModule(L.LightningDataModule):
             self.num_workers > 0 if loader.persistent_workers == "auto" else loader.persistent_workers
         )
         self.resident: ResidentImages | None = None
+        self._resume_order: dict | None = None  # from a checkpoint (load_state_dict), for the next training loader
         report_dir = Path(report_dir) if report_dir else (self.split.file.parent if self.split.file else None)
         self.labelled = labelled_set(root, positive_classes, class_map, manifest, synthetic, model_classes)
         self.preparation = Preparation(
@@ -236,14 +242,12 @@ class CrackDataModule(L.LightningDataModule):
         return images, [label for _, label in samples]
 
     def _loader(self, dataset, train: bool) -> DataLoader:
-        balanced = train and self.loader.sampler is Sampler.BALANCED
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and not balanced,
-            # under DDP, validation and test score each image once (no padding repeats); Lightning
-            # shards a balanced sampler's draws across the ranks (DistributedSamplerWrapper)
-            sampler=self._balanced_sampler() if balanced else None if train else eval_sampler(dataset),
+            # training: an order of (seed, epoch) that a mid-epoch resume continues, sharded across
+            # DDP ranks; validation and test score each image once under DDP (no padding repeats)
+            sampler=self._train_sampler(dataset) if train else eval_sampler(dataset),
             # a last batch of one image breaks BatchNorm in training
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
@@ -252,12 +256,40 @@ class CrackDataModule(L.LightningDataModule):
             collate_fn=collate_gathered if isinstance(dataset, DecodedImages) else None,
         )
 
-    def _balanced_sampler(self) -> WeightedRandomSampler:
-        """One epoch of draws with replacement, each class equally likely (torch's global RNG,
-        which the run's seed sets)."""
-        counts = self.class_counts("train")
-        weights = [1.0 / counts[s.label] for s in self.splits["train"]]
-        return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
+    def _train_sampler(self, dataset) -> ResumableSampler:
+        """A permutation per epoch, or (``sampler=balanced``) draws with replacement, each class
+        equally likely; keyed per image where augmentation runs per image (the JPEG path)."""
+        weights = None
+        if self.loader.sampler is Sampler.BALANCED:
+            counts = self.class_counts("train")
+            weights = [1.0 / counts[s.label] for s in self.splits["train"]]
+        sampler = ResumableSampler(len(dataset), weights, keyed=isinstance(dataset, ImageListDataset))
+        if self._resume_order is not None:  # the loader of a resumed fit: where the checkpoint was
+            sampler.set_epoch(self._resume_order["epoch"])
+            sampler.start_at(self._resume_order["batches"] * self.batch_size)
+            self._resume_order = None
+        return sampler
+
+    def state_dict(self) -> dict:
+        """In every checkpoint: the epoch and the batches of it trained, so that a resumed fit
+        draws the rest of the epoch in the same order (:mod:`~crack_lightning.data.sampling`).
+        Lightning's own count of the loader would be a batch ahead (its fetcher has taken the
+        next one); ``processed`` is the batches whose optimiser step is done."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        if done >= trainer.num_training_batches:  # the end of an epoch: the next one from its start
+            return {"train_order": {"epoch": trainer.current_epoch + 1, "batches": 0}}
+        return {"train_order": {"epoch": trainer.current_epoch, "batches": done}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # called before the loaders are made (Lightning restores the data module first); and
+        # before the epoch's first batch is drawn, which Lightning's fetcher does on making the
+        # loader's iterator, before it sets the sampler's epoch: so both are set here
+        self._resume_order = state_dict.get("train_order")
+        if self._resume_order and self._resume_order["batches"]:
+            warnings.filterwarnings("ignore", message=_NOT_RESUMABLE)  # it is resumed, by the sampler
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, train=True)

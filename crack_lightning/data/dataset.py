@@ -42,10 +42,19 @@ class ImageListDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
-        sample = self.samples[index]
+    def __getitem__(self, item):
+        """``item``: an index, or a :class:`~crack_lightning.data.sampling.Draw` whose key seeds this
+        image's augmentation (the same pixels whatever the workers, the prefetching or a resume)."""
+        key = getattr(item, "key", None)
+        sample = self.samples[item if key is None else item.index]
         with Image.open(sample.path) as img:
             image = to_rgb(img)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, sample.label
+        if self.transform is None:
+            return image, sample.label
+        if key is None:
+            return self.transform(image), sample.label
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # the process's own stream moves on as if untouched
+            torch.manual_seed(key)
+            return self.transform(image), sample.label
