@@ -175,3 +175,60 @@ def test_compile_if_asked_sets_the_method_from_the_trainer_config():
     assert model.frozen_backbone.method is FrozenMethod.AUTO
     compile_if_asked(OmegaConf.create({"compile": True}), model)  # compiles every call (lazily): no copy besides
     assert model.frozen_backbone.method is FrozenMethod.EAGER
+
+
+def test_fixed_inputs_keep_their_frozen_features_exactly_until_the_weights_change():
+    model = freeze(make_model(method="eager"))
+    frozen, x = model.frozen_backbone, torch.randn(6, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    frozen.plan(1, torch.device("cpu"), fixed_inputs=True)
+    calls = []
+
+    def counted(images):
+        calls.append(len(images))
+        return model.backbone(images)
+
+    with torch.no_grad():
+        first = frozen(model.backbone, x, counted)
+        assert torch.equal(first, model.backbone(x)), "the backbone's own numbers"
+        mixed = torch.cat([x[3:], torch.randn(2, 3, 32, 32)])  # 3 seen, in another batch; 2 new
+        again = frozen(model.backbone, mixed, counted)
+        assert calls == [6, 2] and torch.equal(again[:3], first[3:])
+        assert torch.equal(again[3:], model.backbone(mixed[3:]))
+        assert (frozen.memo.hits, frozen.memo.misses) == (3, 8)
+        nudged = x.clone()
+        nudged[0, 0, 0, 0] += 1e-6  # a bit off: another image
+        frozen(model.backbone, nudged[:1], counted)
+        assert calls[-1] == 1
+        next(model.backbone.parameters()).add_(1.0)  # new weights: nothing kept is theirs
+        assert torch.equal(frozen(model.backbone, x, counted), model.backbone(x)) and calls[-1] == 6
+    frozen.drop()
+    assert frozen.memo is None
+
+
+def test_augmentation_none_serves_the_second_frozen_epoch_from_memory(tiny_data, tmp_path):
+    """Through FreezeUnfreeze and the data module: the frozen epochs without augmentation compute
+    each image once; at the unfreeze the kept features go; with augmentation nothing is kept."""
+    from crack_lightning.data.augmentation import FlipRotate
+
+    class Memo(L.Callback):
+        seen = {}
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            memo = pl_module.frozen_backbone.memo
+            self.seen[trainer.current_epoch] = None if memo is None else (memo.hits, memo.misses)
+
+    for augmentation, expect_memo in ((FlipRotate(0.0, 0.0, 0.0), True), (FlipRotate(0.5, 0.0, 0.0), False)):
+        model, probe = make_model(method="eager"), Memo()
+        dm = CrackDataModule(tiny_data, data_config=model.data_config, image_size=32, augmentation=augmentation,
+                             loader={"batch_size": 19, "num_workers": 0}, split={"file": str(tmp_path / "splits.csv")})
+        trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=False,
+                            default_root_dir=tmp_path, callbacks=[FreezeUnfreeze(unfreeze_at_epoch=2), probe])
+        trainer.fit(model, dm)
+        if not expect_memo:
+            assert set(probe.seen.values()) == {None}
+            continue
+        images = len(dm.train_dataset) + len(dm.val_dataset)  # 19 + 2, one batch each (no last batch dropped)
+        assert probe.seen[0] == (0, images), "epoch 0 (its validation included): each image computed once"
+        assert probe.seen[1] == (images, images), "epoch 1: the head alone"
+        assert probe.seen[2] is None, "dropped at the unfreeze"

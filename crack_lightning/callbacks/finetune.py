@@ -152,7 +152,8 @@ class FreezeUnfreeze(BaseFinetuning):
             if any(p.requires_grad for p in pl_module.backbone.parameters()):
                 frozen_copy.drop()
             else:
-                frozen_copy.plan(self._frozen_images_ahead(trainer), pl_module.device)
+                fixed = not getattr(trainer.datamodule, "augments", True)  # (a data module of one's own: assume it does)
+                frozen_copy.plan(self._frozen_images_ahead(trainer), pl_module.device, fixed_inputs=fixed)
 
     def _frozen_images_ahead(self, trainer: L.Trainer) -> float:
         """Training images the frozen backbone still sees, this epoch included (validation's

@@ -119,6 +119,15 @@ class CrackDataModule(L.LightningDataModule):
         self.splits: dict | None = None
 
     @property
+    def augments(self) -> bool:
+        """Whether training images are augmented (randomly changed each epoch); ``augmentation=none``
+        is not: a frozen backbone's features of them are then kept (models/feature_memo.py)."""
+        a = self.augmentation
+        if a is None or not isinstance(a, FlipRotate):
+            return a is not None  # (an augmentation of one's own: assume it is random)
+        return bool(a.hflip or a.vflip or a.rotation)
+
+    @property
     def mean(self) -> tuple[float, ...]:
         return tuple(self.data_config["mean"])
 

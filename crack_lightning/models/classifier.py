@@ -118,9 +118,10 @@ class CrackClassifier(CrackScorer):
             # epoch costs a forward pass): the frozen copy while frozen, else the
             # compiled backbone if compile=inference
             with torch.no_grad():
-                features = self.frozen_backbone(self.backbone, images) if frozen else None
+                without_grad = self._backbone_without_grad()
+                features = self.frozen_backbone(self.backbone, images, without_grad) if frozen else None
                 if features is None:
-                    features = self._backbone_without_grad()(images)
+                    features = without_grad(images)
         else:
             features = self.backbone(images)
         return self.head(features)

@@ -27,11 +27,13 @@ import io
 import logging
 import warnings
 from enum import Enum
+from typing import Callable
 
 import torch
 from torch import nn
 
 from crack_lightning import CrackLightningError
+from crack_lightning.models.feature_memo import FeatureMemo
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +74,28 @@ class FrozenBackbone:
         self.builds = 0  # copies made so far (tests; a log line names each)
         self._copy, self._key = None, None
         self._failed = False  # auto: the export failed once; eager from then on
+        self.memo: FeatureMemo | None = None  # a frozen phase over fixed inputs: features seen, from memory
 
-    def plan(self, images_ahead: float, device: torch.device) -> None:
+    def plan(self, images_ahead: float, device: torch.device, fixed_inputs: bool = False) -> None:
         """``auto``: the frozen phase ahead (training images still to pass through the frozen
-        backbone) decides whether the copy pays back; other methods stay as asked."""
+        backbone) decides whether the copy pays back; other methods stay as asked.
+        ``fixed_inputs``: no augmentation, so each frozen epoch sees the same images: their
+        features are kept (:class:`FeatureMemo`; on the CPU, where hashing a batch costs less
+        than the backbone)."""
+        if fixed_inputs and device.type == "cpu" and self.memo is None:
+            self.memo = FeatureMemo()
         # once chosen, kept to the phase's end (drop): the export is paid already
         if self.method is FrozenMethod.AUTO and self.chosen is not FrozenMethod.ONNXRUNTIME and not self._failed:
             self._ahead = images_ahead
             self.chosen = None if device.type == "cpu" and _has_onnxruntime() else FrozenMethod.EAGER
 
     def drop(self) -> None:
-        """Forget the copy (the unfreeze, a checkpoint load); ``auto`` waits for the next plan."""
+        """Forget the copy and the kept features (the unfreeze, a checkpoint load); ``auto`` waits
+        for the next plan."""
         self._copy, self._key = None, None
+        if self.memo is not None:
+            self.memo.clear()
+            self.memo = None
         if self.method is FrozenMethod.AUTO:
             self.chosen = FrozenMethod.EAGER
 
@@ -92,8 +104,18 @@ class FrozenBackbone:
         """Whether a copy is held now."""
         return self._copy is not None
 
-    def __call__(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
-        """The frozen backbone's features of ``images`` from the copy, or None: run it eagerly."""
+    def __call__(self, backbone: nn.Module, images: torch.Tensor, eager: Callable | None = None) -> torch.Tensor | None:
+        """The frozen backbone's features of ``images``: from memory (fixed inputs), from the copy,
+        by ``eager`` (default: the backbone) for the images the memory lacks; or None: run it eagerly."""
+        if self.memo is not None and images.device.type == "cpu" and not any(m.training for m in backbone.modules()):
+            def compute(x: torch.Tensor) -> torch.Tensor:
+                features = self._from_copy(backbone, x)
+                return (eager or backbone)(x) if features is None else features
+
+            return self.memo(images, _fingerprint(backbone), compute)
+        return self._from_copy(backbone, images)
+
+    def _from_copy(self, backbone: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
         if self.chosen is None:
             pays = self._ahead * images.shape[-2] * images.shape[-1] >= PAYBACK_PIXELS
             self.chosen = FrozenMethod.ONNXRUNTIME if pays else FrozenMethod.EAGER
@@ -129,7 +151,7 @@ class FrozenBackbone:
         return ok
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_copy": None, "_key": None}  # an onnxruntime session does not pickle
+        return {**self.__dict__, "_copy": None, "_key": None, "memo": None}  # an onnxruntime session does not pickle
 
 
 def _has_onnxruntime() -> bool:
