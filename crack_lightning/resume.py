@@ -18,6 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from crack_lightning import CrackLightningError
+from crack_lightning.cli.run_folder import is_rank_zero
 from crack_lightning.utils.files import atomic_path
 from crack_lightning.inference.model_files import require_model_file
 
@@ -133,7 +134,7 @@ def continue_logs(loggers: list, point: ResumePoint) -> None:
     run logged after the checkpoint (they are logged again): TensorBoard hides events at or
     after a session restart's step; Lightning's CSV writer would delete metrics.csv, so its
     rows up to the checkpoint are written back."""
-    if point.logger_step is None:
+    if point.logger_step is None or not is_rank_zero():  # the log files are rank 0's
         return
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from torch.utils.tensorboard import SummaryWriter

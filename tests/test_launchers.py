@@ -1,13 +1,14 @@
 """Sweeps through Hydra's submitit launcher (the `slurm` extra).
 
-- ``hydra/launcher=submitit_local``: the real ``train.py`` sends each job to its own
+- ``hydra/launcher=local`` (submitit_local with our launcher): the real ``train.py`` sends each job to its own
   process through submitit; job folders, the sweep summary and submitit's logs are
   checked, and a failing job is recorded (``tolerate_job_failure`` sees the multirun
   mode inside the submitit worker) while the sweep ends with status 1.
 - ``hydra/launcher=slurm`` (conf/hydra/launcher/slurm.yaml): composed with
   ``trainer=ddp`` and rendered into the sbatch script the plugin would submit; no cluster.
-- Lightning under ``srun``: with SLURM's variables it picks ``SLURMEnvironment`` and
-  starts no processes of its own (one SLURM task per GPU).
+- Lightning under ``srun``: with SLURM's variables it picks ``SLURMEnvironment`` (without its
+  own requeue) and starts no processes of its own (one SLURM task per GPU).
+- Ranks, preemption and requeue under the launchers: tests/test_cluster.py.
 - Process pools inside a submitit job end (submitit makes job processes ignore SIGTERM).
 
 The two sweeps start first, in the background, and the other tests run meanwhile.
@@ -36,7 +37,7 @@ pytest.importorskip("submitit", reason="needs the slurm extra: pip install -e '.
 
 def _sweep_args(tmp: Path, data_root: Path, lrs: str) -> list[str]:
     return [
-        "-m", "hydra/launcher=submitit_local",
+        "-m", "hydra/launcher=local",
         "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1", "hydra.launcher.gpus_per_node=0",
         "debug=fast", "backbone=custom_cnn", "backbone.pretrained=false",
         # no process pools in the jobs (decoded cache, grouping): a pool start per job saved;
@@ -48,16 +49,19 @@ def _sweep_args(tmp: Path, data_root: Path, lrs: str) -> list[str]:
 
 
 class _Sweep:
-    """``python train.py <args>`` started in the background (run_train_py waits; this does not)."""
+    """``python train.py <args>`` started in the background (run_train_py waits; this does not);
+    ``command`` replaces ``train.py`` (e.g. ``["-c", script]``), ``env`` adds variables."""
 
-    def __init__(self, args: list[str], tmp: Path) -> None:
+    def __init__(self, args: list[str], tmp: Path, command: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.dir, self.log = tmp / "sweep", tmp / "main.log"
         # as run_train_py, minus SLURM_*: a SLURM allocation around the test run would leak
         # into the local jobs and make Lightning believe it runs under srun (docs/slurm.md)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-        env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        full_env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env or {}))
+        command = command or [str(REPO / "train.py")]
         with open(self.log, "w") as out:  # its own process group: submitit's workers go with it on kill
-            self.proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
+            self.proc = subprocess.Popen([sys.executable, *command, *args], cwd=REPO, env=full_env,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def result(self, timeout: float = 300) -> tuple[int, str]:
@@ -76,7 +80,7 @@ class _Sweep:
 
 @pytest.fixture(scope="module")
 def submitit_sweeps(tmp_path_factory, tiny_data):
-    """A real sweep through submitit_local, started in the background so this module's
+    """A real sweep through hydra/launcher=local, started in the background so this module's
     other tests run meanwhile: model.lr=1e-3,-1 (job 0 trains, job 1 fails its config
     check). One sweep, not one that passes and one that fails: the suite has 5 minutes."""
     sweeps = {}
@@ -121,7 +125,7 @@ def _compose_hydra(overrides: list[str], sweep_dir: Path):
 def test_slurm_launcher_composes_with_ddp(tmp_path, overrides, tasks, nodes):
     cfg = _compose_hydra(overrides, tmp_path)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["_target_"] == "hydra_plugins.crack_lightning_launcher.launcher.SlurmLauncher"
     assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == tasks
     assert launcher["nodes"] == nodes
     assert launcher["submitit_folder"] == f"{tmp_path}/.submitit/%j"
@@ -190,6 +194,7 @@ def test_lightning_under_srun_uses_slurm_ranks_and_launches_nothing(tmp_path, ti
     from lightning_utilities.core import rank_zero as utils_rank_zero
 
     from crack_lightning.trainer import build_trainer
+    from crack_lightning.trainer.cluster import StopOnRequest
 
     _set_env(monkeypatch, SRUN_RANK_2_OF_4)
     # launch() would otherwise set torch's thread count (cores / tasks) for the rest of the session
@@ -199,7 +204,11 @@ def test_lightning_under_srun_uses_slurm_ranks_and_launches_nothing(tmp_path, ti
 
     cfg = compose_cfg(tmp_path, tiny_data, ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={devices}"])
     trainer = build_trainer(cfg.trainer, logger=False, enable_checkpointing=False)
-    assert isinstance(trainer._accelerator_connector.cluster_environment, SLURMEnvironment)
+    environment = trainer._accelerator_connector.cluster_environment
+    assert isinstance(environment, SLURMEnvironment)
+    # one owner of requeueing: not Lightning's (SIGUSR1, hpc_ckpt_<n>.ckpt), see trainer/cluster.py
+    assert environment.auto_requeue is False
+    assert any(isinstance(cb, StopOnRequest) for cb in trainer.callbacks)
     launcher = trainer.strategy.launcher
     assert isinstance(launcher, _SubprocessScriptLauncher) and launcher.cluster_environment.creates_processes_externally
     assert trainer.strategy.cluster_environment.main_address == "gpu07"

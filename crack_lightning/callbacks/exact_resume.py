@@ -5,8 +5,9 @@ streams: after a resume the augmentation and dropout drew new numbers. :class:`E
 stores the RNG states of torch, numpy and Python in every checkpoint (Lightning's
 ``_collect_rng_states``; numpy's as plain numbers, so the checkpoint still loads with
 ``weights_only=True``) and sets them back at ``on_train_start``, after the set-up, the sanity
-check and the other callbacks' ``on_train_start`` (it is the last callback that is not a
-checkpoint: train.py appends it), just before the resumed epoch's first batch is augmented.
+check and the other callbacks' ``on_train_start`` (train.py appends it after those of the config;
+the cluster's ``StopOnRequest``, added later, draws nothing), just before the resumed epoch's first
+batch is augmented.
 Where that epoch continues, in what order, is the data module's
 (:meth:`~crack_lightning.data.datamodule.CrackDataModule.state_dict`).
 

@@ -9,7 +9,12 @@
 - a sweep folder that already holds files (its old jobs would be summarised as new ones);
 - a run, sweep, cache or output folder inside the data the command reads (``data.root``, the
   folder of ``data.manifest``, ``input``), or a data folder inside the run folder;
-- a folder it must write into but cannot create or write (checked now, not after an hour).
+- a folder it must write into but cannot create or write (checked now, not after an hour);
+- under ``srun`` with several tasks, a run folder of each task's own (every task is a ``train.py``).
+
+Only global rank 0 writes a run's files (:func:`is_rank_zero`): a rank > 0 checks nothing here,
+writes no ``.hydra/`` and logs to ``<job>_rank<N>.log`` (:func:`as_rank_child`; the submitit
+launcher does the same for the tasks of a multirun job, :mod:`crack_lightning.sweeps.launcher`).
 
 New run folders are unique anyway (``<date>_<time>_<random>``, see :mod:`crack_lightning.resolvers`),
 so this matters for ``hydra.run.dir=`` / ``hydra.sweep.dir=`` given by hand.
@@ -19,11 +24,12 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from crack_lightning.cli.entry import fail
 from crack_lightning.utils.files import is_within
@@ -81,7 +87,10 @@ class OwnFolders(Callback):
         self.reads, self.writes, self.fresh = list(reads), list(writes), list(fresh)
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        if _is_rank_child():  # a DDP rank of this run, started by Lightning: rank 0 owns the folder
+        _check_one_folder_under_srun(config)
+        if not is_rank_zero():  # a DDP rank of this run: rank 0 owns the folder
+            if (rank := launch_rank()) is not None:  # srun started it (Lightning's ranks get rank_command's overrides)
+                as_rank_child(config, rank)
             return
         run_dir = Path(str(config.hydra.run.dir)).expanduser().absolute()
         resume = _value(config, "resume")
@@ -92,7 +101,9 @@ class OwnFolders(Callback):
             if not (is_within(run_dir, resume) and is_within(resume, run_dir)):
                 fail(f"resume={resume} continues that run in its own folder; drop hydra.run.dir={run_dir}.")
         else:
-            self._check_new(run_dir, "hydra.run.dir", "resume" in config)
+            # under srun the other tasks start at once, and may have opened their logs already
+            ranks = rf"{re.escape(str(config.hydra.job.name))}_rank\d+\.log" if launch_rank() is not None else None
+            self._check_new(run_dir, "hydra.run.dir", "resume" in config, ignore=ranks)
         self._check_apart(config, run_dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -101,8 +112,8 @@ class OwnFolders(Callback):
         self._check_apart(config, sweep_dir, "hydra.sweep.dir")
 
     @staticmethod
-    def _check_new(folder: Path, key: str, resumable: bool = False) -> None:
-        names = _held_files(folder) if folder.is_dir() else []
+    def _check_new(folder: Path, key: str, resumable: bool = False, ignore: str | None = None) -> None:
+        names = [n for n in _held_files(folder) if not (ignore and re.fullmatch(ignore, n))] if folder.is_dir() else []
         if folder.exists() and (not folder.is_dir() or names):
             held = f"holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else "is a file"
             way = " Continue a stopped training run with resume=<its folder>." if resumable else ""
@@ -127,5 +138,51 @@ class OwnFolders(Callback):
                 check_writable(Path(value).expanduser(), key)
 
 
-def _is_rank_child() -> bool:
-    return any(int(os.environ.get(name, "0") or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+def under_srun() -> bool:
+    """A SLURM task as Lightning's ``SLURMEnvironment.detect`` sees one (without its warning about
+    an unused ``srun``): ``SLURM_NTASKS`` set, and a job name other than ``bash``/``interactive``."""
+    return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
+def launch_rank() -> int | None:
+    """This process's global rank as its launcher put it in the environment, in the order Lightning
+    reads them (TorchElastic first): torchrun's ``RANK``, else ``SLURM_PROCID`` of an ``srun`` task.
+    None when neither says one: a process on its own, or a DDP rank Lightning started itself
+    (``LOCAL_RANK``/``NODE_RANK``)."""
+    env = os.environ
+    if env.get("RANK"):
+        return int(env["RANK"])
+    if under_srun() and env.get("SLURM_PROCID"):
+        return int(env["SLURM_PROCID"])
+    return None
+
+
+def is_rank_zero() -> bool:
+    """Whether this process may write the run's files: global rank 0, or no rank at all. Readable
+    before torch.distributed is set up (Hydra callbacks, the task wrapper of sweeps/job.py)."""
+    rank = launch_rank()
+    if rank is not None:
+        return rank == 0
+    return not any(int(os.environ.get(name) or 0) > 0 for name in ("LOCAL_RANK", "NODE_RANK"))
+
+
+def as_rank_child(config: DictConfig, rank: int) -> None:
+    """Make a Hydra job config that of rank ``rank`` > 0 of its run, before Hydra's ``run_job``
+    uses it: no ``.hydra/`` (``hydra.output_subdir=null``) and its log in ``<job>_rank<N>.log``, as
+    the overrides of Lightning's own ranks (:func:`crack_lightning.trainer.strategies.rank_command`)."""
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.output_subdir = None
+        config.hydra.job.name = f"{config.hydra.job.name}_rank{rank}"
+
+
+def _check_one_folder_under_srun(config: DictConfig) -> None:
+    """``srun python train.py`` starts one train.py per task, and each would make a new run folder
+    of its own (the name has the time and a random part): all tasks must be given the same one."""
+    tasks = int(os.environ.get("SLURM_NTASKS") or 1)
+    if tasks < 2 or launch_rank() is None or "RANK" in os.environ or _value(config, "resume") is not None:
+        return
+    overrides = OmegaConf.select(config, "hydra.overrides.hydra", default=None) or []
+    if not any(str(o).startswith("hydra.run.dir=") for o in overrides):
+        fail(f"srun started {tasks} tasks, each a train.py that would make a run folder of its own: give them "
+             f"one, e.g. hydra.run.dir=outputs/train/runs/slurm-$SLURM_JOB_ID (and resume=<that folder> to "
+             f"continue it). See docs/slurm.md.")

@@ -69,7 +69,7 @@ class Preparation:
         if self.split.file is None:
             return
         if not self.split.file.is_file():
-            splits = self.new_split(class_names, samples, save=True)
+            splits = self.new_split(class_names, samples, save=announce)  # written by global rank 0 only
         elif self.cache.used:
             splits = self.saved_split(class_names, announce=False)  # load() warns
         if self.cache.used:  # decode once here too, so DDP ranks do not all build the same cache

@@ -7,6 +7,11 @@ exception after the batch (so ``on_multirun_end`` and the summary never run).
 :func:`tolerate_job_failure` therefore catches a job's error in multirun mode only,
 records it in the job folder and returns normally; the summary callback then sees
 ``error.txt`` and ends the sweep with a non-zero status. Single runs are untouched.
+
+Only global rank 0 of a multi-task job writes ``job.json``/``error.txt`` (every SLURM task runs
+the whole Hydra job). A job stopped by a signal (preemption, time limit: ``SIGTERMException``)
+is recorded as ``interrupted``; when it is continued in its folder (``resume=``, as the submitit
+launcher requeues it) its ``job.json`` counts the ``interruptions`` and the wall time of every start.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from pathlib import Path
 
 from crack_lightning import find_user_error
+from crack_lightning.cli.run_folder import is_rank_zero
 from crack_lightning.utils.files import write_atomic
 
 log = logging.getLogger("crack_lightning")
@@ -53,7 +59,7 @@ def _multirun_job_dir() -> Path | None:
     return Path(hydra_cfg.runtime.output_dir)
 
 
-def _worst_value(cfg) -> float:
+def worst_value(cfg) -> float:
     """What a failed job (or one without a result) returns to the sweeper: the worst value
     for ``monitor_mode``. Hydra's Optuna sweeper needs a number -- on None it fails the
     study, and Optuna refuses NaN -- while an infinity is recorded as a bad trial and the
@@ -62,11 +68,24 @@ def _worst_value(cfg) -> float:
     return float("-inf") if mode == "max" else float("inf")
 
 
+def _earlier_starts(job_dir: Path) -> dict:
+    """What the interrupted starts of this job before this one recorded (a continued job)."""
+    try:
+        record = json.loads((job_dir / JOB_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if record.get("status") != "interrupted":
+        return {}
+    return {"interruptions": int(record.get("interruptions", 0)) + 1,
+            "wall_time_s": float(record.get("wall_time_s") or 0)}
+
+
 def tolerate_job_failure(task):
     """Decorate a task function: in a multirun, a job's exception is written to
     ``<job dir>/error.txt`` (one line) and logged, and the task returns the worst value
     for ``monitor_mode`` (±inf) so the next job or trial runs; ``<job dir>/job.json``
-    records status, wall time and the real return value (null for a failure).
+    records status (completed, failed, interrupted), wall time and the real return value
+    (null for a failure). Ranks > 0 of a job write neither file.
     Outside a multirun the task runs unchanged (errors propagate as before)."""
 
     @functools.wraps(task)
@@ -74,8 +93,10 @@ def tolerate_job_failure(task):
         job_dir = _multirun_job_dir()
         if job_dir is None:
             return task(*args, **kwargs)
-        worst = _worst_value(args[0] if args else kwargs.get("cfg"))
+        writes = is_rank_zero()
+        worst = worst_value(args[0] if args else kwargs.get("cfg"))
         start = time.perf_counter()
+        earlier = _earlier_starts(job_dir) if writes else {}
         record = {"status": "completed", "error": None, "return_value": None}
         try:
             value = task(*args, **kwargs)
@@ -90,10 +111,17 @@ def tolerate_job_failure(task):
                 log.error("Job failed: %s", reason, exc_info=err)  # the traceback goes to train.log
             else:
                 log.error("Job failed: %s", reason)
-            write_atomic(job_dir / ERROR_FILE, reason + "\n")
+            if writes:
+                write_atomic(job_dir / ERROR_FILE, reason + "\n")
             return worst
+        except BaseException:  # SIGTERMException (a signal: preemption, time limit), Ctrl+C
+            record["status"] = "interrupted"
+            raise
         finally:
-            record["wall_time_s"] = round(time.perf_counter() - start, 3)
-            _write_json(job_dir / JOB_FILE, record)
+            record["wall_time_s"] = round(time.perf_counter() - start + earlier.get("wall_time_s", 0.0), 3)
+            if earlier:
+                record["interruptions"] = earlier["interruptions"]
+            if writes:
+                _write_json(job_dir / JOB_FILE, record)
 
     return wrapper

@@ -1,4 +1,5 @@
-"""Trainer settings that depend on the machine: precision, cuDNN, matmul precision; a quiet console."""
+"""Trainer settings that depend on the machine: precision, cuDNN, matmul precision; a quiet console;
+on a cluster, the stop at a batch boundary on preemption (:mod:`crack_lightning.trainer.cluster`)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,13 @@ def build_trainer(trainer_cfg, **kwargs):
     Keys that are ours, not the Trainer's (``compile``, ``compile_options``,
     ``frozen_backbone``: :func:`compile_if_asked` applies them to the model), are left
     out; ``kwargs`` override the config. Lightning's messages that nobody can act on are
-    silenced first (:mod:`crack_lightning.trainer.console`)."""
+    silenced first (:mod:`crack_lightning.trainer.console`). On SLURM or in a submitit job
+    the fit stops at a batch boundary on the preemption signal and Lightning's own SLURM
+    requeue is off (:func:`crack_lightning.trainer.cluster.cluster_kwargs`)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from crack_lightning.trainer.cluster import cluster_kwargs
     from crack_lightning.trainer.console import quiet_lightning
 
     quiet_lightning()  # before the Trainer logs its first line
@@ -54,7 +58,7 @@ def build_trainer(trainer_cfg, **kwargs):
     config.pop("compile", None)
     config.pop("compile_options", None)
     config.pop("frozen_backbone", None)
-    return instantiate(config, **{**runtime_kwargs(trainer_cfg), **kwargs})
+    return instantiate(config, **cluster_kwargs({**runtime_kwargs(trainer_cfg), **kwargs}))
 
 
 def compile_if_asked(trainer_cfg, model) -> None:

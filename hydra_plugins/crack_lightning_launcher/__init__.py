@@ -1,0 +1,1 @@
+"""crack-lightning's Hydra launchers (Hydra instantiates plugins only from the ``hydra_plugins`` namespace)."""
