@@ -98,33 +98,33 @@ def test_train_py_ddp_cpu_sweep(tiny_data, tmp_path):
 
 def test_ddp_run_killed_after_the_unfreeze_resumes_unfrozen_in_step(tmp_path):
     """A 2-rank ``trainer=ddp_cpu`` run SIGKILLed (both ranks) mid-epoch after the unfreeze, then
-    ``resume=``: both ranks continue unfrozen, end with identical weights, and with the weights of
-    the same run never killed (the order and RNG states come back on every rank)."""
+    ``resume=``: both ranks continue unfrozen from the mid-epoch checkpoint, finish the epoch (not
+    repeat it) and end with identical weights. (That the weights are those of a run never killed
+    is tests/test_resume.py's, in one process: a second DDP run here would cost the suite ~15 s.)"""
     from tests.test_resume import command, hold, load, start_train_py, wait_for
     from crack_lightning.data.synthetic.generate import generate
 
     data = tmp_path / "images"
     generate(data, per_class=40, seed=0)  # 64 training images: 32 per rank, 8 steps of 4 per epoch
     base = [*command(data, tmp_path), "trainer=ddp_cpu", "callbacks.step_checkpoint.every_n_train_steps=10"]
-    killed_run, full_run, marker = tmp_path / "killed", tmp_path / "full", tmp_path / "held"
+    run, marker = tmp_path / "killed", tmp_path / "held"
     held = [o.replace("at_step=40", "at_step=20") for o in hold(marker)]  # epoch 2 is steps 16-23
-    full = start_train_py([*base, f"hydra.run.dir={full_run}"])
-    killed = start_train_py([*base, *held, f"hydra.run.dir={killed_run}"], new_session=True)
+    killed = start_train_py([*base, *held, f"hydra.run.dir={run}"], new_session=True)
     wait_for(marker, killed)
     os.killpg(killed.pid, signal.SIGKILL)  # rank 0 and the rank-1 process it started
     killed.wait()
-    assert load(killed_run / "checkpoints" / "step.ckpt")["global_step"] == 20
+    step = load(run / "checkpoints" / "step.ckpt")
+    assert step["global_step"] == 20 and step["CrackDataModule"]["train_order"] == {"epoch": 2, "batches": 4}
 
-    resumed = run_train_py([*base, *held, f"resume={killed_run}"])
+    resumed = run_train_py([*base, *held, f"resume={run}"])
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
-    assert full.wait(timeout=180) == 0, full.stdout.read()[-3000:]
-    logs = [(killed_run / name).read_text() for name in ("train.log", "train_rank1.log")]
-    total = sum(p.numel() for p in load_classifier(killed_run / "checkpoints" / "best.ckpt").model.parameters())
+    logs = [(run / name).read_text() for name in ("train.log", "train_rank1.log")]
+    total = sum(p.numel() for p in load_classifier(run / "checkpoints" / "best.ckpt").model.parameters())
     resumed_part = [text[text.rindex("Resuming"):] if rank == 0 else text for rank, text in enumerate(logs)]
     ends = [re.findall(rf"Rank {rank}: (\d+) trainable parameters.*checksum (\S+)", text)[-1]
             for rank, text in enumerate(resumed_part)]
     assert ends[0] == ends[1] and int(ends[0][0]) == total, "both ranks unfrozen and in step after the resume"
-    last, reference = load(killed_run / "checkpoints" / "last.ckpt"), load(full_run / "checkpoints" / "last.ckpt")
-    assert last["global_step"] == reference["global_step"] == 24
-    differ = [k for k, v in reference["state_dict"].items() if not torch.equal(v, last["state_dict"][k])]
-    assert not differ, f"{len(differ)} tensors differ from the uninterrupted DDP run's"
+    assert "All 2 ranks hold identical weights after training." in resumed_part[0]
+    last = load(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 24, "the interrupted epoch is finished, not repeated"
+    assert [g.get("name") for g in last["optimizer_states"][0]["param_groups"]][1:] == ["backbone"]
