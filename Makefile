@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo shift-demo test test-browser browser data validate bench bench-finetune bench-peers clean
+.PHONY: install demo shift-demo test test-browser browser data validate bench bench-finetune bench-peers gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -78,6 +78,22 @@ bench-peers: $(STAMP)
 	test -x data/bench/peers-venv/bin/python || $(PYTHON) -m venv data/bench/peers-venv
 	data/bench/peers-venv/bin/python -m pip install -q -r benchmarks/peers-requirements.txt
 	$(PY) benchmarks/peers.py --keras-python data/bench/peers-venv/bin/python $(ARGS)
+
+# The wheels a bare CUDA machine lacks (benchmarks/gpu-requirements.txt), pure Python, into data/gpu-wheels/
+# (git-ignored, ~1.5 MB): the device run carries that folder (docs/gpu.md). pip wheel, not pip download:
+# antlr4-python3-runtime 4.9.3 exists as an sdist only; a wheel tagged for this Python would not install there.
+GPU_WHEELS := data/gpu-wheels
+gpu-wheels:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PYTHON) -m pip wheel -q --no-deps -w $(GPU_WHEELS) -r benchmarks/gpu-requirements.txt
+	@for w in $(GPU_WHEELS)/*.whl; do case $$w in *-none-any.whl) ;; \
+		*) echo "gpu-wheels: $$w is built for this Python; the GPU machine needs one for 3.12 (pip download --python-version 3.12)" >&2; exit 1;; esac; done
+	@du -sh $(GPU_WHEELS)
+
+# Issue 21's measurements of the CUDA path on a GPU machine, into $OUT or outputs/gpu_check/<time>
+# (benchmarks/gpu_check.sh, docs/gpu.md); on the GPU machine it needs no .venv.  Here:  make gpu-check ARGS=--dry-run
+gpu-check:
+	bash benchmarks/gpu_check.sh $(ARGS)
 
 # One intra-op thread per process: the workers (and the train.py processes they start) already
 # keep the cores busy; with torch's default of one thread per core they oversubscribe them --
