@@ -49,13 +49,14 @@ def resume_point(cfg: DictConfig) -> ResumePoint:
     if not run.is_dir():
         raise CrackLightningError(f"resume={resume}: no such run folder.")
     check_same_config(cfg, run)
-    ckpt = Path(ckpt_path) if ckpt_path else newest_checkpoint(run / "checkpoints", exclude=_best_name(cfg))
+    ckpt = Path(ckpt_path) if ckpt_path else newest_checkpoint(run / "checkpoints", exclude=best_checkpoint_name(cfg))
     step = _logger_step(ckpt)
     log.info("Resuming %s from %s (logger step %d)", run, ckpt, step)
     return ResumePoint(str(ckpt), step)
 
 
-def _best_name(cfg: DictConfig) -> str | None:
+def best_checkpoint_name(cfg: DictConfig) -> str | None:
+    """``best.ckpt``'s name in ``cfg``: never a resume source (an earlier state, rewritten after fitting)."""
     node = cfg.get("callbacks", {}).get("model_checkpoint") if cfg.get("callbacks") else None
     return f"{node.filename}.ckpt" if node and node.get("filename") else None
 

@@ -108,7 +108,7 @@ def test_ddp_run_killed_after_the_unfreeze_resumes_unfrozen_in_step(tmp_path):
     generate(data, per_class=40, seed=0)  # 64 training images: 32 per rank, 8 steps of 4 per epoch
     base = [*command(data, tmp_path), "trainer=ddp_cpu", "callbacks.step_checkpoint.every_n_train_steps=10"]
     run, marker = tmp_path / "killed", tmp_path / "held"
-    held = [o.replace("at_step=40", "at_step=20") for o in hold(marker)]  # epoch 2 is steps 16-23
+    held = hold(marker, at_step=20)  # epoch 2 is steps 16-23
     killed = start_train_py([*base, *held, f"hydra.run.dir={run}"], new_session=True)
     wait_for(marker, killed)
     os.killpg(killed.pid, signal.SIGKILL)  # rank 0 and the rank-1 process it started

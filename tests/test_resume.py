@@ -67,8 +67,8 @@ def start_train_py(args: list[str], new_session: bool = False) -> subprocess.Pop
     )
 
 
-def hold(marker: Path) -> list[str]:
-    return ["+callbacks.hold._target_=tests.test_resume.Hold", f"+callbacks.hold.at_step={HOLD_AT}", f"+callbacks.hold.marker={marker}"]
+def hold(marker: Path, at_step: int = HOLD_AT) -> list[str]:
+    return ["+callbacks.hold._target_=tests.test_resume.Hold", f"+callbacks.hold.at_step={at_step}", f"+callbacks.hold.marker={marker}"]
 
 
 def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 60) -> None:

@@ -56,6 +56,11 @@ class FlipRotate:
     vflip: float = 0.0
     rotation: float = 0.0
 
+    @property
+    def random(self) -> bool:
+        """Whether it changes an image at all (``augmentation=none`` is all zeros)."""
+        return bool(self.hflip or self.vflip or self.rotation)
+
     def pil(self, data_config: dict) -> v2.Compose:
         """Per-image transform of PIL images: resize, flips, rotation, normalisation."""
         ops = [to_resized_image(data_config)]

@@ -122,10 +122,8 @@ class CrackDataModule(L.LightningDataModule):
     def augments(self) -> bool:
         """Whether training images are augmented (randomly changed each epoch); ``augmentation=none``
         is not: a frozen backbone's features of them are then kept (models/feature_memo.py)."""
-        a = self.augmentation
-        if a is None or not isinstance(a, FlipRotate):
-            return a is not None  # (an augmentation of one's own: assume it is random)
-        return bool(a.hflip or a.vflip or a.rotation)
+        # (an augmentation of one's own without ``random``: assume it is)
+        return self.augmentation is not None and getattr(self.augmentation, "random", True)
 
     @property
     def mean(self) -> tuple[float, ...]:

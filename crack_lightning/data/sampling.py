@@ -7,7 +7,8 @@ loader's position when the loader is stateful, and counts it one batch off (its 
 already taken the next batch when a checkpoint is saved). So the order here is computed from
 the run's seed and the epoch alone (``DistributedSampler``'s rule: ``seed + epoch``), and
 :meth:`ResumableSampler.start_at` skips the batches the checkpoint says are done
-(:class:`~crack_lightning.callbacks.resume.ExactResume` reads them from Lightning's loop state).
+(:meth:`~crack_lightning.data.datamodule.CrackDataModule.state_dict` reads them from Lightning's
+loop state; :class:`~crack_lightning.callbacks.exact_resume.ExactResume` restores the RNG states).
 
 Being a ``DistributedSampler`` it also shards across DDP ranks itself (Lightning keeps a
 ``DistributedSampler`` it is given), so the balanced draws are sharded without Lightning's

@@ -134,11 +134,10 @@ def _has_checkpoint(job_dir: str, config: DictConfig) -> bool:
     from pathlib import Path
 
     from crack_lightning import CrackLightningError
-    from crack_lightning.resume import newest_checkpoint
+    from crack_lightning.resume import best_checkpoint_name, newest_checkpoint
 
-    best = config.get("callbacks", {}).get("model_checkpoint", {}) if config.get("callbacks") else {}
     try:
-        newest_checkpoint(Path(job_dir) / "checkpoints", exclude=f"{best.get('filename')}.ckpt" if best else None)
+        newest_checkpoint(Path(job_dir) / "checkpoints", exclude=best_checkpoint_name(config))
     except CrackLightningError:
         return False
     return True
