@@ -132,3 +132,37 @@ def test_batched_tiles_match_the_per_image_eval_transform():
             expected = transform(photo.crop((l, t, l + w, t + h)))
             torch.testing.assert_close(crop, expected, atol=1e-5, rtol=0)
     assert sizes == [3, 3] and crops.shape == (3, 3, 32, 48)
+
+
+def test_heatmap_png_outlines_exactly_the_edge_of_the_region_above_the_threshold(tmp_path):
+    """A black photo, 100 px windows side by side, one of them hot: over the photo the PNG is white
+    exactly on the 1 px edge of the hot region (black blended with colour is never white); a map
+    all below or all above the threshold has no outline; the title and the colour bar are drawn."""
+    from scipy.ndimage import binary_erosion
+
+    from crack_lightning.reports.heatmap import photo_room
+    from crack_lightning.reports.plots import colour_table
+
+    height, width = 400, 600
+    photo = Image.new("RGB", (width, height))
+    hot = np.zeros(24, np.float32)
+    hot[9] = 0.9  # second row, fourth column: clear of the photo's border
+    for name, probabilities, outlined in [("hot", hot, True), ("cold", np.zeros(24), False),
+                                          ("all", np.full(24, 0.9), False)]:
+        scores = tiling.PhotoScores.of(height, width, (100, 100), [0, 100, 200, 300], list(range(0, 600, 100)),
+                                       probabilities)
+        tiling.write_heatmap(photo, scores.grid, scores.at(0.5), 0.5, tmp_path / f"{name}.png", max_side=400)
+        with Image.open(tmp_path / f"{name}.png") as png:
+            pixels = np.asarray(png.convert("RGB")).astype(int)
+        assert max(pixels.shape[:2]) == 400
+        top = int(np.argmax((pixels[:, 0] < 255).any(-1)))  # the photo's first row: the bands above are white
+        h, w = tiling._preview(photo, photo_room(400)).size[::-1]
+        mask = scores.grid.resample(h, w) > 0.5
+        edge = mask & ~binary_erosion(mask, np.ones((3, 3)), border_value=1)
+        white = (pixels[top:top + h, :w] == 255).all(-1)
+        np.testing.assert_array_equal(white, edge)
+        assert edge.any() == outlined and (not outlined or (mask & ~edge).any())  # an edge with an inside
+        assert (pixels[:top] < 100).all(-1).any()  # the title's dark text
+        bar = pixels[top:top + h, w:]
+        for row, colour in ((0, colour_table("turbo")[-1]), (h - 1, colour_table("turbo")[0])):  # 1 on top, 0 below
+            assert (np.abs(bar[row] - colour * 255) <= 1).all(-1).any()

@@ -21,14 +21,12 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 from PIL import Image, ImageOps
 
 from crack_lightning.data.dataset import to_rgb
 from crack_lightning.utils.files import atomic_path
-from crack_lightning.reports.plots import DPI, overlay_heatmap, save_figure
+from crack_lightning.reports.heatmap import draw_heatmap, photo_room
+from crack_lightning.reports.plots import save_pixels
 
 ORIENTATION = 0x0112  # EXIF tag
 TILE_COLUMNS = ["top", "left", "height", "width", "crack_probability"]
@@ -242,35 +240,23 @@ def predict_photo(
     return result, scores.grid
 
 
-def _preview(photo: Image.Image, max_side: int) -> Image.Image:
-    """The photo at about the size it takes in the heatmap PNG (cheaper to blend and draw)."""
-    scale = min(1.0, 0.9 * max_side / max(photo.size))
+def _preview(photo: Image.Image, box: tuple[int, int]) -> Image.Image:
+    """The photo fitted into ``box`` (width, height), the size it takes in the heatmap PNG: the
+    blend and the outline are made at that size, not the photo's."""
+    scale = min(box[0] / photo.width, box[1] / photo.height)
     size = (max(1, round(photo.width * scale)), max(1, round(photo.height * scale)))
-    return photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0) if scale < 1 else photo
+    return photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0) if size != photo.size else photo
 
 
 def write_heatmap(photo: Image.Image, grid: TileGrid, result: PhotoResult, threshold: float, path: Path,
                   max_side: int = 1600, alpha: float = 0.45, cmap: str = "turbo") -> Path:
     """The photo with the averaged crack probability blended over it, the threshold as a
-    white outline and the verdict in the title; ``max_side`` px on its long side.
-
-    Everything is drawn at about the size it is shown, not the photo's: the blend is
-    made before drawing (one uint8 image layer for matplotlib to resample, not two),
-    so a PNG costs about a second whatever the photo's size.
-    """
-    preview = _preview(photo, max_side)
+    white outline, a colour bar and the verdict in the title; ``max_side`` px on its long side
+    (drawn by :func:`draw_heatmap`)."""
+    preview = _preview(photo, photo_room(max_side))
     heat = np.nan_to_num(grid.resample(preview.height, preview.width))
-    blend = overlay_heatmap(np.asarray(preview, np.float32) / 255, heat, alpha=alpha, cmap=cmap)
-    fig_w, fig_h = preview.width * 1.08, preview.height + 0.06 * preview.width  # colour bar, title
-    inches = max_side / max(fig_w, fig_h) / DPI
-    fig = Figure(figsize=(fig_w * inches, fig_h * inches), layout="constrained")
-    ax = fig.subplots()
-    ax.imshow((blend * 255).clip(0, 255).astype(np.uint8), interpolation="none")
-    if heat.min() <= threshold < heat.max():  # the crack area's outline
-        ax.contour(heat > threshold, levels=[0.5], colors="white", linewidths=1)
-    ax.axis("off")
-    fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), ax=ax, fraction=0.03, pad=0.01, label="crack probability")
     verdict = "CRACK" if result.verdict(threshold) else "no crack"
-    ax.set_title(f"{verdict}: max {result.max_probability:.3f} (threshold {threshold:.3f}), "
-                 f"{result.crack_area_fraction:.1%} of the area, {result.crack_tiles}/{result.tiles} tiles")
-    return save_figure(fig, path)  # atomic: no half-written PNG if interrupted
+    title = (f"{verdict}: max {result.max_probability:.3f} (threshold {threshold:.3f}), "
+             f"{result.crack_area_fraction:.1%} of the area, {result.crack_tiles}/{result.tiles} tiles")
+    pixels = draw_heatmap(np.asarray(preview), heat, threshold, title, max_side, alpha, cmap)
+    return save_pixels(pixels, path)  # atomic: no half-written PNG if interrupted

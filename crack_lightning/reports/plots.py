@@ -7,6 +7,7 @@ same figure can be saved as PNG and logged to TensorBoard.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -108,12 +109,26 @@ def reliability_figure(targets: np.ndarray, curves: dict[str, np.ndarray], n_bin
     return fig
 
 
-def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
-    """Blend a [0, 1] heat map (H, W) over an RGB image (H, W, 3) in [0, 1]."""
+@lru_cache(maxsize=None)
+def colour_table(cmap: str) -> np.ndarray:
+    """``cmap`` sampled once at 256 levels, matplotlib's own resolution: float32 (256, 3) in [0, 1]."""
     from matplotlib import colormaps
 
-    colored = colormaps[cmap](np.clip(heat, 0.0, 1.0))[..., :3]
-    return (1 - alpha) * image + alpha * colored
+    table = colormaps[cmap](np.linspace(0, 1, 256))[:, :3].astype(np.float32)
+    table.setflags(write=False)  # shared by every caller through the cache
+    return table
+
+
+def overlay_heatmap(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+    """Blend a [0, 1] heat map (H, W) over an RGB image (H, W, 3): floats in [0, 1] give float32
+    (Grad-CAM), uint8 gives uint8 (the whole-photo heatmap, straight into its PNG).
+
+    Each value takes the :func:`colour_table` row matplotlib would, ``floor(x * 256)``, 1 the last.
+    """
+    scale = 255 if image.dtype == np.uint8 else 1
+    blend = (alpha * scale * colour_table(cmap))[np.minimum(np.clip(heat, 0, 1) * 256, 255).astype(np.uint8)]
+    blend += np.float32(1 - alpha) * image
+    return (blend + 0.5).astype(np.uint8) if scale == 255 else blend
 
 
 DPI = 110
