@@ -131,14 +131,14 @@ def test_dense_windows_are_where_their_crops_are(darkness):
     assert not PhotoScorer(darkness, mode="dense")(_wall(500, 760, crack=False)).at(0.6).verdict(0.6)
 
 
-def test_block_size_changes_only_a_windows_context(darkness, cnn):
-    """Blocks hold whole windows, so any block size gives each window the same pixels: exactly the
-    same scores without context; with it (padding convolutions) close, one huge block the reference."""
+def test_tile_size_changes_only_a_windows_context(darkness, cnn):
+    """Tiles are whole feature cells, stitched: exactly the same scores at any tile size without
+    context; with it (padding convolutions at the seams) close, one tile of the photo the reference."""
     photo = _wall(700, 900, seed=1)
     for backend, tolerance in ((darkness, 1e-6), (cnn, 0.1)):
         one = PhotoScorer(backend, mode="dense", block_megapixels=1000)
         small = PhotoScorer(backend, mode="dense", block_megapixels=0.02)
-        assert len(one._plan(700, 900).blocks) == 1 < len(small._plan(700, 900).blocks)
+        assert len(one._plan(700, 900).tiles()) == 1 < len(small._plan(700, 900).tiles())
         a, b = one(photo), small(photo)
         assert a.tops == b.tops and a.lefts == b.lefts
         assert np.abs(a.probabilities - b.probabilities).max() < tolerance
@@ -153,12 +153,16 @@ def test_windows_cover_the_photo_and_every_block_is_bounded(height, width):
     assert abs(h - 227) <= 0.07 * 227 and abs(w - 227) <= 0.07 * 227  # half a cell of a 7-cell window at most
     assert the_plan.tops[-1] == height - h and the_plan.lefts[-1] == width - w  # flush: no pixel left out
     assert all(b - a <= 113 for a, b in zip(the_plan.tops, the_plan.tops[1:]))
-    seen = [(b.top + r, b.left + c) for b in the_plan.blocks for r in b.rows for c in b.cols]
+    seen = [(r, s.left + c) for s in the_plan.strips for c in s.cols for r in the_plan.row_cells]
     assert sorted(seen) == sorted((r, c) for r in the_plan.row_cells for c in the_plan.col_cells)  # each once
-    smallest = (7 + 2 * dense.MARGIN) ** 2 * 32 * 32  # a block must hold one window and its context
-    for b in the_plan.blocks:
-        assert (b.bottom - b.top) * (b.right - b.left) * 32 * 32 <= max(1e6, smallest) * 1.01
-        assert all(r + 7 <= b.bottom - b.top for r in b.rows) and all(c + 7 <= b.right - b.left for c in b.cols)
+    cells = (the_plan.scaled[0] // 32, the_plan.scaled[1] // 32)
+    for s in the_plan.strips:  # a strip's tiles cover it once, none over the budget or smaller than half a tile
+        assert s.right - s.left <= max(7, dense.STRIP_TILES * the_plan.tile) and s.right <= cells[1]
+        tiles = [t for t in the_plan.tiles() if t[2] >= s.left and t[3] <= s.right]
+        assert sum((b - t) * (r - lo) for t, b, lo, r in tiles) == cells[0] * (s.right - s.left)
+        for t, b, lo, r in tiles:
+            assert (b - t) * (r - lo) * 32 * 32 <= max(1e6, 49 * 32 * 32) * 1.01
+            assert min(b - t, r - lo) >= min(the_plan.tile // 2, cells[0], s.right - s.left)
     assert dense.plan(200, 4000, (227, 227), (113, 113), (224, 224), geo, 1) is None  # lower than a window
 
 
@@ -201,3 +205,29 @@ def test_predict_writes_the_same_outputs_in_both_modes(trained_run, tmp_path):
         tiles = read_rows(rows[mode]["tiles_csv"])
         assert int(rows[mode]["tiles"]) == len(tiles) and Path(rows[mode]["heatmap"]).is_file()
     assert rows["windows"].keys() == rows["dense"].keys() and int(rows["windows"]["tiles"]) == 3 * 5
+
+
+@pytest.mark.parametrize("strip_tiles, megapixels", [(16, 0.01), (1, 0.006)])
+def test_stitched_tiles_give_every_window_its_own_cells_in_a_bounded_band(monkeypatch, strip_tiles, megapixels):
+    """Features that are each cell's own mean (no context): every window's pooled value must be the
+    mean of its cells of the whole scaled photo, through any tiling and strips, while the band of
+    feature rows held never grows past a tile row and a window."""
+    monkeypatch.setattr(dense, "STRIP_TILES", strip_tiles)
+    geo, r = dense.Geometry((7, 7), 8, "avg"), 8
+    the_plan = dense.plan(1500, 2600, (227, 227), (113, 113), (56, 56), geo, megapixels)
+    assert len(the_plan.strips) > (1 if strip_tiles == 1 else 0) and len(the_plan.tile_rows()) > 2
+    scaled = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (*the_plan.scaled, 3), dtype=np.uint8))
+    cell_means = lambda x: torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2).float().mean(1, keepdim=True), r)
+    heights = []
+
+    def score(band, rows, cols):
+        heights.append(band.shape[-2])
+        pooled = torch.nn.functional.avg_pool2d(band, 7, stride=1)[0, 0][rows][:, cols].reshape(-1)
+        return pooled.numpy(), torch.stack([pooled, -pooled], 1).numpy()
+
+    crack, every = dense.dense_probabilities(scaled, the_plan, cell_means, score)
+    whole = torch.nn.functional.avg_pool2d(cell_means(scaled[None]), 7, stride=1)[0, 0]
+    expected = whole[the_plan.row_cells][:, the_plan.col_cells].numpy()
+    np.testing.assert_allclose(crack, expected, rtol=1e-5)
+    np.testing.assert_allclose(every[..., 1], -expected, rtol=1e-5)
+    assert max(heights) <= the_plan.tile + 7

@@ -125,10 +125,11 @@ def test_recalibrate_an_onnx_file_into_a_new_onnx_file(model_files, tiny_data, t
     backend = OnnxBackend(result["model"], operating_point="site_b")
     assert backend.card.threshold == result["after"]["threshold"]
     assert OnnxBackend(result["model"]).card.threshold == OnnxBackend(onnx_file).card.threshold
-    # whole photos: the copy brings its own dense graph, beside it in the new run folder
-    from crack_lightning.inference.onnx_backend import dense_path
+    # whole photos: the copy brings its own dense graphs, beside it in the new run folder
+    from crack_lightning.inference.model_files import dense_paths
 
-    assert dense_path(result["model"]).is_file() and dense_path(result["model"]).parent != Path(onnx_file).parent
+    for dense in dense_paths(result["model"]):
+        assert dense.is_file() and dense.parent != Path(onnx_file).parent
     assert backend.dense_geometry() == OnnxBackend(onnx_file).dense_geometry()
 
 

@@ -103,9 +103,11 @@ def test_onnx_file_has_dynamic_batch_and_the_model_card(exported):
             "operating_point", "crack_lightning_version", "contract"} <= set(meta)
     assert meta["checkpoint_sha256"] == sha256_file(path.with_suffix(".ckpt"))
     assert meta["contract_version"] == "2" and meta["format"] == "onnx"
-    dense = path.with_name("best.dense.onnx")  # written with it, named and hashed in its metadata
+    dense, head = path.with_name("best.dense.onnx"), path.with_name("best.dense-head.onnx")  # named and hashed
     assert meta["dense_graph"] == dense.name and meta["dense_sha256"] == sha256_file(dense)
-    assert [i.name for i in onnx.load(str(dense)).graph.input] == ["block", "rows", "cols"]
+    assert meta["dense_head_graph"] == head.name and meta["dense_head_sha256"] == sha256_file(head)
+    assert [i.name for i in onnx.load(str(dense)).graph.input] == ["tiles"]
+    assert [i.name for i in onnx.load(str(head)).graph.input] == ["features", "rows", "cols"]
 
 
 def test_onnx_backend_reproduces_the_torch_backend(exported, tiny_data):
@@ -323,7 +325,8 @@ def test_the_dense_graph_scores_whole_photos_as_pytorch_does(exported, tiny_data
     alone = path.parent / "alone"
     alone.mkdir()
     shutil.copy(path, alone / path.name)
-    with pytest.raises(DenseUnsupported, match="best.dense.onnx, best.onnx's dense graph, is not beside it"):
+    shutil.copy(path.with_name("best.dense-head.onnx"), alone)
+    with pytest.raises(DenseUnsupported, match="best.dense.onnx, one of best.onnx's dense graphs, is not beside it"):
         OnnxBackend(alone / path.name).dense_geometry()
     (alone / "best.dense.onnx").write_bytes(b"another graph")
     with pytest.raises(DenseUnsupported, match="SHA-256 differs.*tile_mode=windows"):
@@ -338,7 +341,7 @@ def test_an_existing_dense_sibling_is_refused_unless_overwrite(exported, tmp_pat
     ckpt = exported[0].with_suffix(".ckpt")
     (tmp_path / "m.dense.onnx").write_text("someone's notes")
     cfg = export_cfg(tmp_path, [f"ckpt={ckpt}", f"output={tmp_path / 'm.onnx'}"])
-    with pytest.raises(CrackLightningError, match=r"m.dense.onnx, the dense graph written beside m.onnx, exists "
+    with pytest.raises(CrackLightningError, match=r"m.dense.onnx, a dense graph written beside m.onnx, exists "
                                                   r"\(a text file\).*overwrite=true"):
         check_export(cfg)
     cfg.overwrite = True

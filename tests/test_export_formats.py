@@ -37,15 +37,17 @@ def test_int8_is_gated_on_the_test_split_and_runs_in_predict_and_evaluate(traine
     result = export(export_cfg(tmp_path, [f"ckpt={ckpt}", "format=onnx-int8", "max_recall_drop=1",
                                           "max_accuracy_drop=1"]))
     int8 = ckpt.with_name("best-int8.onnx")
-    assert result["output"] == str(int8) and result["dense"] == str(ckpt.with_name("best-int8.dense.onnx"))
+    assert result["output"] == str(int8) and result["dense"] == [str(ckpt.with_name(f"best-int8.{n}.onnx")) for n in ("dense", "dense-head")]
     notes = result["int8"]
     assert notes["calibration_images"] == 2 and notes["test_images"] == 2, "the run's val and test splits"
     assert {"recall_drop", "accuracy_drop", "speedup"} <= set(notes) and notes["speedup"] > 0
     assert "QuantizeLinear" in ops(int8) and "Resize" in ops(int8)
-    assert "QuantizeLinear" not in ops(result["dense"]), "the dense graph stays fp32"
+    assert not any("QuantizeLinear" in ops(d) for d in result["dense"]), "the dense graphs stay fp32"
     meta = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
     assert meta["format"] == "onnx-int8" and meta["dense_graph"] == "best-int8.dense.onnx"
-    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best-int8.dense.onnx", "best-int8.onnx", "best.ckpt"]
+    assert meta["dense_head_graph"] == "best-int8.dense-head.onnx"
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best-int8.dense-head.onnx", "best-int8.dense.onnx",
+                                                              "best-int8.onnx", "best.ckpt"]
 
     backend, reference = OnnxBackend(int8), TorchBackend(load_classifier(ckpt))
     images = preprocessed(sorted(tiny_data.rglob("*.jpg")), backend.card.preprocessing)

@@ -29,7 +29,7 @@ from crack_lightning.evaluation.intervals import metric_intervals
 from crack_lightning.evaluation.scorers import open_scorer
 from crack_lightning.model_card import SECTION
 from crack_lightning.utils.config import instantiate_group
-from crack_lightning.inference.onnx_backend import dense_path
+from crack_lightning.inference.model_files import dense_paths
 from crack_lightning.utils.files import atomic_path, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
@@ -133,11 +133,11 @@ def write_model(source: Path, output_dir: Path, name: str, point: dict) -> Path:
     if source.suffix.lower() == ".onnx":
         meta = _metadata(source)
         changes = {"operating_points": json.dumps({**json.loads(meta.get("operating_points") or "{}"), name: point})}
-        dense = source.with_name(meta["dense_graph"]) if meta.get("dense_graph") else None
-        if dense and dense.is_file():  # whole photos: its dense graph comes along, naming its new main file
-            copy = dense_path(target)
-            _save_with(dense, copy, {"dense_graph_of": target.name})
-            changes.update(dense_graph=copy.name, dense_sha256=sha256_file(copy))
+        for role, copy in zip(("dense", "dense_head"), dense_paths(target)):
+            dense = source.with_name(meta[f"{role}_graph"]) if meta.get(f"{role}_graph") else None
+            if dense and dense.is_file():  # whole photos: its dense graphs come along, naming their new main file
+                _save_with(dense, copy, {"dense_graph_of": target.name})
+                changes.update({f"{role}_graph": copy.name, f"{role}_sha256": sha256_file(copy)})
         _save_with(source, target, changes)
         return target
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)

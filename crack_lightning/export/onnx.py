@@ -34,7 +34,7 @@ from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.inference.backends import TorchBackend
 from crack_lightning.inference.checkpoint import LoadedClassifier
 from crack_lightning.inference.onnx_backend import (CONTRACT, CONTRACT_VERSION, INPUT, OUTPUTS, OnnxBackend,
-                                                    dense_path, to_numpy)
+                                                    DENSE_ROLES, dense_paths, to_numpy)
 from crack_lightning.model_card import Preprocessing
 from crack_lightning.utils.files import atomic_path, sha256_file
 from crack_lightning.export import dense
@@ -117,7 +117,7 @@ class Exported:
     output: Path
     max_abs_diff: float | None = None  # the same pixels through both: the models
     resize_abs_diff: float | None = None  # the original images, resized in the graph vs by torchvision
-    dense: Path | None = None
+    dense: tuple[Path, Path] | None = None  # the features and head graphs
     dense_abs_diff: float | None = None
     notes: dict | None = None  # what ``finish`` reported (onnx-int8: the gate)
 
@@ -126,7 +126,8 @@ def export_onnx(loaded: LoadedClassifier, output: str | Path, opset: int = OPSET
                 check_images: list[Image.Image] | None = None, atol: float = 1e-4, resize_atol: float = 1e-3,
                 finish: Callable[[Path], dict] | None = None) -> Exported:
     """Write ``loaded``'s model to ``output`` (an ``.onnx`` file) with its card as metadata, and
-    its dense graph to ``<stem>.dense.onnx`` when the backbone has one: both files or neither.
+    its dense graphs to ``<stem>.dense.onnx`` and ``<stem>.dense-head.onnx`` when the backbone has
+    them: all three files or none.
 
     With ``check_images`` (RGB PIL images of any size) the new files are run in onnxruntime
     and compared with PyTorch *before* they replace anything: a file at ``output`` has passed
@@ -135,28 +136,29 @@ def export_onnx(loaded: LoadedClassifier, output: str | Path, opset: int = OPSET
     """
     output = Path(output)
     program = main_program(loaded, opset)
-    dense_program, geometry = dense.dense_program(loaded, opset)
+    dense_programs, geometry = dense.dense_programs(loaded, opset)
     result = Exported(output)
     with ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(output))
-        if dense_program is not None:
-            result.dense = dense_path(output)
-            dense_tmp = stack.enter_context(atomic_path(result.dense))
-            dense_program.model.metadata_props.update({
-                key: program.model.metadata_props[key] for key in ("checkpoint", "checkpoint_sha256",
-                                                                   "crack_lightning_version", "opset")})
-            dense_program.model.metadata_props["dense_graph_of"] = output.name
-            dense_program.save(dense_tmp, external_data=False)
-            program.model.metadata_props.update({"dense_graph": result.dense.name,
-                                                 "dense_sha256": sha256_file(dense_tmp),
-                                                 **geometry.to_metadata()})
+        if dense_programs is not None:
+            result.dense = dense_paths(output)
+            dense_tmps = [stack.enter_context(atomic_path(p)) for p in result.dense]
+            for role, prog, path, dense_tmp in zip(DENSE_ROLES, dense_programs, result.dense, dense_tmps):
+                prog.model.metadata_props.update({
+                    key: program.model.metadata_props[key] for key in ("checkpoint", "checkpoint_sha256",
+                                                                       "crack_lightning_version", "opset")})
+                prog.model.metadata_props["dense_graph_of"] = output.name
+                prog.save(dense_tmp, external_data=False)
+                program.model.metadata_props.update({f"{role}_graph": path.name,
+                                                     f"{role}_sha256": sha256_file(dense_tmp)})
+            program.model.metadata_props.update(geometry.to_metadata())
         program.save(tmp, external_data=False)
         try:
             if check_images:
                 result.max_abs_diff, result.resize_abs_diff = check_main(loaded, tmp, check_images, atol,
                                                                          resize_atol)
-                if dense_program is not None:
-                    result.dense_abs_diff = dense.check_dense(loaded, dense_tmp, check_images, atol)
+                if dense_programs is not None:
+                    result.dense_abs_diff = dense.check_dense(loaded, dense_tmps, check_images, atol)
             if finish is not None:
                 result.notes = finish(tmp)
         except CrackLightningError as err:  # disagrees, onnxruntime cannot load it, int8 refused

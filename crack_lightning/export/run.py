@@ -53,7 +53,8 @@ def export(cfg: DictConfig) -> dict:
                          resize_atol=float(cfg.resize_atol), finish=finish)
     seconds = time.perf_counter() - start
     size_mb = output.stat().st_size / 1e6
-    dense = f" and {result.dense.name}" if result.dense else " (no dense graph: this backbone has none)"
+    dense = (f" and {' + '.join(p.name for p in result.dense)}" if result.dense
+             else " (no dense graph: this backbone has none)")
     if result.max_abs_diff is None:
         log.info("Exported %s%s (%.1f MB, opset %d) in %.1f s, unchecked (check=false)", output, dense, size_mb,
                  cfg.opset, seconds)
@@ -66,7 +67,7 @@ def export(cfg: DictConfig) -> dict:
             "" if result.dense_abs_diff is None else f", dense graph {result.dense_abs_diff:.2e}",
         )
     return {"output": str(output), "max_abs_diff": result.max_abs_diff, "resize_abs_diff": result.resize_abs_diff,
-            "dense": str(result.dense) if result.dense else None, "dense_abs_diff": result.dense_abs_diff,
+            "dense": [str(p) for p in result.dense] if result.dense else None, "dense_abs_diff": result.dense_abs_diff,
             "check_images": source, "seconds": seconds, **({"int8": result.notes} if result.notes else {})}
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from crack_lightning.inference.checkpoint import LoadedClassifier, load_classifier
-from crack_lightning.inference.dense import DenseWindows, Geometry, geometry
+from crack_lightning.inference.dense import DenseFeatures, DenseHead, Geometry, geometry
 from crack_lightning.model_card import ModelCard
 
 
@@ -47,7 +47,7 @@ class TorchBackend:
         self.path = loaded.path
         self.model_hash = loaded.sha256[:12]
         self.card = loaded.card
-        self._dense: DenseWindows | None = None  # built at the first whole photo of tile_mode=dense
+        self._dense: tuple[DenseFeatures, DenseHead] | None = None  # built at the first whole photo of tile_mode=dense
 
     @torch.inference_mode()
     def scores(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -64,16 +64,23 @@ class TorchBackend:
         if self._dense is None:
             pre = self.card.preprocessing
             geo = geometry(self.model, pre.input_size)
-            self._dense = DenseWindows(self.model, geo, pre.mean, pre.std).to(self.device).eval()
-        return self._dense.geometry
+            self._dense = (DenseFeatures(self.model, pre.mean, pre.std).to(self.device).eval(),
+                           DenseHead(self.model, geo).eval())
+        return self._dense[1].geometry
 
     @torch.inference_mode()
-    def dense_scores(self, block: torch.Tensor, rows: list[int], cols: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def dense_features(self, tiles: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature maps of uint8 ``[B, H, W, 3]`` tiles at the model's scale (on the device)."""
+        self.dense_geometry()
+        return self._dense[0](torch.as_tensor(tiles).to(self.device))
+
+    @torch.inference_mode()
+    def dense_scores(self, features: torch.Tensor, rows: list[int], cols: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(crack probability, every class's) of the windows starting at feature cells ``rows`` x
-        ``cols`` of a uint8 ``[1, H, W, 3]`` block at the model's scale, row by row."""
+        ``cols`` of a stitched ``[1, C, H, W]`` feature map, row by row."""
         self.dense_geometry()
         index = [torch.as_tensor(v, dtype=torch.int64, device=self.device) for v in (rows, cols)]
-        logits = self._dense(torch.as_tensor(block).to(self.device), *index)
+        logits = self._dense[1](features, *index)
         return tuple(p.cpu().numpy().astype(np.float32) for p in (
             self.model.crack_probability(logits), self.model.probabilities(logits)))
 

@@ -22,6 +22,13 @@ _ONNX_NEXT_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
 _TRAINED = "the <run>/checkpoints/best.ckpt of a train.py run"
 
 
+def dense_paths(main: str | Path) -> tuple[Path, Path]:
+    """The dense siblings export.py writes beside the ``.onnx`` file ``main``: ``<stem>.dense.onnx``
+    (tiles -> features) and ``<stem>.dense-head.onnx`` (features -> windows' logits)."""
+    main = Path(main)
+    return main.with_name(f"{main.stem}.dense.onnx"), main.with_name(f"{main.stem}.dense-head.onnx")
+
+
 def sniff(path: Path) -> tuple[str, str]:
     """(TORCH, ONNX or OTHER, what the file is in words) of an existing file."""
     with open(path, "rb") as f:

@@ -8,10 +8,11 @@ P(any crack class), temperature applied) and ``logits`` (``[batch, N]``, ``class
 order). The probability of every class is the backend's :func:`softmax` of the logits at the
 card's temperature, not a third output: files of every version have the same two.
 
-A contract-2 file may have a dense sibling (``<stem>.dense.onnx``, named with its SHA-256 and
-window geometry in the main file's metadata) for whole photos: a uint8 ``block`` ``[1, H, W,
-3]`` at the model's scale and window starts ``rows``, ``cols`` (int64 feature cells) ->
-``logits`` ``[rows * cols, N]`` (:class:`~crack_lightning.inference.dense.DenseWindows`).
+A contract-2 file may have two dense siblings for whole photos, named with their SHA-256 and the
+window geometry in the main file's metadata: ``<stem>.dense.onnx``, uint8 ``tiles`` ``[B, H, W,
+3]`` at the model's scale -> ``features``, and ``<stem>.dense-head.onnx``, a stitched feature map
+and window starts ``rows``, ``cols`` (int64 feature cells) -> ``logits`` ``[rows * cols, N]``
+(:class:`~crack_lightning.inference.dense.DenseFeatures`, ``DenseHead``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import onnxruntime as ort
 import torch
 
 from crack_lightning import CrackLightningError
+from crack_lightning.inference.model_files import dense_paths  # noqa: F401  (re-exported)
 from crack_lightning.model_card import ModelCard
 from crack_lightning.utils.files import sha256_file
 
@@ -36,18 +38,15 @@ CONTRACT = (
     "to whole levels after each pass as torchvision does), scales to [0, 1] and normalises with "
     "preprocessing.mean/std. Outputs: 'crack_probability' float32 [batch] = the sum over positive_classes "
     "of softmax(logits / temperature), crack if > threshold; 'logits' float32 [batch, N] in class_names "
-    "order (N = len(class_names)). Optional dense graph (metadata dense_graph, dense_sha256): inputs "
-    "'block' uint8 [1, H, W, 3] at the model's scale, 'rows' and 'cols' int64 window starts in feature "
-    "cells (dense_window_cells, dense_reduction, dense_pool) -> 'logits' float32 [rows * cols, N]."
+    "order (N = len(class_names)). Optional dense graphs (metadata dense_graph, dense_sha256, "
+    "dense_head_graph, dense_head_sha256): 'tiles' uint8 [B, H, W, 3] at the model's scale -> 'features' "
+    "float32 [B, C, H / dense_reduction, W / dense_reduction]; then 'features' [1, C, h, w] (tiles' maps "
+    "stitched), 'rows' and 'cols' int64 window starts in feature cells (dense_window_cells, dense_pool) -> "
+    "'logits' float32 [rows * cols, N]."
 )
-DENSE_INPUTS = ("block", "rows", "cols")
-DENSE_KEYS = ("dense_graph", "dense_sha256")
-
-
-def dense_path(main: str | Path) -> Path:
-    """The dense sibling export.py writes beside ``main``: ``<stem>.dense.onnx``."""
-    main = Path(main)
-    return main.with_name(f"{main.stem}.dense.onnx")
+DENSE_INPUT = "tiles"
+DENSE_HEAD_INPUTS = ("features", "rows", "cols")
+DENSE_ROLES = ("dense", "dense_head")  # metadata <role>_graph, <role>_sha256 in the main file
 
 
 class OnnxBackend:
@@ -145,29 +144,40 @@ class OnnxBackend:
             self._dense = self._open_dense()
         return Geometry.from_metadata(self.metadata)
 
-    def _open_dense(self) -> ort.InferenceSession:
+    def _open_dense(self) -> tuple[ort.InferenceSession, ort.InferenceSession]:
         from crack_lightning.inference.dense import DenseUnsupported
 
-        if any(key not in self.metadata for key in DENSE_KEYS):
+        if any(f"{role}_{key}" not in self.metadata for role in DENSE_ROLES for key in ("graph", "sha256")):
             raise DenseUnsupported(f"{self.path.name} has no dense graph (an older export, or a backbone without "
                                    f"one); export again with python export.py, or use tile_mode=windows.")
-        path = self.path.with_name(self.metadata["dense_graph"])
-        if not path.is_file():
-            raise DenseUnsupported(f"{path.name}, {self.path.name}'s dense graph, is not beside it; copy it there, "
-                                   f"export again, or use tile_mode=windows.")
-        if sha256_file(path) != self.metadata["dense_sha256"]:
-            raise DenseUnsupported(f"{path} is not the dense graph exported with {self.path.name} (SHA-256 differs); "
-                                   f"export again, or use tile_mode=windows.")
-        return _session(path, self.threads)
+        sessions = []
+        for role in DENSE_ROLES:
+            path = self.path.with_name(self.metadata[f"{role}_graph"])
+            if not path.is_file():
+                raise DenseUnsupported(f"{path.name}, one of {self.path.name}'s dense graphs, is not beside it; copy "
+                                       f"it there, export again, or use tile_mode=windows.")
+            if sha256_file(path) != self.metadata[f"{role}_sha256"]:
+                raise DenseUnsupported(f"{path} is not the dense graph exported with {self.path.name} (SHA-256 "
+                                       f"differs); export again, or use tile_mode=windows.")
+            sessions.append(_session(path, self.threads))
+        return tuple(sessions)
 
-    def dense_scores(self, block, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+    def dense_features(self, tiles) -> torch.Tensor:
+        """The feature maps of uint8 ``[B, H, W, 3]`` tiles, as
+        :meth:`~crack_lightning.inference.backends.TorchBackend.dense_features`."""
+        self.dense_geometry()
+        (features,) = self._dense[0].run(["features"], {DENSE_INPUT: np.ascontiguousarray(to_numpy(tiles),
+                                                                                          dtype=np.uint8)})
+        return torch.from_numpy(features)
+
+    def dense_scores(self, features, rows, cols) -> tuple[np.ndarray, np.ndarray]:
         """(crack probability ``[R * C]``, every class's ``[R * C, N]``) of the windows starting at
-        feature cells ``rows`` x ``cols`` of a uint8 ``[1, H, W, 3]`` block, row by row, as
+        feature cells ``rows`` x ``cols`` of a stitched feature map, row by row, as
         :meth:`~crack_lightning.inference.backends.TorchBackend.dense_scores`."""
         self.dense_geometry()
-        feed = {"block": np.ascontiguousarray(to_numpy(block), dtype=np.uint8),
+        feed = {"features": np.ascontiguousarray(to_numpy(features), dtype=np.float32),
                 "rows": np.asarray(rows, np.int64), "cols": np.asarray(cols, np.int64)}
-        (logits,) = self._dense.run(["logits"], feed)
+        (logits,) = self._dense[1].run(["logits"], feed)
         return self._calibrated(None, logits)
 
     def describe(self) -> str:

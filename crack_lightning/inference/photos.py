@@ -4,7 +4,8 @@
 ``tile_mode=windows`` (the default) crops every window and scores it as a patch
 (:mod:`~crack_lightning.inference.tiling`); ``tile_mode=dense`` runs the backbone once over the
 photo and pools each window from its feature map (:mod:`~crack_lightning.inference.dense`),
-2-2.5x faster but not the same numbers, so it stays a choice until it agrees (issue 19). A backbone
+3.2-3.5x faster on a 4032x3024 photo (BENCHMARKS.md) but not the same numbers, so it stays a choice until it
+agrees on labelled photos (issue 19). A backbone
 without a convolutional feature map (a vision transformer) is scored window by window, with a
 warning. Both give the same outputs: per-window CSV, heatmap, verdict.
 """
@@ -55,11 +56,11 @@ class MostCrackLike:
 class PhotoScorer:
     """Every window of a photo scored by ``backend``: ``size`` px windows every ``stride`` px (dense
     mode rounds the stride to whole feature cells, :meth:`used_stride`: 97 px for a 227 px window at 224 px),
-    ``batch_size`` windows a forward pass (windows mode), blocks of at most ``block_megapixels``
+    ``batch_size`` windows a forward pass (windows mode), tiles of at most ``block_megapixels``
     model pixels (dense mode)."""
 
     def __init__(self, backend: Backend, tile_size=None, tile_stride=None, mode: str = "windows",
-                 batch_size: int = 16, block_megapixels: float = 2.0):
+                 batch_size: int = 16, block_megapixels: float = 0.8):
         pre = backend.card.preprocessing
         self.backend, self.batch_size, self.block_megapixels = backend, int(batch_size), float(block_megapixels)
         self.size, self.stride = tile_windows(pre.native_size, tile_size, tile_stride)
@@ -120,7 +121,7 @@ class PhotoScorer:
             scores.classes = scored.classes
             return scores
         scaled = dense.scaled_photo(photo, the_plan.scaled, self.interpolation)
-        crack, every = dense.dense_probabilities(scaled, the_plan, self.geometry.reduction,
+        crack, every = dense.dense_probabilities(scaled, the_plan, self.backend.dense_features,
                                                  self.backend.dense_scores, advance)
         best = np.unravel_index(int(np.argmax(crack)), crack.shape)
         scores = tiling.PhotoScores.of(height, width, the_plan.size, the_plan.tops, the_plan.lefts, crack, every[best])

@@ -20,7 +20,7 @@ from crack_lightning import CrackLightningError
 from crack_lightning.config_checks import check_types
 from crack_lightning.utils.checks import is_count, is_number
 from crack_lightning.utils.files import sha256_file
-from crack_lightning.inference.model_files import ONNX, export_origin, onnx_metadata, require_model_file, sniff
+from crack_lightning.inference.model_files import ONNX, dense_paths, export_origin, onnx_metadata, require_model_file, sniff
 
 FORMATS = ("onnx", "onnx-int8")
 DEVICES = r"auto|cpu|cuda(:\d+)?"
@@ -184,8 +184,8 @@ def check_export(cfg: DictConfig) -> Path:
     key = f"output={output}" if cfg.get("output") else f"{output} (output=null: {default} beside the checkpoint)"
     if output.is_dir():
         raise CrackLightningError(f"{key} is a folder: give the file to write, e.g. output={output / 'model.onnx'}.")
-    dense = output.with_name(f"{output.stem}.dense.onnx")  # onnx_backend.dense_path, without importing onnxruntime
-    for path, what in ((output, key), (dense, f"{dense}, the dense graph written beside {output.name},")):
+    siblings = [(dense, f"{dense}, a dense graph written beside {output.name},") for dense in dense_paths(output)]
+    for path, what in ((output, key), *siblings):
         if path.is_dir() or (path.exists() and not cfg.get("overwrite")):
             state = "is a folder" if path.is_dir() else f"exists ({_describe(path, Path(cfg.ckpt).expanduser())})"
             raise CrackLightningError(f"{what} {state}: export.py does not replace a file unasked. Choose another "
