@@ -135,7 +135,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="predict.py's batch_size=auto on a CPU")
     p.add_argument("--stride", type=int, default=None, help="tile stride in px; default half the patch")
     p.add_argument("--modes", default="dense,windows", help="tile modes timed side by side, in this order")
-    p.add_argument("--block-megapixels", type=float, default=2.0, help="dense mode's block (tile_block_megapixels)")
+    p.add_argument("--block-megapixels", type=float, default=0.8, help="dense mode's tiles (tile_block_megapixels)")
     p.add_argument("--threads", type=int, default=None, help="torch threads; default torch's own")
     p.add_argument("--seed", type=int, default=0, help="the synthetic photo's")
     p.add_argument("--work", default="data/bench/whole_photo")
@@ -174,7 +174,7 @@ def main() -> None:
         print(notes[-1])
     pre = backend.card.preprocessing
     settings = (f"{Path(ckpt).name} ({'given' if args.ckpt else 'untrained, pretrained=false'}), "
-                f"input {pre.input_size[0]}x{pre.input_size[1]} px, batch {args.batch_size}, dense blocks "
+                f"input {pre.input_size[0]}x{pre.input_size[1]} px, batch {args.batch_size}, dense tiles "
                 f"{args.block_megapixels:g} Mpx, torch threads {torch.get_num_threads()}")
     append_record(args.out, "whole photo", settings, [
         "| photo | mode | tiles | stride px | seconds (load photo → verdict, CSV, heatmap) | tiles/s | verdict | "
