@@ -4,10 +4,10 @@
 ``tile_mode=windows`` (the default) crops every window and scores it as a patch
 (:mod:`~crack_lightning.inference.tiling`); ``tile_mode=dense`` runs the backbone once over the
 photo and pools each window from its feature map (:mod:`~crack_lightning.inference.dense`),
-3.2-3.5x faster on a 4032x3024 photo (BENCHMARKS.md) but not the same numbers, so it stays a choice until it
-agrees on labelled photos (issue 19). A backbone
-without a convolutional feature map (a vision transformer) is scored window by window, with a
-warning. Both give the same outputs: per-window CSV, heatmap, verdict.
+3.2-3.5x faster on a 4032x3024 photo (BENCHMARKS.md) but not the same numbers, so it stays a
+choice until it agrees on labelled photos (issue 19). A backbone without a convolutional
+feature map (a vision transformer) is scored window by window, with a warning. Both give the
+same outputs: per-window CSV, heatmap, verdict.
 """
 
 from __future__ import annotations
