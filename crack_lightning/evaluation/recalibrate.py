@@ -29,7 +29,7 @@ from crack_lightning.evaluation.intervals import metric_intervals
 from crack_lightning.evaluation.scorers import open_scorer
 from crack_lightning.model_card import SECTION
 from crack_lightning.utils.config import instantiate_group
-from crack_lightning.inference.model_files import dense_paths
+from crack_lightning.inference.model_files import DENSE_ROLES, dense_paths
 from crack_lightning.utils.files import atomic_path, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def write_model(source: Path, output_dir: Path, name: str, point: dict) -> Path:
     if source.suffix.lower() == ".onnx":
         meta = _metadata(source)
         changes = {"operating_points": json.dumps({**json.loads(meta.get("operating_points") or "{}"), name: point})}
-        for role, copy in zip(("dense", "dense_head"), dense_paths(target)):
+        for role, copy in zip(DENSE_ROLES, dense_paths(target)):
             dense = source.with_name(meta[f"{role}_graph"]) if meta.get(f"{role}_graph") else None
             if dense and dense.is_file():  # whole photos: its dense graphs come along, naming their new main file
                 _save_with(dense, copy, {"dense_graph_of": target.name})

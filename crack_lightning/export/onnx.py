@@ -34,7 +34,8 @@ from crack_lightning.data.augmentation import eval_transform
 from crack_lightning.inference.backends import TorchBackend
 from crack_lightning.inference.checkpoint import LoadedClassifier
 from crack_lightning.inference.onnx_backend import (CONTRACT, CONTRACT_VERSION, INPUT, OUTPUTS, OnnxBackend,
-                                                    DENSE_ROLES, dense_paths, to_numpy)
+                                                    to_numpy)
+from crack_lightning.inference.model_files import DENSE_ROLES, dense_paths
 from crack_lightning.model_card import Preprocessing
 from crack_lightning.utils.files import atomic_path, sha256_file
 from crack_lightning.export import dense

@@ -22,6 +22,9 @@ _ONNX_NEXT_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
 _TRAINED = "the <run>/checkpoints/best.ckpt of a train.py run"
 
 
+DENSE_ROLES = ("dense", "dense_head")  # the main file's metadata <role>_graph, <role>_sha256, in dense_paths' order
+
+
 def dense_paths(main: str | Path) -> tuple[Path, Path]:
     """The dense siblings export.py writes beside the ``.onnx`` file ``main``: ``<stem>.dense.onnx``
     (tiles -> features) and ``<stem>.dense-head.onnx`` (features -> windows' logits)."""

@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 
 from crack_lightning import CrackLightningError
-from crack_lightning.inference.model_files import dense_paths  # noqa: F401  (re-exported)
+from crack_lightning.inference.model_files import DENSE_ROLES
 from crack_lightning.model_card import ModelCard
 from crack_lightning.utils.files import sha256_file
 
@@ -46,7 +46,6 @@ CONTRACT = (
 )
 DENSE_INPUT = "tiles"
 DENSE_HEAD_INPUTS = ("features", "rows", "cols")
-DENSE_ROLES = ("dense", "dense_head")  # metadata <role>_graph, <role>_sha256 in the main file
 
 
 class OnnxBackend:
