@@ -4,7 +4,8 @@ holds on the test split.
 onnxruntime's ``quantize_static`` calibrates activation ranges on validation images of the
 checkpoint's own run (``<run>/splits.csv``), QDQ format, int8 weights per channel, uint8
 activations (the x86 U8S8 kernels). The graph's resize and normalisation stay float: they
-run once per image and rounding them to int8 would move every pixel. Then the fp32 and int8
+run once per image and rounding them to int8 would move every pixel (their constants are
+spread to the input's shape first, :func:`spread_normalisation`). Then the fp32 and int8
 files score the test split side by side at the model's operating threshold; the int8 file
 replaces nothing when recall drops by more than ``max_recall_drop`` or accuracy by more than
 ``max_accuracy_drop``. The dense graph stays fp32 (see :class:`Int8Gate`).
@@ -60,14 +61,16 @@ class _Calibration:
         return next(self.batches, None)
 
 
-def quantize(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
-    """Write the static int8 quantization of ``fp32`` to ``int8``, its metadata kept."""
+def quantize(fp32: Path, int8: Path, calibration: np.ndarray, size: tuple[int, int]) -> None:
+    """Write the static int8 quantization of ``fp32`` (input resized to ``size``, (h, w)) to
+    ``int8``, its metadata kept."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(fp32))
     for i, node in enumerate(model.graph.node):  # the quantizer's exclusions name nodes
         node.name = node.name or f"node_{i}_{node.op_type}"
     first = next(i for i, node in enumerate(model.graph.node) if node.op_type in MODEL_OPS)
+    spread_normalisation(model, model.graph.node[:first], size)
     preprocessing = [node.name for node in model.graph.node[:first]]
     named = int8.with_name(f"{int8.stem}.named.onnx")
     onnx.save(model, str(named))
@@ -85,6 +88,24 @@ def quantize(fp32: Path, int8: Path, calibration: np.ndarray) -> None:
     del quantized.metadata_props[:]
     onnx.helper.set_model_props(quantized, {**{p.key: p.value for p in model.metadata_props}, "format": "onnx-int8"})
     onnx.save(quantized, str(int8))
+
+
+def spread_normalisation(model: onnx.ModelProto, preprocessing, size: tuple[int, int]) -> None:
+    """Give the normalisation's per-channel constants (``[1, 3, 1, 1]``) the resized image's whole
+    shape, ``[1, 3, h, w]``: the same numbers. onnxruntime runs the int8 graph channels-last (its
+    NHWC QLinearConv moves the input's transpose ahead of them), where a 3-vector broadcast over
+    the last axis took a fifth of the int8 time at batch 16; a map of the input's shape is a
+    plain elementwise loop (BENCHMARKS.md)."""
+    names = {name for node in preprocessing if node.op_type in ("Sub", "Mul", "Div", "Add") for name in node.input}
+    h, w = (int(v) for v in size)
+    spread = False
+    for init in model.graph.initializer:
+        if init.name in names and tuple(init.dims) == (1, 3, 1, 1) and init.data_type == onnx.TensorProto.FLOAT:
+            values = np.broadcast_to(onnx.numpy_helper.to_array(init), (1, 3, h, w))
+            init.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(values), init.name))
+            spread = True
+    if spread:  # the recorded [1, 3, 1, 1] shapes would contradict shape inference now
+        del model.graph.value_info[:]
 
 
 class _Drop(logging.Filter):
@@ -159,7 +180,7 @@ class Int8Gate:
         int8 = path.with_name(f"{path.stem}.int8{path.suffix}")
         start = time.perf_counter()
         try:
-            quantize(path, int8, pixels(self.calibration))
+            quantize(path, int8, pixels(self.calibration), tuple(self.loaded.card.preprocessing.input_size))
             notes = {"calibration_images": len(self.calibration), "quantize_seconds": time.perf_counter() - start}
             if self.check:
                 notes.update(self.judge(path, int8, pixels([s.path for s in self.test])))

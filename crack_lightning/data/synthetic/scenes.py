@@ -40,7 +40,7 @@ def render_scene(rng: np.random.Generator, tiles: int, size: int) -> tuple[np.nd
     return develop(rng, lum * (1 - mask)), mask
 
 
-def _tile_label(mask: np.ndarray) -> int | None:
+def patch_label(mask: np.ndarray) -> int | None:
     """1 if a crack runs through the patch, 0 if none touches it, None if it only clips it."""
     m = mask.shape[0] // 8
     if (mask[m:-m, m:-m] > 0.3).sum() >= mask.shape[0]:  # ~ a 1 px line across the patch
@@ -57,7 +57,7 @@ def _scene_patches(job) -> list[tuple[int, int, int, bytes]]:
     rgb, mask = render_scene(rng, tiles, size)
     quality = int(rng.integers(70, 96))  # one camera, one JPEG setting per photo
     cells = [(r, c) for r in range(tiles) for c in range(tiles)]
-    labels = [_tile_label(mask[r * size:(r + 1) * size, c * size:(c + 1) * size]) for r, c in cells]
+    labels = [patch_label(mask[r * size:(r + 1) * size, c * size:(c + 1) * size]) for r, c in cells]
     pos = [cell for cell, y in zip(cells, labels) if y == 1]
     neg = [cell for cell, y in zip(cells, labels) if y == 0]
     # Keep every crack patch and a photo-dependent share of the plain ones, so scenes
