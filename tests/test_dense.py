@@ -188,6 +188,23 @@ def test_a_backbone_without_a_feature_map_is_scored_window_by_window(darkness, c
     np.testing.assert_array_equal(scorer(photo).probabilities, PhotoScorer(darkness, mode="windows")(photo).probabilities)
 
 
+def test_auto_pools_windows_of_seven_cells_a_side_and_crops_smaller_ones(caplog):
+    """tile_mode=auto (the default): dense where a window spans DENSE_MIN_CELLS (7) feature cells a
+    side, windows mode below it, saying why; tile_mode=dense keeps dense there, with a warning."""
+    from crack_lightning.inference.photos import DENSE_MIN_CELLS
+
+    seven, six = _backend(Patchify(), 8 * DENSE_MIN_CELLS), _backend(Patchify(), 8 * (DENSE_MIN_CELLS - 1))
+    with caplog.at_level(logging.INFO):
+        assert PhotoScorer(seven).mode == "dense" and not caplog.records
+        assert PhotoScorer(six).mode == "windows"
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "6x6 feature cells" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert PhotoScorer(six, mode="dense").mode == "dense"
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "tile_mode=windows" in caplog.text
+    assert PhotoScorer(seven, mode="windows").mode == "windows"
+
+
 def test_predict_writes_the_same_outputs_in_both_modes(trained_run, tmp_path):
     """tile_mode=windows keeps the old windows (227 px every 113 px); dense has its own, same columns."""
     from tests.test_predict import compose_predict, read_rows

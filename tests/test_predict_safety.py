@@ -130,7 +130,7 @@ def test_settings_are_checked_without_importing_torch():
     ("threshold=1.5", ["threshold=1.5"]),
     ("device=gpu", ["device='gpu'", "auto, cpu, cuda or cuda:N"]),
     ("tile=maybe", ["tile='maybe'", "true or false"]),
-    ("tile_mode=fast", ["tile_mode='fast'", "dense or windows"]),
+    ("tile_mode=fast", ["tile_mode='fast'", "auto, dense or windows"]),
     ("tile_block_megapixels=0", ["tile_block_megapixels=0", "megapixels"]),
     ("heatmap.max_side=100000", ["heatmap.max_side=100000"]),
     ("heatmap.alpha=1.5", ["heatmap.alpha=1.5", "[0, 1]"]),

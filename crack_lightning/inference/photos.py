@@ -1,13 +1,16 @@
 """Whole photos with a backend: the one scorer behind ``predict.py tile=true``, the app and
 ``POST /predict?tile=true``.
 
-``tile_mode=windows`` (the default) crops every window and scores it as a patch
+``tile_mode=windows`` crops every window and scores it as a patch
 (:mod:`~crack_lightning.inference.tiling`); ``tile_mode=dense`` runs the backbone once over the
 photo and pools each window from its feature map (:mod:`~crack_lightning.inference.dense`),
-3.2-3.5x faster on a 4032x3024 photo (BENCHMARKS.md) but not the same numbers, so it stays a
-choice until it agrees on labelled photos (issue 19). A backbone without a convolutional
-feature map (a vision transformer) is scored window by window, with a warning. Both give the
-same outputs: per-window CSV, heatmap, verdict.
+3-3.7x faster on a 4032x3024 photo at 224 px (BENCHMARKS.md) but not the same numbers: a
+window's cells also see its neighbours. ``tile_mode=auto`` (the default) is dense where a window
+spans at least :data:`DENSE_MIN_CELLS` cells a side -- there it found the same cracks as
+cropped windows with 0.1 % false alarms -- and windows below, where the neighbours' share of
+each cell outweighs the window's own (3x3 cells at 96 px: 6 % false alarms). A backbone without
+a convolutional feature map (a vision transformer) is scored window by window. Every mode gives
+the same outputs: per-window CSV, heatmap, verdict.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from crack_lightning.inference import dense, tiling
 from crack_lightning.inference.backends import Backend
 
 log = logging.getLogger(__name__)
+
+# Cells a side a window must span for tile_mode=auto to pool it from the photo's feature map:
+# the 224 px input of a 32 px-cell backbone (7x7) agreed with cropped windows, 96 px (3x3) did not.
+DENSE_MIN_CELLS = 7
+
 
 def _pair(value, default: tuple[int, int]) -> tuple[int, int]:
     """``null`` -> ``default``, ``227`` -> (227, 227), ``[h, w]`` -> (h, w) (checked by the settings)."""
@@ -59,22 +67,36 @@ class PhotoScorer:
     ``batch_size`` windows a forward pass (windows mode), tiles of at most ``block_megapixels``
     model pixels (dense mode)."""
 
-    def __init__(self, backend: Backend, tile_size=None, tile_stride=None, mode: str = "windows",
+    def __init__(self, backend: Backend, tile_size=None, tile_stride=None, mode: str = "auto",
                  batch_size: int = 16, block_megapixels: float = 0.8):
         pre = backend.card.preprocessing
         self.backend, self.batch_size, self.block_megapixels = backend, int(batch_size), float(block_megapixels)
         self.size, self.stride = tile_windows(pre.native_size, tile_size, tile_stride)
         self.input_size, self.interpolation = tuple(pre.input_size), pre.interpolation
         self.transform = eval_transform(pre.to_timm_data_config())
-        self.geometry = None
-        if mode == "dense":
-            try:
-                if not hasattr(backend, "dense_geometry"):
-                    raise dense.DenseUnsupported(f"{type(backend).__name__} scores patches only.")
-                self.geometry = backend.dense_geometry()
-            except dense.DenseUnsupported as err:
-                log.warning("tile_mode=dense: %s Scoring whole photos window by window.", err)
+        self.geometry = self._geometry(mode) if mode in ("auto", "dense") else None
         self.mode = "dense" if self.geometry else "windows"
+
+    def _geometry(self, mode: str) -> dense.Geometry | None:
+        """The backend's dense geometry if ``mode`` takes it; auto says why not at INFO, dense warns."""
+        say = log.warning if mode == "dense" else log.info
+        try:
+            if not hasattr(self.backend, "dense_geometry"):
+                raise dense.DenseUnsupported(f"{type(self.backend).__name__} scores patches only.")
+            geometry = self.backend.dense_geometry()
+        except dense.DenseUnsupported as err:
+            say("tile_mode=%s: %s Scoring whole photos window by window.", mode, err)
+            return None
+        cells = min(geometry.window)
+        if cells < DENSE_MIN_CELLS:
+            reason = (f"a window is {geometry.window[0]}x{geometry.window[1]} feature cells at this model's "
+                      f"{self.input_size[0]}x{self.input_size[1]} px input, and its neighbours' context moves the "
+                      f"probabilities of windows under {DENSE_MIN_CELLS}x{DENSE_MIN_CELLS}")
+            if mode == "auto":
+                log.info("tile_mode=auto: windows mode (%s).", reason)
+                return None
+            log.warning("tile_mode=dense: %s; check it on labelled photos, or use tile_mode=windows.", reason)
+        return geometry
 
     def used_stride(self) -> tuple[int, int]:
         """The stride in px the windows of a large photo get: dense mode's whole feature cells nearest the one asked."""

@@ -48,7 +48,7 @@ PREDICT_RULES = {
     "tile": ("true or false", lambda v: isinstance(v, bool), False),
     "tile_size": ("pixels: a whole number >= 1 or [height, width]; null: the training patch size", _size, True),
     "tile_stride": ("pixels: a whole number >= 1 or [height, width]; null: half the window", _size, True),
-    "tile_mode": ("dense or windows", lambda v: v in ("dense", "windows"), False),
+    "tile_mode": ("auto, dense or windows", lambda v: v in ("auto", "dense", "windows"), False),
     "tile_block_megapixels": ("a number of megapixels from 0.1 to 1000", lambda v: is_number(v) and 0.1 <= v <= 1000,
                               False),
     "heatmap.max_side": (f"a whole number of pixels from {HEATMAP_SIDES[0]} to {HEATMAP_SIDES[1]}",
