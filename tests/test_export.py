@@ -90,6 +90,30 @@ def test_export_py_writes_a_checked_onnx_file(exported):
     assert diff <= ATOL
 
 
+def test_the_normalisation_spread_for_int8_changes_no_number(exported, tmp_path):
+    """quantize.spread_normalisation (format=onnx-int8 runs it before quantizing): mean and std as
+    [1, 3, h, w] maps, since onnxruntime's channels-last int8 graph broadcasts a 3-vector slowly;
+    the same probabilities at any photo size."""
+    from crack_lightning.export import quantize
+
+    path, _ = exported
+    model = onnx.load(str(path))
+    first = next(i for i, node in enumerate(model.graph.node) if node.op_type in quantize.MODEL_OPS)
+    before = OnnxBackend(path)
+    h, w = before.card.preprocessing.input_size
+    quantize.spread_normalisation(model, model.graph.node[:first], (h, w))
+    onnx.save(model, str(tmp_path / "spread.onnx"))
+    constants = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    normalising = [name for node in model.graph.node[:first] if node.op_type in ("Sub", "Mul")
+                   for name in node.input if constants.get(name, ())[:2] == (1, 3)]
+    assert [constants[name] for name in normalising] == [(1, 3, h, w)] * 2, constants
+    after = OnnxBackend(tmp_path / "spread.onnx")
+    rng = np.random.default_rng(0)
+    for shape in [(3, h, w, 3), (2, 45, 70, 3), (1, 300, 227, 3)]:  # at size, smaller, larger and not square
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        np.testing.assert_array_equal(after.logits(pixels), before.logits(pixels))
+
+
 def test_onnx_file_has_dynamic_batch_and_the_model_card(exported):
     path, _ = exported
     model = onnx.load(str(path))

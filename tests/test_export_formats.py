@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -67,29 +66,6 @@ def test_int8_is_gated_on_the_test_split_and_runs_in_predict_and_evaluate(traine
 
     evaluate(compose_eval(tmp_path, [f"ckpt={int8}", f"data.root={tiny_data}"]))
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test/images"] == 2, "the run's test split"
-
-
-def test_the_int8_graphs_normalisation_constants_take_the_input_shape_and_change_no_number(trained_run, tmp_path):
-    """quantize.spread_normalisation: mean and std as [1, 3, h, w] maps (onnxruntime's channels-last
-    int8 graph broadcasts a 3-vector slowly), the same probabilities on any photo size."""
-    ckpt = copy_run(trained_run, tmp_path / "run")
-    fp32 = Path(export(export_cfg(tmp_path, [f"ckpt={ckpt}"]))["output"])
-    model = onnx.load(str(fp32))
-    first = next(i for i, node in enumerate(model.graph.node) if node.op_type in quantize.MODEL_OPS)
-    h, w = load_classifier(ckpt).card.preprocessing.input_size
-    quantize.spread_normalisation(model, model.graph.node[:first], (h, w))
-    spread = tmp_path / "spread.onnx"
-    onnx.save(model, str(spread))
-    constants = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    normalising = [node for node in model.graph.node[:first] if node.op_type in ("Sub", "Mul")
-                   and any(constants.get(name, ())[:2] == (1, 3) for name in node.input)]
-    assert len(normalising) == 2 and all(constants[name] == (1, 3, h, w) for node in normalising
-                                         for name in node.input if name in constants), constants
-    before, after = OnnxBackend(fp32), OnnxBackend(spread)
-    rng = np.random.default_rng(0)
-    for shape in [(3, h, w, 3), (2, 45, 70, 3), (1, 300, 227, 3)]:  # at size, smaller, larger and not square
-        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
-        np.testing.assert_array_equal(after.logits(pixels), before.logits(pixels))
 
 
 def test_int8_that_loses_recall_is_not_written(trained_run, tmp_path, caplog, monkeypatch):
