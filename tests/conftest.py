@@ -94,7 +94,7 @@ def refused(result: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
-# set in this process by an in-process DDP test (Lightning's spawn launcher): a child given them
+# set in this process by an in-process DDP test (Lightning's fork launcher): a child given them
 # would take that port, and two children side by side the same one (EADDRINUSE)
 LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOBAL_RANK")
 
