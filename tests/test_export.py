@@ -98,13 +98,13 @@ def test_the_normalisation_spread_for_int8_changes_no_number(exported, tmp_path)
 
     path, _ = exported
     model = onnx.load(str(path))
-    first = next(i for i, node in enumerate(model.graph.node) if node.op_type in quantize.MODEL_OPS)
+    preprocessing = quantize.preprocessing_nodes(model)
     before = OnnxBackend(path)
     h, w = before.card.preprocessing.input_size
-    quantize.spread_normalisation(model, model.graph.node[:first], (h, w))
+    quantize.spread_normalisation(model, preprocessing, (h, w))
     onnx.save(model, str(tmp_path / "spread.onnx"))
     constants = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    normalising = [name for node in model.graph.node[:first] if node.op_type in ("Sub", "Mul")
+    normalising = [name for node in preprocessing if node.op_type in ("Sub", "Mul")
                    for name in node.input if constants.get(name, ())[:2] == (1, 3)]
     assert [constants[name] for name in normalising] == [(1, 3, h, w)] * 2, constants
     after = OnnxBackend(tmp_path / "spread.onnx")

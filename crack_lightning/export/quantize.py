@@ -69,9 +69,8 @@ def quantize(fp32: Path, int8: Path, calibration: np.ndarray, size: tuple[int, i
     model = onnx.load(str(fp32))
     for i, node in enumerate(model.graph.node):  # the quantizer's exclusions name nodes
         node.name = node.name or f"node_{i}_{node.op_type}"
-    first = next(i for i, node in enumerate(model.graph.node) if node.op_type in MODEL_OPS)
-    spread_normalisation(model, model.graph.node[:first], size)
-    preprocessing = [node.name for node in model.graph.node[:first]]
+    preprocessing = preprocessing_nodes(model)
+    spread_normalisation(model, preprocessing, size)
     named = int8.with_name(f"{int8.stem}.named.onnx")
     onnx.save(model, str(named))
     advice = _Drop("Please consider")  # onnxruntime's pre-processing advice: its fusions are in the graph already
@@ -79,7 +78,8 @@ def quantize(fp32: Path, int8: Path, calibration: np.ndarray, size: tuple[int, i
     try:
         quantize_static(str(named), str(int8), _Calibration(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=preprocessing, calibrate_method=CalibrationMethod.MinMax)
+                        nodes_to_exclude=[node.name for node in preprocessing],
+                        calibrate_method=CalibrationMethod.MinMax)
     finally:
         logging.getLogger().removeFilter(advice)
         named.unlink(missing_ok=True)
@@ -88,6 +88,12 @@ def quantize(fp32: Path, int8: Path, calibration: np.ndarray, size: tuple[int, i
     del quantized.metadata_props[:]
     onnx.helper.set_model_props(quantized, {**{p.key: p.value for p in model.metadata_props}, "format": "onnx-int8"})
     onnx.save(quantized, str(int8))
+
+
+def preprocessing_nodes(model: onnx.ModelProto) -> list:
+    """The graph's nodes before its first model op: the resize and normalisation, kept float."""
+    first = next(i for i, node in enumerate(model.graph.node) if node.op_type in MODEL_OPS)
+    return list(model.graph.node[:first])
 
 
 def spread_normalisation(model: onnx.ModelProto, preprocessing, size: tuple[int, int]) -> None:
