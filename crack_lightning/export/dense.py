@@ -27,7 +27,7 @@ from PIL import Image
 from crack_lightning.export.graph import ParityError, graph_program
 from crack_lightning.inference.checkpoint import LoadedClassifier
 from crack_lightning.inference.dense import DenseFeatures, DenseHead, DenseUnsupported, Geometry, geometry
-from crack_lightning.inference.onnx_backend import DENSE_HEAD_INPUTS, DENSE_INPUT, softmax
+from crack_lightning.inference.onnx_backend import DENSE_FEATURES, DENSE_HEAD_INPUTS, DENSE_INPUT, softmax
 from crack_lightning.data.augmentation import to_resized_image
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,11 @@ def dense_programs(loaded: LoadedClassifier, opset: int):
     tiles = torch.zeros(2, (wh + 1) * r, (ww + 2) * r, 3, dtype=torch.uint8)
     dims = {"tiles": {0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("height", min=r),
                       2: torch.export.Dim("width", min=r)}}
-    first = graph_program(features, (tiles,), [DENSE_INPUT], ["features"], dims, opset)
+    first = graph_program(features, (tiles,), [DENSE_INPUT], [DENSE_FEATURES], dims, opset)
     with torch.no_grad():
         fmap = features(tiles[:1])
     example = (fmap, torch.tensor([0, 1]), torch.tensor([0, 1, 2]))
-    dims = {"features": {2: torch.export.Dim("height", min=wh), 3: torch.export.Dim("width", min=ww)},
+    dims = {DENSE_FEATURES: {2: torch.export.Dim("height", min=wh), 3: torch.export.Dim("width", min=ww)},
             "rows": {0: torch.export.Dim("rows", min=1)}, "cols": {0: torch.export.Dim("cols", min=1)}}
     second = graph_program(head, example, list(DENSE_HEAD_INPUTS), ["logits"], dims, opset)
     return (first, second), geo
@@ -74,12 +74,12 @@ def check_dense(loaded: LoadedClassifier, paths: tuple[Path, Path], images: list
     for left, right in _tiles(loaded, images):
         with torch.no_grad():
             fmap = torch.cat([features(torch.from_numpy(t)) for t in (left, right)], dim=-1)
-        got_fmap = np.concatenate([sessions[0].run(["features"], {DENSE_INPUT: t})[0] for t in (left, right)], -1)
+        got_fmap = np.concatenate([sessions[0].run([DENSE_FEATURES], {DENSE_INPUT: t})[0] for t in (left, right)], -1)
         rows = np.arange(0, fmap.shape[-2] - wh + 1)
         cols = np.arange(0, fmap.shape[-1] - ww + 1)[::-1].copy()  # any order, as a plan gives
         with torch.no_grad():
             expected = head(fmap, torch.from_numpy(rows), torch.from_numpy(cols)).numpy()
-        (got,) = sessions[1].run(["logits"], {"features": got_fmap, "rows": rows, "cols": cols})
+        (got,) = sessions[1].run(["logits"], {DENSE_FEATURES: got_fmap, "rows": rows, "cols": cols})
         t = loaded.card.temperature
         diff = max(diff, float(np.abs(softmax(got, t) - softmax(expected, t)).max()))
     if not diff <= atol:

@@ -8,7 +8,7 @@ run once per image and rounding them to int8 would move every pixel (their const
 spread to the input's shape first, :func:`spread_normalisation`). Then the fp32 and int8
 files score the test split side by side at the model's operating threshold; the int8 file
 replaces nothing when recall drops by more than ``max_recall_drop`` or accuracy by more than
-``max_accuracy_drop``. The dense graph stays fp32 (see :class:`Int8Gate`).
+``max_accuracy_drop``. The dense graphs stay fp32 (see :class:`Int8Gate`).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def speed(backends: dict[str, OnnxBackend], pixels: np.ndarray, rounds: int = 3)
 class Int8Gate:
     """export_onnx's ``finish``: quantize the checked fp32 file in place, or refuse.
 
-    The dense graph beside it stays fp32: the gate measures patches, and whole photos have no
+    The dense graphs beside it stay fp32: the gate measures patches, and whole photos have no
     labelled test split to gate a quantized dense graph on; the dense path is already about
     one forward pass per photo (issue 19 part 1), so int8 would buy less there.
     """

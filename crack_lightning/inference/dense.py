@@ -94,7 +94,6 @@ def geometry(model: nn.Module, input_size: tuple[int, int]) -> Geometry:
     return Geometry(window, reduction, pools[0])
 
 
-
 class DenseFeatures(nn.Module):
     """uint8 RGB tiles ``[B, H, W, 3]`` at the model's scale -> the backbone's feature maps
     ``[B, C, H / r, W / r]``: normalisation and ``forward_features``."""
@@ -181,7 +180,6 @@ def _native(first: list[int], length: int, cells: int, window: int, size: int) -
     return [length - size if c + window == cells else min(round(c * length / cells), length - size) for c in first]
 
 
-
 @dataclass
 class Plan:
     """Where the windows of one photo are, in the photo's pixels and in feature cells, and the
@@ -233,7 +231,6 @@ def scaled_photo(photo: Image.Image, size: tuple[int, int], interpolation: str) 
     image = torch.from_numpy(np.array(photo)).permute(2, 0, 1)  # (a copy: torch wants it writable)
     resized = TF.resize(image, list(size), interpolation=InterpolationMode(interpolation), antialias=True)
     return resized.permute(1, 2, 0)
-
 
 
 def dense_probabilities(scaled: torch.Tensor, the_plan: Plan, features: Callable[[torch.Tensor], torch.Tensor],

@@ -45,7 +45,8 @@ CONTRACT = (
     "'logits' float32 [rows * cols, N]."
 )
 DENSE_INPUT = "tiles"
-DENSE_HEAD_INPUTS = ("features", "rows", "cols")
+DENSE_FEATURES = "features"  # the features graph's output, the head graph's first input
+DENSE_HEAD_INPUTS = (DENSE_FEATURES, "rows", "cols")
 
 
 class OnnxBackend:
@@ -165,7 +166,7 @@ class OnnxBackend:
         """The feature maps of uint8 ``[B, H, W, 3]`` tiles, as
         :meth:`~crack_lightning.inference.backends.TorchBackend.dense_features`."""
         self.dense_geometry()
-        (features,) = self._dense[0].run(["features"], {DENSE_INPUT: np.ascontiguousarray(to_numpy(tiles),
+        (features,) = self._dense[0].run([DENSE_FEATURES], {DENSE_INPUT: np.ascontiguousarray(to_numpy(tiles),
                                                                                           dtype=np.uint8)})
         return torch.from_numpy(features)
 
@@ -174,7 +175,7 @@ class OnnxBackend:
         feature cells ``rows`` x ``cols`` of a stitched feature map, row by row, as
         :meth:`~crack_lightning.inference.backends.TorchBackend.dense_scores`."""
         self.dense_geometry()
-        feed = {"features": np.ascontiguousarray(to_numpy(features), dtype=np.float32),
+        feed = {DENSE_FEATURES: np.ascontiguousarray(to_numpy(features), dtype=np.float32),
                 "rows": np.asarray(rows, np.int64), "cols": np.asarray(cols, np.int64)}
         (logits,) = self._dense[1].run(["logits"], feed)
         return self._calibrated(None, logits)

@@ -20,7 +20,8 @@ from crack_lightning import CrackLightningError
 from crack_lightning.config_checks import check_types
 from crack_lightning.utils.checks import is_count, is_number
 from crack_lightning.utils.files import sha256_file
-from crack_lightning.inference.model_files import ONNX, dense_paths, export_origin, onnx_metadata, require_model_file, sniff
+from crack_lightning.inference.model_files import (ONNX, dense_paths, export_origin, onnx_metadata,
+                                                   require_model_file, sniff)
 
 FORMATS = ("onnx", "onnx-int8")
 DEVICES = r"auto|cpu|cuda(:\d+)?"
